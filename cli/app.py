@@ -1,0 +1,67 @@
+"""The segsllm Typer application.
+
+Commands are thin: parse options, call the library, print a summary. This module and the
+command modules import no torch / transformers / mlflow at import time, so `--help` is fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.commands import data as data_cmd
+from cli.commands import segment as segment_cmd
+from cli.commands import stages as stage_cmds
+from cli.commands import tokenizer as tokenizer_cmd
+
+app = typer.Typer(
+    name="segsllm",
+    help="Sentence-level LLMs with a swappable, learnable segmenter (SentenceVAE / SLLM).",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from segsllm import __version__
+
+        typer.echo(f"segsllm {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """segsllm: how does the way text is cut into segments change a sentence-level LLM?"""
+
+
+app.add_typer(data_cmd.app, name="data")
+tokenizer_cmd.register(app)
+stage_cmds.register(app)
+segment_cmd.register(app)
+
+
+@app.command()
+def presets() -> None:
+    """List the shipped config presets."""
+    from segsllm.config import list_presets
+
+    for name in list_presets():
+        typer.echo(name)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

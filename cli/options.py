@@ -1,0 +1,40 @@
+"""Option types shared by every stage command, so they all spell them the same way."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+ConfigOpt = Annotated[
+    Optional[str],
+    typer.Option("--config", "-c", help="Preset name (see `segsllm presets`) or a YAML file."),
+]
+SetOpt = Annotated[
+    Optional[list[str]],
+    typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable (e.g. --set train.steps=50)."),
+]
+DataDirOpt = Annotated[
+    Optional[Path], typer.Option("--data-dir", help="Folder of prepared corpora [default: ./data].")
+]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output artifact folder.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [default: auto].")
+]
+TrackingUriOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].",
+    ),
+]
+NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log this run to MLflow.")]
+SegmenterOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--segmenter",
+        help="Segmenter spec: punctuation, fixed:k=16, learned:DIR, PLUGIN:arg=v, module:Class.",
+    ),
+]

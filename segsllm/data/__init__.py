@@ -1,0 +1,1 @@
+"""Corpora, splits, tokenizer training and batching of segments."""

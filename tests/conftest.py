@@ -1,0 +1,39 @@
+"""Shared fixtures: a small byte-level BPE tokenizer trained in-process on mixed text."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Tests never talk to a real tracking server or a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("SEGSLLM_NO_PLUGINS", "0")
+
+PROSE = (
+    "Fellow-Citizens of the Senate and House of Representatives: Among the vicissitudes "
+    "incident to life no event could have filled me with greater anxieties. "
+    "\"We hold these truths to be self-evident,\" he said; the crowd cheered! Did they? "
+    "Yes... and then—silence.\n\nThe Union is strong.\r\nA new line, with CRLF.\r\n"
+)
+CODE = (
+    "import os\n\n\ndef add(a: int, b: int) -> int:\n    \"\"\"Add two ints.\"\"\"\n"
+    "    return a + b  # simple\n\n\nclass Foo(object):\n\tdef bar(self):\n\t\treturn {'x': [1, 2, 3]}\n"
+)
+CSV = '"","mpg","cyl","disp"\n"Mazda RX4",21,6,160\n"Datsun 710",22.8,4,108\n"Valiant",18.1,6,225\n'
+CJK = "你好，世界。这是一个测试！真的吗？是的；好的：「引号」…结束。\n"
+SAMPLE_TEXTS = [PROSE, CODE, CSV, CJK]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """A 512-token byte-level BPE trained on prose, code, CSV and CJK samples."""
+    from segsllm.data.tokenizer import train_bpe
+
+    return train_bpe(SAMPLE_TEXTS * 20, vocab_size=512, min_frequency=2)
+
+
+@pytest.fixture(scope="session")
+def sample_texts() -> dict[str, str]:
+    return {"prose": PROSE, "code": CODE, "csv": CSV, "cjk": CJK}
