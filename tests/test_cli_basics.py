@@ -1,0 +1,60 @@
+"""CLI surface: stage commands listed, fast imports, one-line errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from cli.app import app
+
+runner = CliRunner()
+STAGES = ["data", "train-tokenizer", "train-lm", "train-vae", "train-splitter", "finetune",
+          "bench", "generate", "segment", "segmenters", "pipeline"]
+
+
+def test_help_lists_every_stage_command():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in STAGES:
+        assert name in result.output
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys, json; sys.argv=['segsllm','--help']\n"
+        "from cli.app import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(json.dumps([m for m in ('torch','transformers','mlflow') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.startswith("segsllm ")
+
+
+def test_python_dash_m_works():
+    out = subprocess.run([sys.executable, "-m", "segsllm", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and "segsllm" in out.stdout
+
+
+def test_bad_config_key_is_one_line_and_exit_2():
+    result = runner.invoke(app, ["train-splitter", "--set", "run.nope=1"])
+    assert result.exit_code == 2
+    assert "nope" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_preset_exit_2():
+    result = runner.invoke(app, ["train-splitter", "--config", "no-such-preset"])
+    assert result.exit_code == 2 and "no-such-preset" in result.output
+
+
+def test_presets_command_lists_presets():
+    result = runner.invoke(app, ["presets"])
+    assert result.exit_code == 0 and "tiny" in result.output and "smoke" in result.output
