@@ -1,0 +1,1 @@
+"""Metrics and benchmarks: bits/byte & perplexity, throughput, memory, compression."""

@@ -1,0 +1,29 @@
+"""Models: the SentenceVAE (segment encoder/decoder), and later the SLLM and boundary predictor.
+
+Names are imported lazily so ``import segsllm.models`` does not pull in torch.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+_EXPORTS = {
+    "SentenceVAE": "segsllm.models.vae",
+    "SentenceVAEConfig": "segsllm.models.vae",
+    "reconstruction_loss": "segsllm.models.vae",
+    "bits_per_byte": "segsllm.models.vae",
+    "exact_match_count": "segsllm.models.vae",
+    "save_artifact": "segsllm.models.artifact",
+    "load_artifact": "segsllm.models.artifact",
+    "read_manifest": "segsllm.models.artifact",
+    "check_state_dict": "segsllm.models.artifact",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'segsllm.models' has no attribute {name!r}")
