@@ -14,13 +14,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from segsllm.errors import SegsllmError
+from segsllm.errors import ConfigError
+from segsllm.models.vae_config import SentenceVAEConfig
+from segsllm.train.schedule import TrainConfig
+
+__all__ = ["Config", "ConfigError", "load_config", "save_config"]
 
 PRESET_SUFFIXES = (".yaml", ".yml")
-
-
-class ConfigError(SegsllmError, ValueError):
-    """A bad preset name, unknown key or wrongly typed value (one line, names the key)."""
 
 
 # --------------------------------------------------------------------------- sections
@@ -79,6 +79,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: SentenceVAEConfig = field(default_factory=SentenceVAEConfig)
 
 
 # --------------------------------------------------------------------------- presets

@@ -13,3 +13,7 @@ class DataError(SegsllmError):
 
 class ArtifactError(SegsllmError):
     """An artifact folder is missing, corrupted or incompatible (e.g. another tokenizer)."""
+
+
+class ConfigError(SegsllmError, ValueError):
+    """A bad preset name, unknown key or wrongly typed value (one line, names the key)."""

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -158,10 +158,8 @@ class Run(NullRun):
 
     def finish(self, status: str) -> None:
         if self._monitor is not None:
-            try:
+            with suppress(Exception):
                 self._monitor.finish()
-            except Exception:
-                pass
         self._safe("end run", self.client.set_terminated, self.run_id, status)
 
     @contextmanager

@@ -10,7 +10,7 @@ from typing import Any
 
 _EXPORTS = {
     "SentenceVAE": "segsllm.models.vae",
-    "SentenceVAEConfig": "segsllm.models.vae",
+    "SentenceVAEConfig": "segsllm.models.vae_config",
     "reconstruction_loss": "segsllm.models.vae",
     "bits_per_byte": "segsllm.models.vae",
     "exact_match_count": "segsllm.models.vae",
