@@ -14,6 +14,7 @@ from cli.commands import data as data_cmd
 from cli.commands import segment as segment_cmd
 from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
+from cli.commands import train_vae as train_vae_cmd
 
 app = typer.Typer(
     name="segsllm",
@@ -45,7 +46,8 @@ def root(
 
 app.add_typer(data_cmd.app, name="data")
 tokenizer_cmd.register(app)
-stage_cmds.register(app)
+train_vae_cmd.register(app)
+stage_cmds.register(app, skip=["train-vae"])
 segment_cmd.register(app)
 
 

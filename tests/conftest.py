@@ -37,3 +37,39 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def sample_texts() -> dict[str, str]:
     return {"prose": PROSE, "code": CODE, "csv": CSV, "cjk": CJK}
+
+
+def _variants(base: str, n: int, domain: str) -> list[str]:
+    """``n`` distinct documents derived from one sample (numbers and names vary)."""
+    out = []
+    for i in range(n):
+        if domain == "csv":
+            rows = "".join(f'"row{i}_{j}",{i * 1.5 + j:.1f},{(i + j) % 8},{100 + i * j}\n' for j in range(6))
+            out.append(base + rows)
+        elif domain == "code":
+            out.append(base + f"\n\ndef helper_{i}(x):\n    return x * {i} + {i % 7}\n")
+        else:
+            out.append(base + f"In the year {1790 + i}, Congress met {i % 5 + 1} times. Thank you.\n")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """A data folder with small prepared prose, code and csv corpora (real store format)."""
+    from segsllm.data.store import RawDoc, write_corpus
+
+    class ListSource:
+        def __init__(self, name: str, texts: list[str]) -> None:
+            self.name, self.texts, self.total = name, texts, len(texts)
+
+        def records(self):
+            for i, text in enumerate(self.texts):
+                yield RawDoc(id=f"{self.name}/{i:04d}", data=text)
+
+        def info(self):
+            return {"source": "tests", "version": "0", "sha256": f"test-{self.name}", "fallback_used": False}
+
+    root = tmp_path_factory.mktemp("data")
+    for domain, base in (("prose", PROSE), ("code", CODE), ("csv", CSV)):
+        write_corpus(root, ListSource(domain, _variants(base, 60, domain)), 0.15, 0.15)
+    return root

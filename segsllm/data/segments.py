@@ -175,7 +175,7 @@ def load_segments(
         "corpus_created": manifest.get("created"),
         "split": split,
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "segmenter": getattr(segmenter, "spec", repr(segmenter)),
+        "segmenter": segmenter.spec() if callable(getattr(segmenter, "spec", None)) else repr(segmenter),
         "max_docs": max_docs,
         "max_doc_bytes": max_doc_bytes,
         "version": CACHE_VERSION,
