@@ -24,6 +24,7 @@ leaked the future).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import logging
@@ -187,10 +188,11 @@ def _build_tiny(
             f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}"
         )
     hf_config = _tiny_hf_config(cfg, family, vocab, tokenizer)
-    if cfg.attn_implementation:
-        hf_config._attn_implementation = cfg.attn_implementation
     dtype = torch.float32 if dtype == "auto" else dtype
-    model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
     source = {
         "spec": cfg.spec,
         "kind": "tiny",
@@ -447,8 +449,11 @@ def body_forward(
         # over all keys, the future included. Real rows never see pads, so nothing leaks,
         # but zeroing the pad outputs makes them harmless and causal too.
         hidden = hidden * kwargs["attention_mask"][:, past:, None].to(hidden.dtype)
-    cache = out["cache"] if "cache" in out else out.get("past_key_values")
-    return hidden, (cache if use_cache else None)
+    if not use_cache:
+        return hidden, None
+    # transformers >= 5.2x names the output field ``cache``; reading the old name warns.
+    names = {f.name for f in dataclasses.fields(out)}
+    return hidden, getattr(out, "cache" if "cache" in names else "past_key_values")
 
 
 # ---------------------------------------------------------------------------------------
