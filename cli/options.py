@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 ConfigOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option("--config", "-c", help="Preset name (see `segsllm presets`) or a YAML file."),
 ]
 SetOpt = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable (e.g. --set train.steps=50)."),
 ]
 DataDirOpt = Annotated[
-    Optional[Path], typer.Option("--data-dir", help="Folder of prepared corpora [default: ./data].")
+    Path | None, typer.Option("--data-dir", help="Folder of prepared corpora [default: ./data].")
 ]
-OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output artifact folder.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Random seed.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact folder.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DeviceOpt = Annotated[
-    Optional[str], typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [default: auto].")
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [default: auto].")
 ]
 TrackingUriOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--tracking-uri",
         help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].",
@@ -32,7 +32,7 @@ TrackingUriOpt = Annotated[
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log this run to MLflow.")]
 SegmenterOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--segmenter",
         help="Segmenter spec: punctuation, fixed:k=16, learned:DIR, PLUGIN:arg=v, module:Class.",

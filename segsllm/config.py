@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ConfigError
+from segsllm.models.backbone import BackboneConfig
 from segsllm.models.vae_config import SentenceVAEConfig
 from segsllm.train.schedule import TrainConfig
 
@@ -81,6 +82,7 @@ class Config:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: SentenceVAEConfig = field(default_factory=SentenceVAEConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
 
 
 # --------------------------------------------------------------------------- presets

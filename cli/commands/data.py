@@ -1,7 +1,287 @@
-"""`segsllm data` (being written)."""
+"""`segsllm data prepare|list`: build the corpora and show what is prepared."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
+from cli.common import console, handle_errors, resolve_config, stdout_is_terminal
+from cli.options import ConfigOpt, DataDirOpt, NoTrackOpt, SeedOpt, SetOpt, TrackingUriOpt
+
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
+
+BUILTINS = ("prose", "code", "csv")
+
+CorpusOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--corpus",
+        help="Built-in corpus to prepare: prose, code, csv or all; repeatable or comma-separated"
+        " (default: data.domains).",
+    ),
+]
+FromOpt = Annotated[
+    str | None,
+    typer.Option("--from", help="Your own corpus from a file, folder or glob (needs --name)."),
+]
+NameOpt = Annotated[
+    str | None, typer.Option("--name", help="Name of the corpus made with --from / --hf-dataset.")
+]
+TextFieldOpt = Annotated[
+    str, typer.Option("--text-field", help="Field holding the text in .jsonl files and datasets.")
+]
+HFDatasetOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--hf-dataset",
+        help="A `datasets` dataset: hub name, local loader path or save_to_disk folder.",
+    ),
+]
+HFConfigOpt = Annotated[
+    str | None, typer.Option("--hf-config", help="Configuration of --hf-dataset.")
+]
+HFSplitOpt = Annotated[
+    str | None, typer.Option("--hf-split", help="Split of --hf-dataset (default: every split).")
+]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", help="Rebuild corpora that are already prepared.")
+]
+
+
+class _Bar:
+    """A rich progress task per corpus (hidden when stdout is not a terminal)."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress = progress
+        self.task: Any = None
+
+    def start(self, name: str, total: int | None) -> None:
+        self.task = self.progress.add_task(f"[cyan]{name}[/]", total=total)
+
+    def advance(self, n: int = 1) -> None:
+        if self.task is not None:
+            self.progress.advance(self.task, n)
+
+
+def _builtin_names(corpus: list[str] | None, domains: list[str]) -> list[str]:
+    """Expand --corpus (repeatable, comma lists, ``all``) or fall back to data.domains."""
+    from segsllm.errors import DataError
+
+    names = [n.strip() for item in (corpus or []) for n in item.split(",") if n.strip()]
+    if not names:
+        names = list(domains) or list(BUILTINS)
+    out: list[str] = []
+    for name in names:
+        for n in BUILTINS if name == "all" else [name]:
+            if n not in out:
+                out.append(n)
+    if corpus:
+        unknown = [n for n in out if n not in BUILTINS]
+        if unknown:
+            raise DataError(
+                f"unknown built-in corpus {unknown[0]!r}; choose from prose, code, csv, all"
+                " (your own data: --from PATH --name NAME)"
+            )
+    return out
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f}"
+
+
+@app.command()
+@handle_errors
+def prepare(
+    corpus: CorpusOpt = None,
+    from_: FromOpt = None,
+    name: NameOpt = None,
+    text_field: TextFieldOpt = "text",
+    hf_dataset: HFDatasetOpt = None,
+    hf_config: HFConfigOpt = None,
+    hf_split: HFSplitOpt = None,
+    force: ForceOpt = False,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    seed: SeedOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+) -> None:
+    """Build corpora offline into --data-dir: the built-ins, or your own with --from / --hf-dataset.
+
+    Splits come from a hash of each document id (never from the seed).
+    Re-running is a no-op unless --force.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from segsllm.data import corpora, store, user
+    from segsllm.errors import DataError
+
+    cfg = resolve_config(
+        config, set_, data_dir=data_dir, seed=seed, tracking_uri=tracking_uri, no_track=no_track
+    )
+    root = Path(cfg.data.dir)
+    vf, tf = cfg.data.validation_fraction, cfg.data.test_fraction
+    store.check_fractions(vf, tf)
+
+    user_mode = from_ is not None or hf_dataset is not None
+    if user_mode:
+        if corpus:
+            raise DataError("use either --corpus or --from/--hf-dataset, not both")
+        if from_ is not None and hf_dataset is not None:
+            raise DataError("use either --from or --hf-dataset, not both")
+        if not name:
+            raise DataError("--name is required with --from / --hf-dataset")
+        store.check_name(name, allow_builtin=False)
+        jobs = [name]
+    else:
+        if name:
+            raise DataError("--name only applies with --from / --hf-dataset")
+        jobs = _builtin_names(corpus, cfg.data.domains)
+        for n in jobs:  # data.domains may list user corpora: they must exist already
+            if n not in BUILTINS and not store.is_prepared(root, n):
+                raise DataError(
+                    f"corpus {n!r} (from data.domains) is not prepared; {store.prepare_hint(n)}"
+                )
+
+    results = []
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not stdout_is_terminal(),
+        transient=False,
+    )
+    with progress:
+        for n in jobs:
+            bar = _Bar(progress)
+            kw = {"validation_fraction": vf, "test_fraction": tf, "force": force, "progress": bar}
+            if from_ is not None:
+                res = user.prepare_files(root, n, from_, text_field=text_field, **kw)
+            elif hf_dataset is not None:
+                res = user.prepare_hf(
+                    root, n, hf_dataset, hf_config, hf_split, text_field=text_field, **kw
+                )
+            elif n in BUILTINS:
+                res = corpora.prepare_builtin(root, n, **kw)
+            else:
+                res = store.PrepareResult(n, "already prepared", store.load_manifest(root, n))
+            if res.status != "prepared":
+                console.print(f"{n}: already prepared in {root / n} (use --force to rebuild)")
+            results.append(res)
+
+    built = [r for r in results if r.status == "prepared"]
+    if built:
+        _track(cfg, built)
+    _summary(results, root)
+
+
+def _track(cfg: Any, built: list[Any]) -> None:
+    """One MLflow run for the corpora just built: manifests as artifacts, sizes as metrics."""
+    from segsllm.tracking import start_run
+
+    manifests = {r.name: r.manifest for r in built}
+    with start_run(
+        cfg, stage="data", tags={"domain": ",".join(manifests)}, manifests=manifests
+    ) as run:
+        metrics: dict[str, float] = {}
+        for r in built:
+            m = r.manifest
+            for split in ("train", "validation", "test"):
+                metrics[f"{r.name}/docs_{split}"] = m["documents"][split]
+                metrics[f"{r.name}/bytes_{split}"] = m["bytes"][split]
+            metrics[f"{r.name}/skipped_binary"] = m["skipped_binary"]
+            metrics[f"{r.name}/replaced_invalid_utf8"] = m["replaced_invalid_utf8"]
+            metrics[f"{r.name}/build_seconds"] = r.seconds
+        run.log_metrics(metrics)
+
+
+def _summary(results: list[Any], root: Path) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"corpora in {root}")
+    table.add_column("corpus")
+    table.add_column("source", overflow="fold")
+    for col in ("train", "val", "test", "MB", "skipped", "s"):
+        table.add_column(col, justify="right")
+    for r in results:
+        m = r.manifest
+        docs = m["documents"]
+        table.add_row(
+            r.name,
+            _source(m),
+            str(docs["train"]),
+            str(docs["validation"]),
+            str(docs["test"]),
+            _mb(m["total_bytes"]),
+            str(m.get("skipped_binary", 0) + m.get("skipped_empty", 0)),
+            f"{r.seconds:.1f}" if r.status == "prepared" else "-",
+        )
+    console.print(table)
+    replaced = {r.name: r.manifest.get("replaced_invalid_utf8", 0) for r in results}
+    for n, count in replaced.items():
+        if count:
+            console.print(f"{n}: invalid UTF-8 replaced in {count} document(s)")
+
+
+def _source(m: dict[str, Any]) -> str:
+    return str(m.get("source")) + (" (fallback)" if m.get("fallback_used") else "")
+
+
+@app.command("list")
+@handle_errors
+def list_(
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show the prepared corpora: documents and bytes per split."""
+    from rich.table import Table
+
+    from segsllm.data import store
+
+    cfg = resolve_config(config, set_, data_dir=data_dir)
+    root = Path(cfg.data.dir)
+    rows = []
+    for n in store.list_corpora(root):
+        m = store.load_manifest(root, n)
+        rows.append(
+            {
+                "name": n,
+                "source": m.get("source"),
+                "version": m.get("version"),
+                "fallback_used": m.get("fallback_used", False),
+                "documents": m.get("documents", {}),
+                "bytes": m.get("bytes", {}),
+                "skipped_binary": m.get("skipped_binary", 0),
+                "replaced_invalid_utf8": m.get("replaced_invalid_utf8", 0),
+                "created": m.get("created"),
+                "path": str(root / n),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        console.print(f"no prepared corpora in {root}; run `segsllm data prepare`")
+        return
+    table = Table(title=f"corpora in {root}")
+    table.add_column("corpus")
+    table.add_column("source", overflow="fold")
+    for col in ("docs train", "val", "test", "MB train", "val", "test"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        d, b = r["documents"], r["bytes"]
+        table.add_row(
+            r["name"],
+            str(r["source"]) + (" (fallback)" if r["fallback_used"] else ""),
+            *(str(d.get(s, 0)) for s in ("train", "validation", "test")),
+            *(_mb(b.get(s, 0)) for s in ("train", "validation", "test")),
+        )
+    console.print(table)
