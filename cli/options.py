@@ -16,18 +16,18 @@ SetOpt = Annotated[
     typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable (e.g. --set train.steps=50)."),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Folder of prepared corpora [default: ./data].")
+    Path | None, typer.Option("--data-dir", help="Folder of prepared corpora (default: ./data).")
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact folder.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps [default: auto].")
+    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: auto).")
 ]
 TrackingUriOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
-        help="MLflow tracking URI [default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db].",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
     ),
 ]
 NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log this run to MLflow.")]

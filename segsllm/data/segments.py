@@ -112,7 +112,7 @@ def build_segment_table(
 
     def flush(batch: list[str]) -> None:
         nonlocal n_docs
-        encoded = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        encoded = tokenizer(batch, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         arrays = [np.asarray(e, dtype=np.int64) for e in encoded]
         for arr, ends in zip(arrays, segmenter.segment_batch(arrays), strict=True):
             if arr.size == 0:

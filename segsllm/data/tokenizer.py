@@ -69,8 +69,11 @@ def load_tokenizer(path: str | Path) -> Any:
 
 
 def encode(tokenizer: Any, text: str) -> list[int]:
-    """Token ids of ``text`` without special tokens (segments are slices of this stream)."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    """Token ids of ``text`` without special tokens (segments are slices of this stream).
+
+    ``split_special_tokens``: a literal ``<s>`` in a document is text, not a BOS id.
+    """
+    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
 
 def decode(tokenizer: Any, ids: Iterable[int]) -> str:

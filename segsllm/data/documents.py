@@ -1,0 +1,187 @@
+"""Documents as sequences of segments, cut into windows and batched for the SLLM.
+
+A :class:`~segsllm.data.segments.SegmentTable` stores each document's segments in order.
+The SLLM trains on **windows**: up to ``max_segments`` consecutive segments of one
+document. A document of n segments gives ``ceil(n / max_segments)`` non-overlapping
+windows; each knows whether it is the document's first and last. Every window is modelled
+on its own, starting from the SLLM's start vector (see :class:`segsllm.models.sllm_config.SLLMConfig`).
+
+A batch of windows is a dict of tensors::
+
+    ids        (B, S, T)  segment tokens, right-padded in T (tokens) and S (segments)
+    lengths    (B, S)     tokens per segment, 0 for padded segment slots
+    n_segments (B,)       real segments per window (a prefix of the S slots)
+    is_first   (B,)       the window starts its document
+    is_last    (B,)       the window ends its document (the stop head's "stop" target lives here)
+    n_bytes    (B,)       UTF-8 bytes of the window's segments (windows partition the documents)
+
+Training uses the loop's :class:`~segsllm.train.loop.ShuffledBatches` over a
+:class:`DocumentWindows` (resumable); evaluation uses
+:class:`~segsllm.train.loop.SequentialBatches` (finite, document order, re-iterable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from segsllm.errors import DataError
+
+# Columns of the window index.
+_TABLE, _LO, _HI, _FIRST, _LAST = range(5)
+
+
+def document_bounds(table: Any) -> np.ndarray:
+    """(n_docs, 2) [first, last) segment indices of every non-empty document, in order."""
+    doc = np.asarray(table.doc_index)
+    if doc.size == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    cuts = np.flatnonzero(np.diff(doc)) + 1  # where a new document starts
+    lo = np.concatenate([[0], cuts])
+    hi = np.concatenate([cuts, [doc.size]])
+    return np.stack([lo, hi], axis=1).astype(np.int64)
+
+
+def window_index(table: Any, max_segments: int, table_id: int = 0) -> np.ndarray:
+    """(W, 5) rows ``[table_id, lo, hi, is_first, is_last]``: each document's segments cut
+    into consecutive windows of at most ``max_segments`` segments."""
+    if max_segments < 1:
+        raise DataError(f"max_segments must be >= 1, got {max_segments}")
+    bounds = document_bounds(table)  # (D, 2)
+    if bounds.size == 0:
+        return np.zeros((0, 5), dtype=np.int64)
+    n = bounds[:, 1] - bounds[:, 0]  # (D,) segments per document
+    per_doc = -(-n // max_segments)  # (D,) windows per document (ceil)
+    doc_of = np.repeat(np.arange(len(bounds)), per_doc)  # (W,)
+    first_w = np.cumsum(per_doc) - per_doc  # (D,) index of each document's first window
+    k = np.arange(doc_of.size) - first_w[doc_of]  # (W,) window number inside its document
+    lo = bounds[doc_of, 0] + k * max_segments
+    hi = np.minimum(lo + max_segments, bounds[doc_of, 1])
+    is_first = k == 0
+    is_last = hi == bounds[doc_of, 1]
+    return np.stack([np.full_like(lo, table_id), lo, hi, is_first, is_last], axis=1).astype(np.int64)
+
+
+class DocumentWindows:
+    """The windows of one or more segment tables as one indexable dataset.
+
+    ``dataset[i]`` is a dict: ``ids`` (the window's tokens, flat), ``lengths`` (tokens per
+    segment), ``n_bytes``, ``is_first``, ``is_last``, ``domain``. Items are sliced from the
+    (memory-mapped) tables only when asked for.
+    """
+
+    def __init__(self, tables: Sequence[Any], max_segments: int) -> None:
+        if not tables:
+            raise DataError("no segment tables to build document windows from")
+        self.tables = list(tables)
+        self.max_segments = int(max_segments)
+        parts = [window_index(t, self.max_segments, i) for i, t in enumerate(self.tables)]
+        self.index = np.concatenate(parts) if parts else np.zeros((0, 5), dtype=np.int64)  # (W, 5)
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        t, lo, hi, first, last = (int(v) for v in self.index[i])
+        table = self.tables[t]
+        lengths = np.asarray(table.lengths[lo:hi], dtype=np.int64)  # (S,)
+        start = int(table.starts[lo])
+        ids = np.asarray(table.ids[start : start + int(lengths.sum())], dtype=np.int64)
+        return {
+            "ids": ids,
+            "lengths": lengths,
+            "n_bytes": int(np.asarray(table.n_bytes[lo:hi]).sum()),
+            "is_first": bool(first),
+            "is_last": bool(last),
+            "domain": table.domain,
+        }
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.index[:, _LAST].sum())
+
+    @property
+    def n_segments(self) -> int:
+        return int((self.index[:, _HI] - self.index[:, _LO]).sum())
+
+
+def collate_windows(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str, Any]:
+    """Pad windows into the batch layout of the module docstring."""
+    import torch
+
+    B = len(items)
+    S = max(len(it["lengths"]) for it in items)
+    T = max(int(np.max(it["lengths"])) for it in items)
+    ids = np.full((B, S, T), pad_id, dtype=np.int64)  # (B, S, T)
+    lengths = np.zeros((B, S), dtype=np.int64)  # (B, S)
+    for b, it in enumerate(items):
+        lens = np.asarray(it["lengths"], dtype=np.int64)
+        if lens.size and lens.min() < 1:
+            raise DataError("a document window holds an empty segment (segmenters never emit one)")
+        lengths[b, : lens.size] = lens
+        # Scatter the flat tokens into (segment, position) slots in one go.
+        seg = np.repeat(np.arange(lens.size), lens)
+        pos = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        ids[b, seg, pos] = it["ids"]
+    return {
+        "ids": torch.from_numpy(ids),
+        "lengths": torch.from_numpy(lengths),
+        "n_segments": torch.tensor([len(it["lengths"]) for it in items], dtype=torch.long),  # (B,)
+        "is_first": torch.tensor([bool(it["is_first"]) for it in items]),  # (B,)
+        "is_last": torch.tensor([bool(it["is_last"]) for it in items]),  # (B,)
+        "n_bytes": torch.tensor([int(it["n_bytes"]) for it in items], dtype=torch.long),  # (B,)
+    }
+
+
+class WindowCollator:
+    """Picklable ``collate`` for the loop's batch sources (a partial of :func:`collate_windows`)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = int(pad_id)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        return collate_windows(items, self.pad_id)
+
+
+def windows_from_segments(segments: Sequence[Sequence[int]], pad_id: int, *, is_last: bool = True,
+                          n_bytes: int = 0) -> dict[str, Any]:
+    """One window from a list of segments (token id lists): a batch of one, for tests and tools."""
+    lengths = np.asarray([len(s) for s in segments], dtype=np.int64)
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in segments]) if segments else np.zeros(0, np.int64)
+    item = {"ids": flat, "lengths": lengths, "n_bytes": n_bytes, "is_first": True, "is_last": is_last}
+    return collate_windows([item], pad_id)
+
+
+def train_windows(tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0) -> Any:
+    """Endless, shuffled, resumable batches of windows (the loop's ``BatchSource``)."""
+    from segsllm.train.loop import ShuffledBatches
+
+    data = DocumentWindows(tables, max_segments)
+    if len(data) == 0:
+        raise DataError("no document windows to train on (are the corpora empty?)")
+    return ShuffledBatches(data, batch_size, collate=WindowCollator(pad_id), seed=seed, drop_last=False)
+
+
+def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int) -> Any:
+    """Finite, re-iterable batches of one table's windows in document order (per rank).
+
+    When the loop caps evaluation at ``eval_batches``, the first batches are taken, i.e.
+    whole leading documents rather than scattered windows.
+    """
+    from segsllm.train.loop import SequentialBatches
+
+    return SequentialBatches(DocumentWindows([table], max_segments), batch_size, collate=WindowCollator(pad_id))
+
+
+__all__ = [
+    "DocumentWindows",
+    "WindowCollator",
+    "collate_windows",
+    "document_bounds",
+    "eval_windows",
+    "train_windows",
+    "window_index",
+    "windows_from_segments",
+]
