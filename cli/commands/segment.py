@@ -93,14 +93,13 @@ def segment_file(
         )
     text = read_text_file(file)
 
-    import numpy as np
-
-    from segsllm.data.tokenizer import encode, load_tokenizer
+    from segsllm.data.tokenizer import load_tokenizer
     from segsllm.segment import build_segmenter, segment_stats, segment_texts
+    from segsllm.segment.text import encode_ids
 
     tok = load_tokenizer(cfg.tokenizer.path)
     seg = build_segmenter(cfg.segmenter.spec, tokenizer=tok, max_len=cfg.segmenter.max_len)
-    ids = np.asarray(encode(tok, text), dtype=np.int64)
+    ids = encode_ids(tok, text)  # a 10 MB line is encoded in pieces, in bounded memory
     started = time.perf_counter()
     ends = seg.segment(ids)
     seconds = time.perf_counter() - started
