@@ -51,6 +51,9 @@ class DataConfig:
     max_docs: int | None = None
     # Cap on bytes per document a stage reads (long CSV tables are truncated at a line end).
     max_doc_bytes: int | None = None
+    # Training draws as many segments from each domain per epoch (else CSV's many tiny
+    # segments dominate the mix).
+    balance_domains: bool = True
 
 
 @dataclass

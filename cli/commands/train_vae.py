@@ -21,7 +21,7 @@ from cli.options import (
 )
 
 TokenizerOpt = Annotated[
-    Optional[Path], typer.Option("--tokenizer", help="Tokenizer folder [default: tokenizer.path].")
+    Optional[Path], typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
 ]
 
 
@@ -38,7 +38,7 @@ def train_vae_command(
     segmenter: SegmenterOpt = None,
     tokenizer: TokenizerOpt = None,
     domains: Annotated[
-        Optional[str], typer.Option("--domains", help="Comma-separated corpora [default: data.domains].")
+        Optional[str], typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
     ] = None,
     depth: Annotated[
         Optional[int], typer.Option("--depth", help="Encoder and decoder layers: 1, 2 or 4 (paper's H1/H2/H4).")
@@ -63,7 +63,7 @@ def train_vae_command(
     )
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
-    result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=console.is_terminal)
+    result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
 
     table = Table(title=f"SentenceVAE validation ({cfg.segmenter.spec}, {result.steps} steps)")
     for col in ("domain", "loss start→end", "token acc", "exact (greedy)", "bits/byte", "mean len"):

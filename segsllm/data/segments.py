@@ -9,6 +9,7 @@ small, and is resumable (the training loop's ``BatchSource`` protocol).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import shutil
@@ -235,6 +236,10 @@ class BucketedBatches:
     is sorted by length and cut into batches (little padding), then the batch order is
     shuffled (no length curriculum). Rank ``r`` of ``w`` takes batches ``r::w``. The state is
     (epoch, batches consumed), so resuming replays exactly the batches that would come next.
+
+    With ``balanced=True`` over a :class:`ConcatTables`, every epoch draws the same number of
+    segments from each domain (the smallest domain's count, a fresh random subset of the
+    larger ones each epoch), so CSV's many tiny segments do not drown prose and code.
     """
 
     def __init__(
@@ -246,11 +251,19 @@ class BucketedBatches:
         pool_batches: int = 50,
         rank: int | None = None,
         world_size: int | None = None,
+        balanced: bool = False,
     ) -> None:
         from segsllm.runtime import dist_info
 
         env_rank, _, env_world = dist_info()
         self.dataset = dataset
+        # Per-domain index ranges when balancing (ConcatTables keeps them in ``offsets``).
+        offsets = getattr(dataset, "offsets", None)
+        self.domain_ranges = (
+            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
+            if balanced and offsets is not None
+            else None
+        )
         self.lengths = np.asarray(dataset.lengths)
         self.batch_size = int(batch_size)
         self.pad_id = int(pad_id)
@@ -266,13 +279,23 @@ class BucketedBatches:
                 f"{self.world_size} rank(s); use a smaller batch size or more data"
             )
 
+    def _epoch_items(self) -> int:
+        if self.domain_ranges:
+            return min(b - a for a, b in self.domain_ranges) * len(self.domain_ranges)
+        return len(self.dataset)
+
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        return (len(self.dataset) // self.batch_size) // self.world_size
+        return (self._epoch_items() // self.batch_size) // self.world_size
 
     def _batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        perm = rng.permutation(len(self.dataset))
+        if self.domain_ranges:
+            per = min(b - a for a, b in self.domain_ranges)
+            picks = [a + rng.choice(b - a, size=per, replace=False) for a, b in self.domain_ranges]
+            perm = rng.permutation(np.concatenate(picks))
+        else:
+            perm = rng.permutation(len(self.dataset))
         n_batches = len(perm) // self.batch_size
         perm = perm[: n_batches * self.batch_size]
         pool = self.pool_batches * self.batch_size

@@ -574,7 +574,7 @@ def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig, meta: M
         )
 
 
-def _progress_bar(enabled: bool, total: int, start: int) -> Any:
+def _progress_bar(enabled: bool, total: int, start: int, every: int = 10) -> Any:
     """A rich progress bar on a terminal; a no-op object otherwise."""
     if enabled:
         from rich.console import Console
@@ -602,12 +602,14 @@ def _progress_bar(enabled: bool, total: int, start: int) -> Any:
             )
             task = bar.add_task("train", total=total, completed=start, loss="-", tps="-")
             return _Bar(bar, task)
+        # Not a terminal (CI, a log file): one plain line per logging window instead.
+        return _Bar(None, None, plain_total=total, every=every)
     return _Bar(None, None)
 
 
 class _Bar:
-    def __init__(self, bar: Any, task: Any) -> None:
-        self.bar, self.task = bar, task
+    def __init__(self, bar: Any, task: Any, plain_total: int | None = None, every: int = 10) -> None:
+        self.bar, self.task, self.plain_total, self.every = bar, task, plain_total, max(1, every)
 
     def __enter__(self) -> _Bar:
         if self.bar is not None:
@@ -621,6 +623,11 @@ class _Bar:
     def update(self, step: int, loss: float, tokens_per_s: float) -> None:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}")
+        elif self.plain_total is not None and (step % self.every == 0 or step == self.plain_total):
+            import sys
+
+            print(f"train step {step}/{self.plain_total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s",
+                  file=sys.stderr, flush=True)
 
 
 def train(
@@ -754,7 +761,7 @@ def train(
         run_eval()
         last_eval = 0
 
-    with _progress_bar(progress and is_main, cfg.steps, state.step) as bar:
+    with _progress_bar(progress and is_main, cfg.steps, state.step, cfg.log_every) as bar:
         while state.step < cfg.steps and not state.stop:
             lr = lr_at(state.step, cfg)
             for group in optimizer.param_groups:

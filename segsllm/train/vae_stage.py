@@ -154,7 +154,7 @@ def train_vae(
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
     from segsllm.tracking import start_run
-    from segsllm.train.loop import evaluate, maybe_init_distributed, train
+    from segsllm.train.loop import maybe_init_distributed, train
 
     if not cfg.run.out:
         raise ConfigError("train-vae needs an output folder: --out DIR (or run.out)")
@@ -186,6 +186,7 @@ def train_vae(
         cfg.train.batch_size,
         vae_cfg.pad_id,
         seed=cfg.run.seed,
+        balanced=cfg.data.balance_domains,
     )
     eval_sources = {
         d: EvalBatches(tables["validation", d], cfg.train.batch_size, vae_cfg.pad_id, cfg.train.eval_batches)
@@ -218,8 +219,9 @@ def train_vae(
                   "kind": KIND},
         )
         model = model.to(device)
-        final = evaluate(model, vae_loss, eval_sources, device=device, max_batches=None,
-                         reduce_metrics=reduce_vae_metrics, bf16=cfg.train.bf16)
+        # The loop always evaluates after the last step (on up to train.eval_batches batches
+        # per domain, spread evenly over segment lengths): those are the final metrics.
+        final = result.final_eval
         metrics: dict[str, dict[str, float]] = {}
         samples: dict[str, list[tuple[str, str]]] = {}
         model.eval()
