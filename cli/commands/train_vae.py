@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,7 +21,7 @@ from cli.options import (
 )
 
 TokenizerOpt = Annotated[
-    Optional[Path], typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
+    Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
 ]
 
 
@@ -38,10 +38,10 @@ def train_vae_command(
     segmenter: SegmenterOpt = None,
     tokenizer: TokenizerOpt = None,
     domains: Annotated[
-        Optional[str], typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
+        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
     ] = None,
     depth: Annotated[
-        Optional[int], typer.Option("--depth", help="Encoder and decoder layers: 1, 2 or 4 (paper's H1/H2/H4).")
+        int | None, typer.Option("--depth", help="Encoder and decoder layers: 1, 2 or 4 (paper's H1/H2/H4).")
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
 ) -> None:
