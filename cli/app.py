@@ -14,6 +14,7 @@ from cli.commands import data as data_cmd
 from cli.commands import segment as segment_cmd
 from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
+from cli.commands import train_lm as train_lm_cmd
 from cli.commands import train_vae as train_vae_cmd
 
 app = typer.Typer(
@@ -47,7 +48,8 @@ def root(
 app.add_typer(data_cmd.app, name="data")
 tokenizer_cmd.register(app)
 train_vae_cmd.register(app)
-stage_cmds.register(app, skip=["train-vae"])
+train_lm_cmd.register(app)
+stage_cmds.register(app, skip=["train-vae", "train-lm"])
 segment_cmd.register(app)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from segsllm.errors import ConfigError
 from segsllm.models.backbone import BackboneConfig
+from segsllm.models.lm_config import LMConfig
 from segsllm.models.vae_config import SentenceVAEConfig
 from segsllm.train.schedule import TrainConfig
 
@@ -86,6 +87,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: SentenceVAEConfig = field(default_factory=SentenceVAEConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
 
 
 # --------------------------------------------------------------------------- presets

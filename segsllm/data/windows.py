@@ -204,6 +204,88 @@ def collate_windows(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
     }
 
 
+class WindowBatches:
+    """Endless, resumable, shuffled batches of windows (the loop's ``BatchSource``).
+
+    Each epoch is a seeded permutation; with ``balanced=True`` over a
+    :class:`~segsllm.data.segments.ConcatTables` of several domains it holds the same
+    number of windows from each domain (the smallest domain's count, a fresh random subset
+    of the larger ones every epoch), the policy the SLLM's segment batches use
+    (``data.balance_domains``), so neither model is trained mostly on CSV. Rank ``r`` of
+    ``w`` takes batches ``r::w``; the state is (epoch, batches consumed).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        pad_id: int,
+        seed: int = 0,
+        *,
+        balanced: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+    ) -> None:
+        import itertools
+
+        from segsllm.runtime import dist_info
+
+        env_rank, _, env_world = dist_info()
+        self.dataset = dataset
+        self.batch_size, self.pad_id, self.seed = int(batch_size), int(pad_id), int(seed)
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        offsets = getattr(dataset, "offsets", None)
+        self.domain_ranges = (
+            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)] if balanced and offsets is not None else None
+        )
+        self.epoch = 0
+        self.position = 0
+        if len(self) == 0:
+            raise DataError(
+                f"{self._epoch_items()} windows per epoch give no batch of {self.batch_size} on "
+                f"{self.world_size} rank(s); use a smaller batch size or more data"
+            )
+
+    def _epoch_items(self) -> int:
+        if self.domain_ranges:
+            return min(b - a for a, b in self.domain_ranges) * len(self.domain_ranges)
+        return len(self.dataset)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return (self._epoch_items() // self.batch_size) // self.world_size
+
+    def _order(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, epoch])
+        if self.domain_ranges:
+            per = min(b - a for a, b in self.domain_ranges)
+            picks = [a + rng.choice(b - a, size=per, replace=False) for a, b in self.domain_ranges]
+            return rng.permutation(np.concatenate(picks))
+        return rng.permutation(len(self.dataset))
+
+    def __iter__(self) -> Any:
+        while True:
+            order = self._order(self.epoch)
+            n = len(self)
+            for b in range(self.position, n):
+                k = b * self.world_size + self.rank  # this rank's b-th batch
+                idx = order[k * self.batch_size : (k + 1) * self.batch_size]
+                self.position = b + 1
+                yield collate_windows([self.dataset[int(i)] for i in idx], self.pad_id)
+            self.epoch += 1
+            self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "batch_size": self.batch_size, "num_items": len(self.dataset)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seed = int(state.get("seed", self.seed))
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
+
+
 def train_windows(table: Any, context_len: int, bos_id: int, eos_id: int,
                   token_bytes: np.ndarray | None = None) -> DocumentWindows:
     """Non-overlapping per-document training windows of one segment table."""
@@ -211,12 +293,13 @@ def train_windows(table: Any, context_len: int, bos_id: int, eos_id: int,
                            eos_id=eos_id, token_bytes=token_bytes, domain=getattr(table, "domain", ""))
 
 
-def pick_documents(windows_per_doc: np.ndarray, budget: int | None) -> np.ndarray:
-    """Rows of whole documents, evenly spread over the split, with at least ``budget``
-    windows in total (the fewest such documents); all rows when ``budget`` is None."""
-    per_doc = np.asarray(windows_per_doc, dtype=np.int64)
-    n = int(per_doc.shape[0])
-    if budget is None or n == 0 or int(per_doc.sum()) <= budget:
+def pick_documents(weights: np.ndarray, budget: int | None) -> np.ndarray:
+    """Rows of whole documents evenly spread over the split whose ``weights`` (e.g. UTF-8
+    bytes) reach ``budget``, as few as possible (at least one); all rows when ``budget`` is
+    None. Deterministic, and the same for every model given the same weights and budget."""
+    w = np.asarray(weights, dtype=np.int64)
+    n = int(w.shape[0])
+    if budget is None or n == 0 or int(w.sum()) <= budget:
         return np.arange(n)
 
     def spread(k: int) -> np.ndarray:
@@ -225,11 +308,24 @@ def pick_documents(windows_per_doc: np.ndarray, budget: int | None) -> np.ndarra
     lo, hi = 1, n  # bisection on the number of documents; spread(n) holds all of them
     while lo < hi:
         mid = (lo + hi) // 2
-        if int(per_doc[spread(mid)].sum()) >= budget:
+        if int(w[spread(mid)].sum()) >= budget:
             hi = mid
         else:
             lo = mid + 1
     return spread(lo)
+
+
+def select_eval_documents(table: Any, doc_bytes: Any, max_bytes: int | None) -> DocumentSpans:
+    """The validation documents to evaluate: whole documents, evenly spread, about
+    ``max_bytes`` UTF-8 bytes in total (all when None).
+
+    Chosen by bytes, not tokens, so models with different tokenizers (the SLLM on ours, a
+    pretrained base on its own) are scored on the same documents; call it from any stage
+    that must be compared with ``train-lm``.
+    """
+    docs = DocumentSpans.from_table(table)
+    weights = np.asarray(doc_bytes, dtype=np.int64)[docs.doc_index] if doc_bytes is not None else docs.lengths
+    return docs.subset(pick_documents(weights, max_bytes))
 
 
 def eval_windows(
@@ -241,12 +337,9 @@ def eval_windows(
     stride: int | None = None,
     token_bytes: np.ndarray | None = None,
     doc_bytes: Mapping[int, int] | np.ndarray | None = None,
-    max_windows: int | None = None,
+    max_bytes: int | None = None,
 ) -> DocumentWindows:
-    """Evaluation windows of whole documents of one table (a spread subset if ``max_windows``)."""
-    docs = DocumentSpans.from_table(table)
-    stride = int(stride or context_len)
-    per_doc = np.asarray([len(window_bounds(int(n) + 1, context_len, stride)) for n in docs.lengths])
-    docs = docs.subset(pick_documents(per_doc, max_windows))
+    """Evaluation windows over whole documents of one table (see :func:`select_eval_documents`)."""
+    docs = select_eval_documents(table, doc_bytes, max_bytes)
     return DocumentWindows(docs, context_len=context_len, bos_id=bos_id, eos_id=eos_id, stride=stride,
                            token_bytes=token_bytes, doc_bytes=doc_bytes, domain=getattr(table, "domain", ""))

@@ -1,0 +1,93 @@
+"""`segsllm train-lm`: train or fine-tune the token-level baseline LM and report bits/byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import console, handle_errors, resolve_config
+from cli.options import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    NoTrackOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+    TrackingUriOpt,
+)
+
+TokenizerOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--tokenizer",
+        help="Tokenizer folder. tiny: required (default: tokenizer.path); pretrained: "
+        "(default: the backbone's own).",
+    ),
+]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backbone",
+        help="tiny | tiny:opt | smollm2-135m | FOLDER | FILE.gguf | hub id (default: backbone.spec).",
+    ),
+]
+
+
+@handle_errors
+def train_lm_command(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    backbone: BackboneOpt = None,
+    tokenizer: TokenizerOpt = None,
+    domains: Annotated[
+        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Train (tiny) or fine-tune (pretrained) the token-level LM; report validation bits/byte per domain."""
+    from rich.table import Table
+
+    from segsllm.train.lm_stage import train_lm
+
+    extra = {
+        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "backbone.spec": backbone,
+    }
+    cfg = resolve_config(
+        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+    )
+    result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
+
+    # DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
+    # beside the fine-tuned baseline; for tiny it is the random initialisation.
+    first, last = ("untouched base", "fine-tuned") if result.pretrained else ("start", "trained")
+    table = Table(title=f"Token LM validation ({cfg.backbone.spec}, {result.steps} steps, "
+                        f"{result.tokens_seen:,} tokens)")
+    for col in ("domain", "model", "bits/byte", "token ppl", "docs", "tokens", "bytes"):
+        table.add_column(col, justify="left" if col in ("domain", "model") else "right")
+    for d, m in result.metrics.items():
+        s = result.start_metrics.get(d, {})
+        for label, row in ((first, s), (last, m)):
+            bpb = f"{row.get('bits_per_byte', float('nan')):.3f}"
+            if row is m and s:
+                bpb += f" ({m['bits_per_byte'] - s['bits_per_byte']:+.3f})"
+            table.add_row(d if row is s else "", label, bpb, f"{row.get('token_perplexity', float('nan')):.2f}",
+                          f"{row.get('n_docs', 0):.0f}", f"{row.get('n_tokens', 0):,.0f}",
+                          f"{row.get('n_bytes', 0):,.0f}")
+    console.print(table)
+    console.print(f"model: {result.out_dir}  ({result.wall_time_s:.0f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add train-lm."""
+    app.command(name="train-lm")(train_lm_command)
