@@ -38,6 +38,8 @@ class RunConfig:
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db
     track: bool = True
     experiment_prefix: str = "segsllm"
+    # Extra MLflow tags on this run (the pipeline links its stage runs with them).
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -77,6 +79,19 @@ class SegmenterConfig:
 
 
 @dataclass
+class PipelineConfig:
+    """What `segsllm pipeline` runs (DESIGN.md §2): one VAE + SLLM per segmenter, one
+    learned splitter per teacher (each also gets its VAE + SLLM), then the bench."""
+
+    segmenters: list[str] = field(default_factory=lambda: ["punctuation", "fixed:k=8"])
+    teachers: list[str] = field(default_factory=list)  # entropy | vae | punctuation
+    # Per-stage dotted overrides applied on top of the preset, e.g.
+    # {vae: ["train.steps=800"], sllm: ["train.steps=300"]}. Stage kinds: tokenizer, lm,
+    # vae, sllm, splitter, bench.
+    overrides: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     """The resolved configuration of one command."""
 
@@ -87,6 +102,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vae: SentenceVAEConfig = field(default_factory=SentenceVAEConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     lm: LMConfig = field(default_factory=LMConfig)
 
 

@@ -221,8 +221,10 @@ def start_run(
 
     uri = resolve_tracking_uri(getattr(run_cfg, "tracking_uri", None))
     prefix = getattr(run_cfg, "experiment_prefix", "segsllm")
+    all_tags = dict(getattr(run_cfg, "tags", None) or {})
+    all_tags.update(tags or {})
     try:
-        run = _open(uri, f"{prefix}/{stage}", run_name, stage, tags)
+        run = _open(uri, f"{prefix}/{stage}", run_name, stage, all_tags)
     except Exception as exc:
         warnings.warn(
             f"MLflow tracking unavailable at {uri}: {str(exc).splitlines()[0] if str(exc) else exc!r};"

@@ -78,9 +78,13 @@ class SegmentTable:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
             info = {"domain": self.domain, "n_docs": self.n_docs, "version": CACHE_VERSION, **(meta or {})}
             (tmp / "meta.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
+            try:
+                tmp.rename(folder)
+            except OSError:
+                # Another process (a DDP rank) finished the same table first: keep theirs.
+                if not (folder / "meta.json").is_file():
+                    shutil.rmtree(folder, ignore_errors=True)
+                    tmp.rename(folder)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

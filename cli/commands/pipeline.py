@@ -1,0 +1,81 @@
+"""`segsllm pipeline`: every stage from one preset, resumable (the main job)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cli.common import console, handle_errors, resolve_config
+from cli.options import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    NoTrackOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+    TrackingUriOpt,
+)
+
+
+@handle_errors
+def pipeline_command(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    segmenters: Annotated[
+        str | None,
+        typer.Option("--segmenters", help="Comma-separated segmenter specs (default: pipeline.segmenters)."),
+    ] = None,
+    teachers: Annotated[
+        str | None,
+        typer.Option("--teachers", help="Comma-separated splitter teachers (default: pipeline.teachers)."),
+    ] = None,
+) -> None:
+    """Run every stage from a preset: data, tokenizer, LM, VAE + SLLM per segmenter, splitters, bench.
+
+    Finished stages are skipped on a rerun (same config), interrupted ones resume.
+    """
+    from rich.table import Table
+
+    from segsllm.pipeline import run_pipeline
+
+    extra = {
+        "pipeline.segmenters": [s for s in segmenters.split(",") if s] if segmenters else None,
+        "pipeline.teachers": [t for t in teachers.split(",") if t] if teachers else None,
+    }
+    cfg = resolve_config(config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
+                         tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra)
+    if not cfg.run.out:
+        cfg.run.out = "runs/pipeline"
+    overrides = list(set_ or [])
+    if data_dir is not None:
+        overrides.append(f"data.dir={data_dir}")
+    for key, value in extra.items():
+        if value is not None:
+            overrides.append(f"{key}=[{','.join(repr(v) for v in value)}]")
+
+    def report(name: str, status: str) -> None:
+        console.rule(f"[bold]{name}[/] — {status}")
+
+    outcomes = run_pipeline(cfg, config, overrides, on_stage=report)
+    table = Table(title=f"pipeline {cfg.run.out}")
+    for col in ("stage", "status", "seconds", "output"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.name, o.status, f"{o.seconds:.0f}", str(o.out))
+    console.print(table)
+    md = outcomes[-1].out / "results.md" if outcomes else None
+    if md is not None and md.is_file():
+        console.print(md.read_text(encoding="utf-8"))
+
+
+def register(app: typer.Typer) -> None:
+    """Add pipeline."""
+    app.command(name="pipeline")(pipeline_command)

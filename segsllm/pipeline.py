@@ -1,0 +1,262 @@
+"""`segsllm pipeline`: every stage of the study from one preset, resumable.
+
+Stages run in order — data, tokenizer, token-level LM (the fair baseline, and the backbone
+the SLLMs start from), a VAE and an SLLM per segmenter, learned splitters per teacher (each
+then gets its own VAE and SLLM), bench — each into ``OUT/<stage>``. A stage's *key* hashes
+its resolved config and the keys of the stages it consumes; ``OUT/<stage>/pipeline.json``
+records the key and whether the stage finished. On a rerun a finished stage with the same
+key is skipped, an unfinished one resumes from its last checkpoint, and a finished stage
+whose key changed is refused (so results never silently mix configurations).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segsllm.errors import SegsllmError
+
+MARKER = "pipeline.json"
+
+
+def slug(spec: str) -> str:
+    """A folder-safe name for a segmenter spec: ``fixed:k=16`` -> ``fixed-k16``."""
+    text = spec.replace("=", "").replace(":", "-").replace(",", "-").replace("/", "-")
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
+    return text or "segmenter"
+
+
+@dataclass
+class Stage:
+    """One step of the pipeline: what it is, where it writes, how to run it."""
+
+    name: str  # folder name under OUT, e.g. "vae-punctuation"
+    kind: str  # tokenizer | lm | vae | sllm | splitter | bench | data
+    cfg: Any  # the stage's resolved Config
+    run: Callable[[Any, bool], Any]  # (cfg, resume) -> result
+    after: list[str] = field(default_factory=list)  # stages whose outputs it reads
+    key: str = ""
+
+
+@dataclass
+class StageOutcome:
+    name: str
+    status: str  # done | skipped | resumed
+    seconds: float
+    out: Path
+
+
+def _stage_key(cfg: Any, upstream: list[str]) -> str:
+    """Hash of the stage's resolved config (minus tracking details) and upstream keys."""
+    resolved = dataclasses.asdict(cfg)
+    resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("tracking_uri", "track", "tags")}
+    blob = json.dumps({"cfg": resolved, "upstream": upstream}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _read_marker(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = None) -> None:
+    from segsllm.io import atomic_write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MARKER, {
+        "stage": stage.name, "kind": stage.kind, "key": stage.key, "done": done,
+        "after": stage.after, "seconds": seconds,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) -> list[Stage]:
+    """The ordered stages for ``base`` (the resolved pipeline config)."""
+    from segsllm.config import load_config
+
+    def stage_cfg(kind: str, name: str, extra: list[str] = ()) -> Any:
+        per_kind = list(base.pipeline.overrides.get(kind, []))
+        sets = [*overrides, *per_kind, *extra, f"run.out={out / name}", f"data.dir={base.data.dir}"]
+        cfg = load_config(preset, sets)
+        # Flags given on the command line (seed, device, tracking) win over everything.
+        return dataclasses.replace(cfg, run=dataclasses.replace(base.run, out=str(out / name)))
+
+    stages: list[Stage] = [Stage("data", "data", stage_cfg("data", "data"), _run_data)]
+    pretrained = base.backbone.spec not in ("tiny",) and not base.backbone.spec.startswith("tiny:")
+    stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", "tokenizer"),
+                        _run_backbone_tokenizer if pretrained else _run_tokenizer, ["data"]))
+    tok_dir = str(out / "tokenizer")
+    stages.append(Stage("lm", "lm", stage_cfg("lm", "lm", [f"tokenizer.path={tok_dir}"]), _run_lm,
+                        ["tokenizer"]))
+
+    def model_stages(spec: str, after: list[str]) -> list[Stage]:
+        s = slug(spec)
+        vae = Stage(f"vae-{s}", "vae",
+                    stage_cfg("vae", f"vae-{s}", [f"segmenter.spec={spec}", f"tokenizer.path={tok_dir}"]),
+                    _run_vae, ["tokenizer", *after])
+        sllm = Stage(f"sllm-{s}", "sllm",
+                     stage_cfg("sllm", f"sllm-{s}", [f"segmenter.spec={spec}", f"backbone.spec={out / 'lm'}",
+                                                     f"tokenizer.path={tok_dir}"]),
+                     _run_sllm, [vae.name, "lm"])
+        return [vae, sllm]
+
+    for spec in base.pipeline.segmenters:
+        stages += model_stages(spec, [])
+    learned: list[str] = []
+    first_vae = f"vae-{slug(base.pipeline.segmenters[0])}" if base.pipeline.segmenters else None
+    for teacher in base.pipeline.teachers:
+        name = f"splitter-{teacher}"
+        extra = [f"tokenizer.path={tok_dir}"]
+        after = ["tokenizer"]
+        if teacher == "entropy":
+            extra.append(f"splitter.base_lm={out / 'lm'}")
+            after.append("lm")
+        if teacher == "vae":
+            if first_vae is None:
+                raise SegsllmError("the vae teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
+            extra.append(f"splitter.vae={out / first_vae}")
+            after.append(first_vae)
+        stages.append(Stage(name, "splitter", stage_cfg("splitter", name, [*extra, f"splitter.teacher={teacher}"]),
+                            _run_splitter, after))
+        learned.append(f"learned:{out / name}")
+    for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
+        stages += model_stages(spec, [f"splitter-{teacher}"])
+    segs = [*base.pipeline.segmenters, *learned]
+    bench_after = ["lm", *[f"sllm-{slug(s)}" for s in segs]]
+    stages.append(Stage("bench", "bench", stage_cfg("bench", "bench", [f"tokenizer.path={tok_dir}"]),
+                        _bench_runner(out, segs), bench_after))
+
+    keys: dict[str, str] = {}
+    for st in stages:
+        st.key = _stage_key(st.cfg, [keys[a] for a in st.after])
+        keys[st.name] = st.key
+    return stages
+
+
+def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
+                 on_stage: Callable[[str, str], None] | None = None) -> list[StageOutcome]:
+    """Run (or resume) every stage; ``on_stage(name, status)`` reports progress."""
+    from segsllm.tracking import start_run
+
+    if not base.run.out:
+        raise SegsllmError("pipeline needs an output folder: --out DIR (or run.out)")
+    out = Path(base.run.out)
+    stages = plan_stages(base, preset, overrides, out)
+    outcomes: list[StageOutcome] = []
+    with start_run(base, "pipeline", tags={"segmenter": ",".join(base.pipeline.segmenters),
+                                           "domain": ",".join(base.data.domains),
+                                           "backbone": base.backbone.spec}) as parent:
+        for st in stages:
+            stage_out = Path(st.cfg.run.out)
+            marker = _read_marker(stage_out)
+            if marker and marker.get("done") and marker.get("key") == st.key:
+                outcomes.append(StageOutcome(st.name, "skipped", 0.0, stage_out))
+                if on_stage:
+                    on_stage(st.name, "skipped (already done with the same config)")
+                continue
+            if marker and marker.get("done") and marker.get("key") != st.key:
+                raise SegsllmError(
+                    f"{stage_out} holds a finished '{st.name}' built with another configuration; "
+                    "use a new --out (or delete that folder) to rebuild it"
+                )
+            resume = bool(marker and marker.get("key") == st.key and st.kind in ("lm", "vae", "sllm", "splitter"))
+            resume = resume and (stage_out / "checkpoints").is_dir()
+            if on_stage:
+                on_stage(st.name, "resuming" if resume else "running")
+            _write_marker(stage_out, st, done=False)
+            started = time.perf_counter()
+            st.cfg.run.tags = {**st.cfg.run.tags, "pipeline.run_id": parent.run_id or "",
+                               "pipeline.stage": st.name}
+            st.run(st.cfg, resume)
+            seconds = time.perf_counter() - started
+            _write_marker(stage_out, st, done=True, seconds=seconds)
+            parent.log_metrics({f"stage_seconds/{st.name}": seconds})
+            outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
+        parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
+        bench_dir = out / "bench"
+        for name in ("results.md", "results.json", "results.csv"):
+            if (bench_dir / name).is_file():
+                parent.log_artifact(bench_dir / name)
+    return outcomes
+
+
+# --------------------------------------------------------------------------- stage runners
+
+
+def _run_data(cfg: Any, resume: bool) -> None:
+    from segsllm.data.corpora import BUILTIN_SOURCES, prepare_builtin
+    from segsllm.data.store import require_prepared
+
+    for name in cfg.data.domains:
+        if name in BUILTIN_SOURCES:
+            prepare_builtin(cfg.data.dir, name, cfg.data.validation_fraction, cfg.data.test_fraction)
+        else:
+            require_prepared(cfg.data.dir, name)  # a user corpus must be prepared beforehand
+
+
+def _run_tokenizer(cfg: Any, resume: bool) -> None:
+    import shutil
+
+    from segsllm.data.tokenizer_build import build_tokenizer, data_manifests
+
+    target = Path(cfg.run.out)
+    marker = (target / MARKER).read_bytes() if (target / MARKER).is_file() else None
+    if target.exists():
+        shutil.rmtree(target)  # a tokenizer is rebuilt whole (it is written atomically)
+    build_tokenizer(cfg, target, data_manifests(cfg))
+    if marker is not None:
+        (target / MARKER).write_bytes(marker)
+
+
+def _run_backbone_tokenizer(cfg: Any, resume: bool) -> None:
+    """A pretrained backbone brings its own tokenizer: save it as the pipeline's tokenizer."""
+    from segsllm.data.tokenizer import save_tokenizer
+    from segsllm.models.backbone import load_backbone
+
+    backbone = load_backbone(cfg.backbone)
+    if backbone.tokenizer is None:
+        raise SegsllmError(f"backbone {cfg.backbone.spec} has no tokenizer; give tokenizer.path")
+    save_tokenizer(backbone.tokenizer, cfg.run.out)
+
+
+def _run_lm(cfg: Any, resume: bool) -> None:
+    from segsllm.train.lm_stage import train_lm
+
+    train_lm(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+
+
+def _run_vae(cfg: Any, resume: bool) -> None:
+    from segsllm.train.vae_stage import train_vae
+
+    train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+
+
+def _run_sllm(cfg: Any, resume: bool) -> None:
+    from segsllm.train.sllm_stage import finetune_sllm
+
+    vae_dir = Path(cfg.run.out).parent / Path(cfg.run.out).name.replace("sllm-", "vae-", 1)
+    finetune_sllm(cfg, vae_dir, cfg.backbone.spec, segmenter=cfg.segmenter.spec, resume=resume, progress=True)
+
+
+def _run_splitter(cfg: Any, resume: bool) -> None:
+    from segsllm.train.splitter_stage import train_splitter
+
+    train_splitter(cfg, resume=resume, progress=True)
+
+
+def _bench_runner(out: Path, segmenters: list[str]) -> Callable[[Any, bool], Any]:
+    def run(cfg: Any, resume: bool) -> Any:
+        from segsllm.bench.run import run_bench_from_pipeline
+
+        return run_bench_from_pipeline(cfg, out, segmenters)
+
+    return run
