@@ -11,6 +11,8 @@ from typing import Annotated
 import typer
 
 from cli.commands import data as data_cmd
+from cli.commands import finetune as finetune_cmd
+from cli.commands import generate as generate_cmd
 from cli.commands import segment as segment_cmd
 from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
@@ -49,7 +51,9 @@ app.add_typer(data_cmd.app, name="data")
 tokenizer_cmd.register(app)
 train_vae_cmd.register(app)
 train_lm_cmd.register(app)
-stage_cmds.register(app, skip=["train-vae", "train-lm"])
+finetune_cmd.register(app)
+generate_cmd.register(app)
+stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate"])
 segment_cmd.register(app)
 
 

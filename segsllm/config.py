@@ -17,6 +17,7 @@ from typing import Any
 from segsllm.errors import ConfigError
 from segsllm.models.backbone import BackboneConfig
 from segsllm.models.lm_config import LMConfig
+from segsllm.models.sllm_config import SLLMConfig
 from segsllm.models.vae_config import SentenceVAEConfig
 from segsllm.train.schedule import TrainConfig
 
@@ -104,6 +105,7 @@ class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     lm: LMConfig = field(default_factory=LMConfig)
+    sllm: SLLMConfig = field(default_factory=SLLMConfig)
 
 
 # --------------------------------------------------------------------------- presets

@@ -15,14 +15,13 @@ A batch of windows is a dict of tensors::
     is_last    (B,)       the window ends its document (the stop head's "stop" target lives here)
     n_bytes    (B,)       UTF-8 bytes of the window's segments (windows partition the documents)
 
-Training uses the loop's :class:`~segsllm.train.loop.ShuffledBatches` over a
-:class:`DocumentWindows` (resumable); evaluation uses
-:class:`~segsllm.train.loop.SequentialBatches` (finite, document order, re-iterable).
+Training uses :class:`WindowBatches` (one domain per batch, domains balanced, resumable);
+evaluation uses :func:`eval_windows` (whole documents, an evenly spread subset when capped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -154,33 +153,122 @@ def windows_from_segments(segments: Sequence[Sequence[int]], pad_id: int, *, is_
     return collate_windows([item], pad_id)
 
 
-def train_windows(tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0) -> Any:
-    """Endless, shuffled, resumable batches of windows (the loop's ``BatchSource``)."""
-    from segsllm.train.loop import ShuffledBatches
+class WindowBatches:
+    """Endless, resumable batches of document windows (the loop's ``BatchSource``).
 
-    data = DocumentWindows(tables, max_segments)
-    if len(data) == 0:
-        raise DataError("no document windows to train on (are the corpora empty?)")
-    return ShuffledBatches(data, batch_size, collate=WindowCollator(pad_id), seed=seed, drop_last=False)
+    Every batch holds windows of **one** table (domain): the decoder pads segments to the
+    longest in the batch, and a prose segment beside CSV's 2-token cells would waste ~20x
+    compute. Each epoch: per table a seeded permutation of its windows — with ``balanced``
+    the same number from every table (the smallest table's count; a fresh random subset of
+    the larger ones each epoch, so CSV's many windows do not drown prose) — cut into
+    batches; then the batch order is shuffled across tables. Rank ``r`` of ``w`` takes
+    batches ``r::w``. State: (epoch, batches consumed).
+    """
+
+    def __init__(self, tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
+                 *, balanced: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
+        from segsllm.runtime import dist_info
+
+        env_rank, _, env_world = dist_info()
+        self.data = DocumentWindows(tables, max_segments)
+        self.batch_size = int(batch_size)
+        self.collate = WindowCollator(pad_id)
+        self.seed = int(seed)
+        self.balanced = balanced
+        self.rank = env_rank if rank is None else rank
+        self.world_size = env_world if world_size is None else world_size
+        # Window ids of each non-empty table.
+        self.groups = [ids for ids in (np.flatnonzero(self.data.index[:, _TABLE] == t) for t in range(len(tables)))
+                       if ids.size]
+        self.epoch = 0
+        self.position = 0
+        if self.batch_size < 1:
+            raise DataError(f"batch_size must be >= 1, got {batch_size}")
+        if len(self) == 0:
+            raise DataError(f"{len(self.data)} document windows give no batch on {self.world_size} rank(s); "
+                            "use more data or fewer ranks")
+
+    def _per_group(self) -> list[int]:
+        sizes = [g.size for g in self.groups]
+        return [min(sizes)] * len(sizes) if self.balanced and sizes else sizes
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return sum(-(-n // self.batch_size) for n in self._per_group()) // self.world_size
+
+    def _batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        batches: list[np.ndarray] = []
+        for group, n in zip(self.groups, self._per_group(), strict=True):
+            pick = rng.permutation(group)[:n]
+            batches += [pick[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        order = rng.permutation(len(batches))
+        return [batches[i] for i in order][self.rank :: self.world_size][: len(self)]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        while True:
+            batches = self._batches(self.epoch)
+            for b in range(self.position, len(batches)):
+                self.position = b + 1  # state now says "this batch is consumed"
+                yield self.collate([self.data[int(i)] for i in batches[b]])
+            self.epoch += 1
+            self.position = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
+                "batch_size": self.batch_size, "num_items": len(self.data)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.seed = int(state.get("seed", self.seed))
+        self.epoch = int(state["epoch"])
+        self.position = int(state["position"])
 
 
-def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int) -> Any:
-    """Finite, re-iterable batches of one table's windows in document order (per rank).
+def train_windows(tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
+                  balanced: bool = True) -> WindowBatches:
+    """Endless, shuffled, resumable batches of windows (see :class:`WindowBatches`)."""
+    return WindowBatches(tables, max_segments, batch_size, pad_id, seed, balanced=balanced)
 
-    When the loop caps evaluation at ``eval_batches``, the first batches are taken, i.e.
-    whole leading documents rather than scattered windows.
+
+def spread_documents(n_windows_per_doc: np.ndarray, max_windows: int | None) -> np.ndarray:
+    """Indices of evenly spread documents whose windows fit in ``max_windows`` (all when
+    None; at least one document)."""
+    n = len(n_windows_per_doc)
+    if max_windows is None or n == 0 or int(n_windows_per_doc.sum()) <= max_windows:
+        return np.arange(n)
+    best = np.array([0])
+    for k in range(1, n + 1):  # the most documents, evenly spaced, that still fit
+        docs = np.unique(np.linspace(0, n - 1, k).round().astype(int))
+        if int(n_windows_per_doc[docs].sum()) > max_windows:
+            break
+        best = docs
+    return best
+
+
+def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int,
+                 max_windows: int | None = None) -> Any:
+    """Finite, re-iterable batches of one table's windows, whole documents in order (per rank).
+
+    With ``max_windows``, an evenly spread subset of **whole documents** whose windows fit
+    (at least one document), so every evaluated document's end is scored too.
     """
     from segsllm.train.loop import SequentialBatches
 
-    return SequentialBatches(DocumentWindows([table], max_segments), batch_size, collate=WindowCollator(pad_id))
+    data = DocumentWindows([table], max_segments)
+    doc_of = np.cumsum(data.index[:, _FIRST]) - 1  # (W,) document of each window
+    keep = spread_documents(np.bincount(doc_of), max_windows)
+    data.index = data.index[np.isin(doc_of, keep)]
+    return SequentialBatches(data, batch_size, collate=WindowCollator(pad_id))
 
 
 __all__ = [
     "DocumentWindows",
+    "WindowBatches",
     "WindowCollator",
     "collate_windows",
     "document_bounds",
     "eval_windows",
+    "spread_documents",
     "train_windows",
     "window_index",
     "windows_from_segments",

@@ -21,6 +21,8 @@ _EXPORTS = {
     "kv_cache_bytes": "segsllm.models.backbone",
     "freeze_layers": "segsllm.models.backbone",
     "count_parameters": "segsllm.models.backbone",
+    "SLLM": "segsllm.models.sllm",
+    "SLLMConfig": "segsllm.models.sllm_config",
     "save_artifact": "segsllm.models.artifact",
     "load_artifact": "segsllm.models.artifact",
     "read_manifest": "segsllm.models.artifact",

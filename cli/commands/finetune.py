@@ -1,0 +1,109 @@
+"""`segsllm finetune`: graft a trained SentenceVAE onto a backbone and train the SLLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import console, handle_errors, resolve_config
+from cli.options import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    NoTrackOpt,
+    OutOpt,
+    SeedOpt,
+    SegmenterOpt,
+    SetOpt,
+    TrackingUriOpt,
+)
+
+VaeOpt = Annotated[Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae` output).")]
+BackboneOpt = Annotated[
+    str | None,
+    typer.Option("--backbone", help="tiny | tiny:opt | a train-lm folder | smollm2-135m | FILE.gguf | hub id "
+                                    "(default: backbone.spec)."),
+]
+
+
+@handle_errors
+def finetune_command(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    segmenter: SegmenterOpt = None,
+    vae: VaeOpt = None,
+    backbone: BackboneOpt = None,
+    domains: Annotated[
+        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
+    ] = None,
+    train_last: Annotated[
+        int | None, typer.Option("--train-last", help="Train only the last k backbone layers (sllm.train_last).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Train the SLLM (encoder → causal backbone → decoder + stop head); report bits/byte per domain.
+
+    The segmenter defaults to the one the VAE was trained with.
+    """
+    from rich.table import Table
+
+    from segsllm.errors import ConfigError
+    from segsllm.train.sllm_stage import finetune_sllm
+
+    if vae is None:
+        raise ConfigError("no SentenceVAE: pass --vae DIR (see `segsllm train-vae`)")
+    extra = {
+        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "sllm.train_last": train_last,
+        "backbone.spec": backbone,
+    }
+    # --segmenter is handed over as an explicit choice (None: the VAE's own), not merged.
+    cfg = resolve_config(
+        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+    )
+    result = finetune_sllm(cfg, vae, segmenter=segmenter, resume=resume, progress=True)
+
+    title = (f"SLLM validation ({result.segmenter}, backbone {cfg.backbone.spec}, {result.steps} steps, "
+             f"{result.trainable_parameters:,}/{result.num_parameters:,} params trained)")
+    table = Table(title=title)
+    for col in ("domain", "bits/byte", "tokens", "bounds", "tok ppl", "paper*", "seg/doc", "tok/seg"):
+        table.add_column(col, justify="left" if col == "domain" else "right", no_wrap=True)
+    for d, m in result.metrics.items():
+        table.add_row(
+            d,
+            f"{m['bits_per_byte']:.3f}",
+            f"{m['bits_per_byte_tokens']:.3f}",
+            f"{m['bits_per_byte_boundaries']:.3f}",
+            f"{m['token_perplexity']:.1f}",
+            f"{m['paper_style_perplexity']:.1f}",
+            f"{m['segments_per_doc']:.0f}",
+            f"{m['mean_segment_len']:.1f}",
+        )
+    console.print(table)
+    console.print("[dim]bits/byte = tokens (segment tokens) + bounds (segment EOS, stop decisions); tok ppl = exp(same NLL / "
+                  "(document tokens + 1 EOS per document)), as train-lm's; paper* = paper-style perplexity, only for "
+                  "comparison with the paper. More metrics: metrics.json.[/]")
+    console.print("validation loss (start → end): " + ", ".join(
+        f"{d} {result.start_loss.get(d, float('nan')):.2f} → {m['loss']:.2f}" for d, m in result.metrics.items()))
+    if result.samples:
+        samples = Table(title="Greedy continuations of validation documents", show_lines=True)
+        for col in ("domain", "prompt", "continuation"):
+            samples.add_column(col)
+        for d, (prompt, cont) in result.samples.items():
+            samples.add_row(d, repr(prompt), repr(cont))
+        console.print(samples)
+    console.print(f"model: {result.out_dir}  ({result.wall_time_s:.0f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add finetune."""
+    app.command(name="finetune")(finetune_command)
