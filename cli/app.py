@@ -10,9 +10,11 @@ from typing import Annotated
 
 import typer
 
+from cli.commands import bench as bench_cmd
 from cli.commands import data as data_cmd
 from cli.commands import finetune as finetune_cmd
 from cli.commands import generate as generate_cmd
+from cli.commands import pipeline as pipeline_cmd
 from cli.commands import segment as segment_cmd
 from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
@@ -53,8 +55,10 @@ train_vae_cmd.register(app)
 train_lm_cmd.register(app)
 finetune_cmd.register(app)
 generate_cmd.register(app)
-stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate"])
+pipeline_cmd.register(app)
+stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate", "bench", "pipeline"])
 segment_cmd.register(app)
+bench_cmd.register(app)
 
 
 @app.command()

@@ -16,6 +16,7 @@ from typing import Any
 
 from segsllm.errors import ConfigError
 from segsllm.models.backbone import BackboneConfig
+from segsllm.models.bench_config import BenchConfig
 from segsllm.models.lm_config import LMConfig
 from segsllm.models.sllm_config import SLLMConfig
 from segsllm.models.vae_config import SentenceVAEConfig
@@ -106,6 +107,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     sllm: SLLMConfig = field(default_factory=SLLMConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
 
 # --------------------------------------------------------------------------- presets

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ MARKER = "pipeline.json"
 
 
 def slug(spec: str) -> str:
-    """A folder-safe name for a segmenter spec: ``fixed:k=16`` -> ``fixed-k16``."""
-    text = spec.replace("=", "").replace(":", "-").replace(",", "-").replace("/", "-")
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
-    return text or "segmenter"
+    """A segmenter spec's folder name: the bench's convention, so ``bench --from`` finds it."""
+    from segsllm.bench.run import segmenter_slug
+
+    return segmenter_slug(spec)
 
 
 @dataclass
@@ -132,8 +131,10 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
         stages += model_stages(spec, [f"splitter-{teacher}"])
     segs = [*base.pipeline.segmenters, *learned]
     bench_after = ["lm", *[f"sllm-{slug(s)}" for s in segs]]
-    stages.append(Stage("bench", "bench", stage_cfg("bench", "bench", [f"tokenizer.path={tok_dir}"]),
-                        _bench_runner(out, segs), bench_after))
+    seg_list = "[" + ",".join(json.dumps(x) for x in segs) + "]"
+    stages.append(Stage("bench", "bench",
+                        stage_cfg("bench", "bench", [f"bench.from_dir={out}", f"bench.segmenters={seg_list}"]),
+                        _run_bench, bench_after))
 
     keys: dict[str, str] = {}
     for st in stages:
@@ -253,10 +254,7 @@ def _run_splitter(cfg: Any, resume: bool) -> None:
     train_splitter(cfg, resume=resume, progress=True)
 
 
-def _bench_runner(out: Path, segmenters: list[str]) -> Callable[[Any, bool], Any]:
-    def run(cfg: Any, resume: bool) -> Any:
-        from segsllm.bench.run import run_bench_from_pipeline
+def _run_bench(cfg: Any, resume: bool) -> None:
+    from segsllm.bench.run import run_bench
 
-        return run_bench_from_pipeline(cfg, out, segmenters)
-
-    return run
+    run_bench(cfg)

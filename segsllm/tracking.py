@@ -107,9 +107,7 @@ class Run(NullRun):
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [
-            Param(k, _param_value(v)) for k, v in params.items()
-        ]
+        items = [Param(_metric_key(k), _param_value(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # log_batch takes at most 100 params
             self._safe("params", self.client.log_batch, self.run_id, params=items[i : i + 100])
 

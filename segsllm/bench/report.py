@@ -1,0 +1,255 @@
+"""Bench output: a rich table grouped by domain, results.json/csv/md and PNG plots.
+
+Plots (matplotlib, Agg backend, imported only here):
+- ``speed_quality.png`` — one panel per domain: speedup (SLLM tokens/s ÷ baseline tokens/s)
+  against bits/byte, one point per segmenter, the token baseline at 1×; lower-right is better.
+- ``memory.png`` — one panel per domain: KV-cache KB against context tokens, one line per model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+DEFINITIONS = {
+    "bits_per_byte": "NLL (nats) / (ln 2 x UTF-8 bytes of the same test documents); SLLM NLL = segment tokens + "
+                     "segment EOS + stop decisions; token LM NLL = document tokens + final EOS",
+    "token_perplexity": "exp(NLL / (document tokens + 1 per document)), same tokenizer on both sides",
+    "sllm_paper_style_perplexity": "PAPER-STYLE, for comparison with the paper only: exp(mean over segments of "
+                                   "per-segment mean decoder CE), first segment of each window excluded",
+    "tokens_per_s": "generated tokens/s at batch 1, greedy, KV cache, same prompts and output length, "
+                    "median of repeats after warm-up",
+    "speedup": "SLLM tokens/s / baseline tokens/s, measured in the same process",
+    "kv_bytes_per_token": "KV-cache bytes / context tokens at the largest context length, read from the tensors",
+    "kv_kb_per_token_slope": "slope of KV KB vs context tokens (paper's KB per token)",
+    "mean_segment_len": "compression: mean tokens per segment (p95 beside it)",
+    "vae_exact_match": "share of sampled test segments the VAE reconstructs exactly (greedy)",
+}
+
+# (column key, header, format) of the summary tables.
+COLUMNS = [
+    ("segmenter", "segmenter", "{}"),
+    ("sllm_bits_per_byte", "SLLM bits/B", "{:.4f}"),
+    ("baseline_bits_per_byte", "LM bits/B", "{:.4f}"),
+    ("base_lm_bits_per_byte", "base bits/B", "{:.4f}"),
+    ("sllm_token_perplexity", "SLLM tok ppl", "{:.2f}"),
+    ("baseline_token_perplexity", "LM tok ppl", "{:.2f}"),
+    ("sllm_paper_style_perplexity", "paper-style ppl", "{:.2f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("sllm_tokens_per_s", "SLLM tok/s", "{:.1f}"),
+    ("baseline_tokens_per_s", "LM tok/s", "{:.1f}"),
+    ("sllm_kv_bytes_per_token", "SLLM KV B/tok", "{:.0f}"),
+    ("baseline_kv_bytes_per_token", "LM KV B/tok", "{:.0f}"),
+    ("sllm_kv_kb_per_token_slope", "SLLM KB/tok slope", "{:.3f}"),
+    ("mean_segment_len", "mean len", "{:.2f}"),
+    ("p95_segment_len", "p95 len", "{:.0f}"),
+    ("vae_exact_match", "VAE exact", "{:.3f}"),
+]
+
+
+def _fmt(value: Any, fmt: str) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    try:
+        return fmt.format(value)
+    except (ValueError, TypeError):
+        return str(value)
+
+
+# The terminal table keeps the headline columns; results.md/csv hold all of them.
+TERMINAL = ("segmenter", "sllm_bits_per_byte", "baseline_bits_per_byte", "base_lm_bits_per_byte", "speedup",
+            "sllm_kv_bytes_per_token", "baseline_kv_bytes_per_token", "mean_segment_len", "vae_exact_match")
+SHORT = {"sllm_bits_per_byte": "SLLM b/B", "baseline_bits_per_byte": "LM b/B", "base_lm_bits_per_byte": "base b/B",
+         "sllm_kv_bytes_per_token": "SLLM KV/tok", "baseline_kv_bytes_per_token": "LM KV/tok",
+         "mean_segment_len": "len", "vae_exact_match": "VAE EM"}
+
+
+def _columns(rows: Sequence[dict[str, Any]], keys: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+    """The columns (all, or those in ``keys``) that at least one row has a value for."""
+    return [c for c in COLUMNS if any(c[0] in r for r in rows) and (keys is None or c[0] in keys)]
+
+
+def _colors(result: Any) -> dict[str, Any]:
+    """One colour per segmenter, the same in every plot (bench order)."""
+    import matplotlib
+
+    segs = list(result.meta.get("segmenters") or []) + [r["segmenter"] for r in result.rows]
+    order = list(dict.fromkeys(segs))
+    cmap = matplotlib.colormaps["tab10"]
+    return {s: cmap(i % 10) for i, s in enumerate(order)}
+
+
+def _by_domain(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["domain"], []).append(r)
+    return out
+
+
+def rich_table(result: Any) -> Any:
+    """One rich Table, a section per domain."""
+    from rich.table import Table
+
+    cols = _columns(result.rows, TERMINAL)
+    table = Table(title=f"bench on the {result.meta.get('split', 'test')} split ({result.meta.get('device', '')}); "
+                        "all columns in results.md")
+    table.add_column("domain")
+    for key, header, _ in cols:
+        table.add_column(SHORT.get(key, header), justify="left" if key == "segmenter" else "right")
+    for domain, rows in _by_domain(result.rows).items():
+        for i, r in enumerate(rows):
+            table.add_row(domain if i == 0 else "", *[_fmt(r.get(k), f) for k, _, f in cols],
+                          end_section=i == len(rows) - 1)
+    return table
+
+
+def markdown(result: Any) -> str:
+    """results.md: one table per domain + the definitions."""
+    cols = _columns(result.rows)
+    out = [f"# segsllm bench ({result.meta.get('split', 'test')} split, {result.meta.get('device', '')})", ""]
+    for domain, rows in _by_domain(result.rows).items():
+        r0 = rows[0]
+        out += [f"## {domain}", "", f"{r0.get('eval_docs')} documents, {r0.get('eval_bytes')} bytes "
+                                    "(the same for every model)", ""]
+        out.append("| " + " | ".join(h for _, h, _ in cols) + " |")
+        out.append("|" + "|".join("---" for _ in cols) + "|")
+        for r in rows:
+            out.append("| " + " | ".join(_fmt(r.get(k), f) for k, _, f in cols) + " |")
+        out.append("")
+    out += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
+    return "\n".join(out)
+
+
+def _csv(rows: Sequence[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: r.get(k, "") for k in keys})
+    return buf.getvalue()
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and (math.isnan(obj) or math.isinf(obj)):
+        return None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_speed_quality(result: Any, path: Path) -> Path | None:
+    """speedup vs bits/byte, a panel per domain; None when no speed was measured."""
+    rows = [r for r in result.rows if _finite(r.get("speedup")) and _finite(r.get("sllm_bits_per_byte"))]
+    if not rows:
+        return None
+    plt = _plt()
+    groups = _by_domain(rows)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0), squeeze=False)
+    colors = _colors(result)
+    for ax, (domain, rs) in zip(axes[0], groups.items(), strict=True):
+        for r in rs:
+            ax.scatter(r["sllm_bits_per_byte"], r["speedup"], s=60, color=colors[r["segmenter"]],
+                       label=r["segmenter"], zorder=3)
+            ax.annotate(r["segmenter"], (r["sllm_bits_per_byte"], r["speedup"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+        base = next((r["baseline_bits_per_byte"] for r in rs if _finite(r.get("baseline_bits_per_byte"))), None)
+        if base is not None:
+            ax.scatter(base, 1.0, marker="*", s=160, color="black", label="token LM (1×)", zorder=4)
+            ax.annotate("token LM", (base, 1.0), textcoords="offset points", xytext=(5, -12), fontsize=8)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_title(domain)
+        ax.set_xlabel("bits/byte (lower is better)")
+        ax.set_ylabel("speedup vs token LM (×)")
+        ax.grid(alpha=0.3)
+        ax.margins(0.2)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    uniq = dict(zip(labels, handles, strict=True))
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(len(uniq), 6), fontsize=8)
+    fig.suptitle(f"Speed vs quality ({result.meta.get('device', '')}, batch 1)")
+    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_memory(result: Any, path: Path) -> Path | None:
+    """KV-cache KB vs context tokens, a panel per domain, a line per model."""
+    pts = result.memory
+    if not pts:
+        return None
+    plt = _plt()
+    groups = _by_domain(pts)
+    colors = _colors(result)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0), squeeze=False)
+    for ax, (domain, ps) in zip(axes[0], groups.items(), strict=True):
+        models: dict[str, list[dict[str, Any]]] = {}
+        for p in ps:
+            models.setdefault(p["model"], []).append(p)
+        for name, mp in models.items():
+            mp = sorted(mp, key=lambda p: p["context_tokens"])
+            seg = name.removeprefix("sllm:")
+            style = ({"color": colors.get(seg), "marker": "o"} if name.startswith("sllm:")
+                     else {"color": "black", "marker": "*", "ls": "--"})
+            ax.plot([p["context_tokens"] for p in mp], [p["kv_bytes"] / 1024 for p in mp], label=name, **style)
+        ax.set_title(domain)
+        ax.set_xlabel("context tokens")
+        ax.set_ylabel("KV cache (KB)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("KV-cache memory vs context length")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def write_outputs(result: Any, out_dir: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write results.json / results.csv / results.md (+ PNG plots); returns name -> path."""
+    from segsllm.io import atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {"rows": result.rows, "baselines": result.baselines, "memory": result.memory, "meta": result.meta,
+           "definitions": DEFINITIONS}
+    files = {
+        "results.json": atomic_write_text(out / "results.json", json.dumps(_json_safe(doc), indent=2)),
+        "results.csv": atomic_write_text(out / "results.csv", _csv(result.rows)),
+        "results.md": atomic_write_text(out / "results.md", markdown(result)),
+    }
+    if plots:
+        for name, fn in (("speed_quality.png", plot_speed_quality), ("memory.png", plot_memory)):
+            got = fn(result, out / name)
+            if got is not None:
+                files[name] = got
+    return files
+
+
+__all__ = ["DEFINITIONS", "markdown", "plot_memory", "plot_speed_quality", "rich_table", "write_outputs"]
