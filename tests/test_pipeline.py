@@ -65,7 +65,7 @@ def test_rerun_skips_finished_stages_and_redoes_unfinished_ones(smoke_run):
 
 
 def test_changed_config_is_refused_for_a_finished_stage(smoke_run):
-    root, args, _ = smoke_run
+    _, args, _ = smoke_run
     result = CliRunner().invoke(app, [*args, "--set", "vae.d_model=32"])
     assert result.exit_code == 2
     assert "another configuration" in result.output
