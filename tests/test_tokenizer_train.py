@@ -177,7 +177,6 @@ def test_round_trip_mismatch_fails_loudly_and_writes_nothing(data_dir, tmp_path,
     assert not (tmp_path / "t").exists() and list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
 def test_run_is_tracked_in_mlflow(data_dir, tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [

@@ -113,3 +113,21 @@ def test_bucketed_batches_resume_and_balance():
     it2 = iter(again)
     for want in expected:
         assert (next(it2)["ids"] == want).all()
+
+
+def test_vae_embeddings_start_from_the_backbone(tiny_data_dir, tokenizer, tokenizer_dir, tmp_path):
+    import torch
+
+    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.models.vae import SentenceVAE
+    from segsllm.train.vae_stage import build_vae_config, init_embeddings_from_backbone
+
+    cfg = _cfg(tiny_data_dir, tmp_path / "v", "vae.embeddings_from_backbone=true", "backbone.hidden_size=64",
+               "backbone.num_layers=1", "backbone.num_heads=2", "run.seed=3")
+    model = SentenceVAE(build_vae_config(cfg, tokenizer, 16))
+    torch.manual_seed(cfg.run.seed)
+    init_embeddings_from_backbone(model, cfg, tokenizer)
+    torch.manual_seed(cfg.run.seed)
+    expected = load_backbone(BackboneConfig(**{**cfg.backbone.__dict__}), vocab_size=len(tokenizer),
+                             tokenizer=tokenizer).model.get_input_embeddings().weight
+    assert torch.allclose(model.encoder.tok_emb.weight, expected[: len(tokenizer)])

@@ -41,6 +41,9 @@ class SentenceVAEConfig:
     tie_embeddings: bool = True  # decoder output head shares the decoder's token embedding
     loss: str = "ce"  # "ce" | "focal"
     focal_gamma: float = 2.0
+    # Training-time provenance: start both token embeddings from the backbone's input
+    # embeddings (same tokenizer required; see SentenceVAE.init_embeddings_from).
+    embeddings_from_backbone: bool = False
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2

@@ -106,6 +106,27 @@ def build_vae_config(cfg: Any, tokenizer: Any, max_len: int) -> Any:
     return vae_cfg.validate()
 
 
+def init_embeddings_from_backbone(model: Any, cfg: Any, tokenizer: Any) -> None:
+    """DESIGN.md §5: start the VAE's token embeddings from the backbone's when they share
+    the tokenizer (a backbone may pad its matrix past the tokenizer's size: extra rows are
+    dropped). A different vocabulary is a one-line ArtifactError."""
+    import torch
+
+    from segsllm.errors import ArtifactError
+    from segsllm.models.backbone import load_backbone
+
+    backbone = load_backbone(cfg.backbone, vocab_size=len(tokenizer), tokenizer=tokenizer)
+    weight = backbone.model.get_input_embeddings().weight.detach().float()  # (V_backbone, W)
+    if weight.shape[0] < len(tokenizer):
+        raise ArtifactError(
+            f"backbone {cfg.backbone.spec} has {weight.shape[0]} embeddings but the tokenizer "
+            f"{len(tokenizer)} tokens; vae.embeddings_from_backbone needs the backbone's tokenizer"
+        )
+    with torch.no_grad():
+        model.init_embeddings_from(weight[: len(tokenizer)])
+    del backbone
+
+
 def sample_reconstructions(model: Any, table: Any, tokenizer: Any, n: int, device: Any) -> tuple[
     list[tuple[str, str]], float
 ]:
@@ -181,6 +202,8 @@ def train_vae(
             )
 
     model = SentenceVAE(vae_cfg)
+    if vae_cfg.embeddings_from_backbone:
+        init_embeddings_from_backbone(model, cfg, tokenizer)
     train_source = BucketedBatches(
         ConcatTables([tables["train", d] for d in cfg.data.domains]),
         cfg.train.batch_size,
