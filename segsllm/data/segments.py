@@ -233,53 +233,38 @@ def collate_segments(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
     }
 
 
-class BucketedBatches:
-    """Endless, resumable batches of similar-length segments (the loop's ``BatchSource``).
+class EpochBatches:
+    """Shared core of the resumable, rank-sharded, optionally domain-balanced batch sources.
 
-    Each epoch: a seeded permutation, cut into pools of ``pool_batches`` batches; each pool
-    is sorted by length and cut into batches (little padding), then the batch order is
-    shuffled (no length curriculum). Rank ``r`` of ``w`` takes batches ``r::w``. The state is
-    (epoch, batches consumed), so resuming replays exactly the batches that would come next.
-
-    With ``balanced=True`` over a :class:`ConcatTables`, every epoch draws the same number of
-    segments from each domain (the smallest domain's count, a fresh random subset of the
-    larger ones each epoch), so CSV's many tiny segments do not drown prose and code.
+    An epoch's item order comes from a generator seeded with (seed, epoch). With
+    ``balanced=True`` over a dataset with per-domain ``offsets`` (:class:`ConcatTables`),
+    every epoch draws the same number of items from each domain (the smallest domain's
+    count, a fresh random subset of the larger ones), so CSV's many tiny segments do not
+    drown prose and code. State is (epoch, batches consumed on this rank): resuming replays
+    exactly the batches that would have come next. Subclasses say how an order becomes
+    batches (:meth:`_epoch_batches`) and how a batch is collated (:meth:`_collate`).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        pad_id: int,
-        seed: int = 0,
-        pool_batches: int = 50,
-        rank: int | None = None,
-        world_size: int | None = None,
-        balanced: bool = False,
-    ) -> None:
+    what = "items"
+
+    def __init__(self, dataset: Any, batch_size: int, pad_id: int, seed: int = 0, *,
+                 balanced: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
         from segsllm.runtime import dist_info
 
         env_rank, _, env_world = dist_info()
         self.dataset = dataset
-        # Per-domain index ranges when balancing (ConcatTables keeps them in ``offsets``).
-        offsets = getattr(dataset, "offsets", None)
-        self.domain_ranges = (
-            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)]
-            if balanced and offsets is not None
-            else None
-        )
-        self.lengths = np.asarray(dataset.lengths)
-        self.batch_size = int(batch_size)
-        self.pad_id = int(pad_id)
-        self.seed = int(seed)
-        self.pool_batches = int(pool_batches)
+        self.batch_size, self.pad_id, self.seed = int(batch_size), int(pad_id), int(seed)
         self.rank = env_rank if rank is None else rank
         self.world_size = env_world if world_size is None else world_size
+        offsets = getattr(dataset, "offsets", None)
+        self.domain_ranges = (
+            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)] if balanced and offsets is not None else None
+        )
         self.epoch = 0
         self.position = 0
         if len(self) == 0:
             raise DataError(
-                f"{len(dataset)} segments give no batch of {self.batch_size} on "
+                f"{self._epoch_items()} {self.what} per epoch give no batch of {self.batch_size} on "
                 f"{self.world_size} rank(s); use a smaller batch size or more data"
             )
 
@@ -292,32 +277,29 @@ class BucketedBatches:
         """Batches per epoch on this rank."""
         return (self._epoch_items() // self.batch_size) // self.world_size
 
-    def _batches(self, epoch: int) -> list[np.ndarray]:
-        rng = np.random.default_rng([self.seed, epoch])
+    def _order(self, rng: np.random.Generator) -> np.ndarray:
+        """This epoch's items: a permutation (of a balanced draw when balancing)."""
         if self.domain_ranges:
             per = min(b - a for a, b in self.domain_ranges)
             picks = [a + rng.choice(b - a, size=per, replace=False) for a, b in self.domain_ranges]
-            perm = rng.permutation(np.concatenate(picks))
-        else:
-            perm = rng.permutation(len(self.dataset))
-        n_batches = len(perm) // self.batch_size
-        perm = perm[: n_batches * self.batch_size]
-        pool = self.pool_batches * self.batch_size
-        batches: list[np.ndarray] = []
-        for p in range(0, len(perm), pool):
-            chunk = perm[p : p + pool]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches.extend(np.split(chunk, len(chunk) // self.batch_size))
-        order = rng.permutation(len(batches))
-        mine = [batches[i] for i in order][self.rank :: self.world_size]
-        return mine[: len(self)]
+            return rng.permutation(np.concatenate(picks))
+        return rng.permutation(len(self.dataset))
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's index batches of ``epoch``: consecutive slices, rank-interleaved."""
+        order = self._order(np.random.default_rng([self.seed, epoch]))
+        return [order[(b * self.world_size + self.rank) * self.batch_size :][: self.batch_size]
+                for b in range(len(self))]
+
+    def _collate(self, items: list[Any]) -> Any:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Any]:
         while True:
-            batches = self._batches(self.epoch)
+            batches = self._epoch_batches(self.epoch)
             for b in range(self.position, len(batches)):
                 self.position = b + 1
-                yield collate_segments([self.dataset[int(i)] for i in batches[b]], self.pad_id)
+                yield self._collate([self.dataset[int(i)] for i in batches[b]])
             self.epoch += 1
             self.position = 0
 
@@ -329,6 +311,40 @@ class BucketedBatches:
         self.seed = int(state.get("seed", self.seed))
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])
+
+
+class BucketedBatches(EpochBatches):
+    """Endless, resumable batches of similar-length segments (the loop's ``BatchSource``).
+
+    Each epoch's order is cut into pools of ``pool_batches`` batches; each pool is sorted by
+    length and cut into batches (little padding), then the batch order is shuffled (no
+    length curriculum). Rank ``r`` of ``w`` takes batches ``r::w``.
+    """
+
+    what = "segments"
+
+    def __init__(self, dataset: Any, batch_size: int, pad_id: int, seed: int = 0, pool_batches: int = 50,
+                 rank: int | None = None, world_size: int | None = None, balanced: bool = False) -> None:
+        self.lengths = np.asarray(dataset.lengths)
+        self.pool_batches = int(pool_batches)
+        super().__init__(dataset, batch_size, pad_id, seed, balanced=balanced, rank=rank, world_size=world_size)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, epoch])
+        perm = self._order(rng)
+        perm = perm[: (len(perm) // self.batch_size) * self.batch_size]
+        pool = self.pool_batches * self.batch_size
+        batches: list[np.ndarray] = []
+        for p in range(0, len(perm), pool):
+            chunk = perm[p : p + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches.extend(np.split(chunk, len(chunk) // self.batch_size))
+        order = rng.permutation(len(batches))
+        mine = [batches[i] for i in order][self.rank :: self.world_size]
+        return mine[: len(self)]
+
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
+        return collate_segments(items, self.pad_id)
 
 
 def eval_batches(table: SegmentTable, batch_size: int, pad_id: int, max_batches: int | None = None) -> list:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from segsllm.data.segments import EpochBatches
 from segsllm.errors import DataError
 
 IGNORE = -100  # label of positions that are not scored (context, padding)
@@ -204,7 +205,7 @@ def collate_windows(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
     }
 
 
-class WindowBatches:
+class WindowBatches(EpochBatches):
     """Endless, resumable, shuffled batches of windows (the loop's ``BatchSource``).
 
     Each epoch is a seeded permutation; with ``balanced=True`` over a
@@ -215,75 +216,10 @@ class WindowBatches:
     ``w`` takes batches ``r::w``; the state is (epoch, batches consumed).
     """
 
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        pad_id: int,
-        seed: int = 0,
-        *,
-        balanced: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        import itertools
+    what = "windows"
 
-        from segsllm.runtime import dist_info
-
-        env_rank, _, env_world = dist_info()
-        self.dataset = dataset
-        self.batch_size, self.pad_id, self.seed = int(batch_size), int(pad_id), int(seed)
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-        offsets = getattr(dataset, "offsets", None)
-        self.domain_ranges = (
-            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)] if balanced and offsets is not None else None
-        )
-        self.epoch = 0
-        self.position = 0
-        if len(self) == 0:
-            raise DataError(
-                f"{self._epoch_items()} windows per epoch give no batch of {self.batch_size} on "
-                f"{self.world_size} rank(s); use a smaller batch size or more data"
-            )
-
-    def _epoch_items(self) -> int:
-        if self.domain_ranges:
-            return min(b - a for a, b in self.domain_ranges) * len(self.domain_ranges)
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return (self._epoch_items() // self.batch_size) // self.world_size
-
-    def _order(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.domain_ranges:
-            per = min(b - a for a, b in self.domain_ranges)
-            picks = [a + rng.choice(b - a, size=per, replace=False) for a, b in self.domain_ranges]
-            return rng.permutation(np.concatenate(picks))
-        return rng.permutation(len(self.dataset))
-
-    def __iter__(self) -> Any:
-        while True:
-            order = self._order(self.epoch)
-            n = len(self)
-            for b in range(self.position, n):
-                k = b * self.world_size + self.rank  # this rank's b-th batch
-                idx = order[k * self.batch_size : (k + 1) * self.batch_size]
-                self.position = b + 1
-                yield collate_windows([self.dataset[int(i)] for i in idx], self.pad_id)
-            self.epoch += 1
-            self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size, "num_items": len(self.dataset)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
+        return collate_windows(items, self.pad_id)
 
 
 def train_windows(table: Any, context_len: int, bos_id: int, eos_id: int,
