@@ -19,6 +19,7 @@ from cli.commands import segment as segment_cmd
 from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
 from cli.commands import train_lm as train_lm_cmd
+from cli.commands import train_splitter as train_splitter_cmd
 from cli.commands import train_vae as train_vae_cmd
 
 app = typer.Typer(
@@ -55,8 +56,9 @@ train_vae_cmd.register(app)
 train_lm_cmd.register(app)
 finetune_cmd.register(app)
 generate_cmd.register(app)
+train_splitter_cmd.register(app)
 pipeline_cmd.register(app)
-stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate", "bench", "pipeline"])
+stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate", "train-splitter", "bench", "pipeline"])
 segment_cmd.register(app)
 bench_cmd.register(app)
 

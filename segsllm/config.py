@@ -17,6 +17,7 @@ from typing import Any
 from segsllm.errors import ConfigError
 from segsllm.models.backbone import BackboneConfig
 from segsllm.models.bench_config import BenchConfig
+from segsllm.models.boundary_config import SplitterConfig
 from segsllm.models.lm_config import LMConfig
 from segsllm.models.sllm_config import SLLMConfig
 from segsllm.models.vae_config import SentenceVAEConfig
@@ -107,6 +108,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     lm: LMConfig = field(default_factory=LMConfig)
     sllm: SLLMConfig = field(default_factory=SLLMConfig)
+    splitter: SplitterConfig = field(default_factory=SplitterConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 

@@ -52,11 +52,26 @@ class StageOutcome:
     out: Path
 
 
-def _stage_key(cfg: Any, upstream: list[str]) -> str:
-    """Hash of the stage's resolved config (minus tracking details) and upstream keys."""
+# The config sections each kind of stage reads: a change elsewhere (say, bench settings)
+# must not invalidate a trained model.
+STAGE_SECTIONS = {
+    "data": ("data",),
+    "tokenizer": ("data", "tokenizer", "backbone"),
+    "lm": ("data", "tokenizer", "backbone", "lm", "train"),
+    "vae": ("data", "tokenizer", "segmenter", "train", "vae", "backbone"),
+    "sllm": ("data", "tokenizer", "segmenter", "train", "sllm", "backbone"),
+    "splitter": ("data", "tokenizer", "segmenter", "train", "splitter"),
+    "bench": ("data", "tokenizer", "segmenter", "bench"),
+}
+
+
+def _stage_key(cfg: Any, kind: str, upstream: list[str]) -> str:
+    """Hash of the config sections the stage reads (plus seed and device) and upstream keys."""
     resolved = dataclasses.asdict(cfg)
-    resolved["run"] = {k: v for k, v in resolved["run"].items() if k not in ("tracking_uri", "track", "tags")}
-    blob = json.dumps({"cfg": resolved, "upstream": upstream}, sort_keys=True, default=str)
+    sections = STAGE_SECTIONS.get(kind, tuple(k for k in resolved if k not in ("run", "pipeline")))
+    picked = {k: resolved[k] for k in sections}
+    picked["run"] = {k: resolved["run"][k] for k in ("seed", "device", "out")}
+    blob = json.dumps({"cfg": picked, "upstream": upstream}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -138,7 +153,7 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
 
     keys: dict[str, str] = {}
     for st in stages:
-        st.key = _stage_key(st.cfg, [keys[a] for a in st.after])
+        st.key = _stage_key(st.cfg, st.kind, [keys[a] for a in st.after])
         keys[st.name] = st.key
     return stages
 
@@ -251,7 +266,7 @@ def _run_sllm(cfg: Any, resume: bool) -> None:
 def _run_splitter(cfg: Any, resume: bool) -> None:
     from segsllm.train.splitter_stage import train_splitter
 
-    train_splitter(cfg, resume=resume, progress=True)
+    train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True)
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:

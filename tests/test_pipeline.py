@@ -26,7 +26,8 @@ def smoke_run(tmp_path_factory):
 def test_smoke_pipeline_leaves_every_artifact_and_the_bench_results(smoke_run):
     root, _, output = smoke_run
     out = root / "out"
-    for stage in ("tokenizer", "lm", "vae-punctuation", "sllm-punctuation", "vae-fixed-k-8", "sllm-fixed-k-8"):
+    for stage in ("tokenizer", "lm", "vae-punctuation", "sllm-punctuation", "vae-fixed-k-8", "sllm-fixed-k-8",
+                  "splitter-punctuation", "vae-learned-splitter-punctuation", "sllm-learned-splitter-punctuation"):
         marker = json.loads((out / stage / "pipeline.json").read_text())
         assert marker["done"] and marker["key"], stage
         assert (out / stage / "manifest.json").is_file(), stage
@@ -45,7 +46,7 @@ def test_pipeline_runs_are_linked_in_mlflow(smoke_run):
     parent = client.search_runs([client.get_experiment_by_name("segsllm/pipeline").experiment_id])[0]
     vae_exp = client.get_experiment_by_name("segsllm/vae").experiment_id
     linked = client.search_runs([vae_exp], f"tags.`pipeline.run_id` = '{parent.info.run_id}'")
-    assert len(linked) == 2  # one VAE per segmenter
+    assert len(linked) == 3  # one VAE per segmenter (punctuation, fixed, the learned splitter)
 
 
 def test_rerun_skips_finished_stages_and_redoes_unfinished_ones(smoke_run):

@@ -107,7 +107,7 @@ def test_empty_and_binary_files(content, message, tok_dir, tmp_path):
     [
         (["--segmenter", "nope"], "unknown segmenter 'nope'; available: fixed, learned, punctuation"),
         (["--segmenter", "fixed:k=x"], "k expects int"),
-        (["--segmenter", "learned:some/dir"], "not available yet"),
+        (["--segmenter", "learned:some/dir"], "no splitter folder at some/dir"),
         (["--segmenter", "fixed:k=100"], "larger than max_len=64"),
         (["--set", "segmenter.nope=1"], "nope"),
     ],
@@ -128,7 +128,7 @@ def test_missing_tokenizer_file_and_folder(tmp_path, tok_dir):
 def test_segmenters_lists_builtins():
     result = runner.invoke(app, ["segmenters"])
     assert result.exit_code == 0, result.output
-    for word in ("punctuation", "fixed", "learned", "max_len: int = 64", "k: int = 16", "issue #6"):
+    for word in ("punctuation", "fixed", "learned", "max_len: int = 64", "k: int = 16"):
         assert word in result.stdout
     rows = json.loads(runner.invoke(app, ["segmenters", "--json"]).stdout)
     assert {r["name"] for r in rows} >= {"punctuation", "fixed", "learned"}

@@ -181,6 +181,8 @@ def load_segments(
         "split": split,
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "segmenter": segmenter.spec() if callable(getattr(segmenter, "spec", None)) else repr(segmenter),
+        # A learned segmenter retrained into the same folder must not reuse old tables.
+        "segmenter_weights": _weights_token(segmenter),
         "max_docs": max_docs,
         "max_doc_bytes": max_doc_bytes,
         "version": CACHE_VERSION,
@@ -197,6 +199,15 @@ def load_segments(
     table = build_segment_table(texts, tokenizer, segmenter, domain)
     table.save(folder, meta=key_parts)
     return SegmentTable.load(folder)
+
+
+def _weights_token(segmenter: Any) -> str | None:
+    """Size and mtime of a model-backed segmenter's weights (None for rule-based ones)."""
+    path = getattr(segmenter, "path", None)
+    if not path:
+        return None
+    weights = sorted(Path(path).glob("*.safetensors"))
+    return ";".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights) or None
 
 
 class ConcatTables:

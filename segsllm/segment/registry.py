@@ -26,6 +26,7 @@ from typing import Any
 
 from segsllm.segment.base import MaxLenCapped, Segmenter, SegmenterError
 from segsllm.segment.fixed import FixedSegmenter
+from segsllm.segment.learned import LearnedSegmenter
 from segsllm.segment.punctuation import PunctuationSegmenter
 from segsllm.segment.spec import ParamInfo, Spec, bind_params, param_infos, parse_spec
 
@@ -35,15 +36,10 @@ NO_PLUGINS_ENV = "SEGSLLM_NO_PLUGINS"
 BUILTINS: dict[str, type[Segmenter]] = {
     "punctuation": PunctuationSegmenter,
     "fixed": FixedSegmenter,
+    "learned": LearnedSegmenter,
 }
 # Built-ins whose implementation lands with a later issue: listed, and a clear error if used.
-PENDING: dict[str, tuple[str, str, list[ParamInfo]]] = {
-    "learned": (
-        "Trained boundary predictor loaded from a train-splitter folder (learned:DIR).",
-        "issue #6: learned segmenter",
-        [ParamInfo("path", "str")],
-    ),
-}
+PENDING: dict[str, tuple[str, str, list[ParamInfo]]] = {}
 
 
 class SegmenterPluginWarning(UserWarning):

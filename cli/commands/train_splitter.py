@@ -1,0 +1,121 @@
+"""`segsllm train-splitter`: train the learned segmenter (boundary predictor) from a teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.common import console, err_console, handle_errors, resolve_config
+from cli.options import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    NoTrackOpt,
+    OutOpt,
+    SeedOpt,
+    SetOpt,
+    TrackingUriOpt,
+)
+
+TEACHER_HELP = (
+    "punctuation (distil the rule) | entropy (base LM next-token entropy, needs --base-lm) | "
+    "vae (reconstruction-optimal spans, needs --vae) (default: splitter.teacher)."
+)
+
+
+@handle_errors
+def train_splitter_command(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    data_dir: DataDirOpt = None,
+    out: OutOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    tracking_uri: TrackingUriOpt = None,
+    no_track: NoTrackOpt = False,
+    teacher: Annotated[str | None, typer.Option("--teacher", help=TEACHER_HELP)] = None,
+    domains: Annotated[
+        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
+    ] = None,
+    target_len: Annotated[
+        float | None,
+        typer.Option("--target-len", help="Mean tokens per segment (default: 8; punctuation: the rule's own)."),
+    ] = None,
+    max_len: Annotated[
+        int | None, typer.Option("--max-len", help="Hard cap on tokens per segment (default: segmenter.max_len).")
+    ] = None,
+    base_lm: Annotated[
+        Path | None, typer.Option("--base-lm", help="Token-level LM folder (`segsllm train-lm`) for --teacher entropy.")
+    ] = None,
+    vae: Annotated[
+        Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae.")
+    ] = None,
+    tokenizer: Annotated[
+        Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+) -> None:
+    """Train the learned segmenter from a teacher; report lengths, boundary F1 and speed per domain."""
+    from rich import box
+    from rich.table import Table
+
+    from segsllm.errors import ConfigError
+    from segsllm.train.splitter_stage import train_splitter
+
+    extra = {
+        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "splitter.teacher": teacher,
+        "splitter.target_len": target_len,
+        "splitter.max_len": max_len,
+        "splitter.base_lm": str(base_lm) if base_lm else None,
+        "splitter.vae": str(vae) if vae else None,
+        "tokenizer.path": str(tokenizer) if tokenizer else None,
+    }
+    cfg = resolve_config(
+        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+    )
+    cfg.splitter.validate()
+    if cfg.splitter.teacher == "entropy" and not cfg.splitter.base_lm:
+        raise ConfigError("--teacher entropy needs the base LM: --base-lm DIR (a `segsllm train-lm` folder)")
+    if cfg.splitter.teacher == "vae" and not cfg.splitter.vae:
+        raise ConfigError("--teacher vae needs a trained SentenceVAE: --vae DIR (a `segsllm train-vae` folder)")
+    if not cfg.tokenizer.path:
+        raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
+
+    def log(msg: str) -> None:
+        err_console.print(f"[dim]{msg}[/]")
+
+    result = train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True, log=log)
+
+    cal = result.calibration
+    table = Table(title=(f"learned segmenter: {result.teacher} teacher, target {result.target_len:.1f}, "
+                         f"max_len {result.max_len}, {result.steps} steps (validation; lengths in tokens)"))
+    # teacher: the teacher's mean length; mean / p95: the segmenter (batch mode); stream: its
+    # streaming mode; test: mean on the test split; P / R / F1: boundaries against the teacher.
+    cols = ("domain", "teacher", "mean", "p95", "stream", "test", "P", "R", "F1", "tok/s")
+    table = Table(title=table.title, box=box.SIMPLE_HEAD, padding=(0, 1))
+    for col in cols:
+        table.add_column(col, justify="left" if col == "domain" else "right", no_wrap=True)
+
+    def f(m: dict, key: str, fmt: str = "{:.2f}") -> str:
+        v = m.get(key)
+        return "-" if v is None or v != v else fmt.format(v)
+
+    for d, m in result.metrics.items():
+        speed = m.get("tokens_per_s", 0.0)
+        table.add_row(
+            d, f(m, "teacher_mean_len", "{:.1f}"), f(m, "mean_len", "{:.1f}"), f(m, "p95_len", "{:.0f}"),
+            f(m, "mean_len_stream", "{:.1f}"), f(m, "mean_len_test", "{:.1f}"), f(m, "teacher_precision"),
+            f(m, "teacher_recall"), f(m, "teacher_f1", "{:.3f}"), f"{speed / 1000:,.0f}k" if speed > 0 else "-",
+        )
+    console.print(table)
+    console.print(f"threshold {cal['threshold']:.3f}  viterbi penalty {cal['viterbi_penalty']:.3f}  "
+                  f"segmenter: learned:{result.out_dir}  ({result.wall_time_s:.0f} s)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add train-splitter."""
+    app.command(name="train-splitter")(train_splitter_command)

@@ -1,0 +1,156 @@
+"""Configs of the learned segmenter, kept free of torch so config loading stays light.
+
+:class:`BoundaryPredictorConfig` rebuilds a trained predictor *and* its length control
+(saved as the splitter folder's ``config.json``, so the calibrated threshold is
+checksummed with the weights). :class:`SplitterConfig` is the ``splitter`` section of the
+root config: what ``train-splitter`` trains, from which teacher, at which target length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from segsllm.errors import ConfigError
+
+TEACHERS = ("punctuation", "entropy", "vae")
+DECODES = ("threshold", "viterbi")
+ENTROPY_MODES = ("global", "monotonic")
+
+
+@dataclass
+class BoundaryPredictorConfig:
+    """Architecture + inference settings of one boundary predictor.
+
+    The network: token embedding, then ``n_layers`` residual blocks (depthwise conv over
+    time + pointwise ReLU MLP), then one logit per token, "a segment ends after this token".
+    Block 0's kernel reaches ``lookahead`` tokens to the right and ``kernel_size - 1`` to
+    the left; later blocks are causal with dilations ``dilations`` (left context grows
+    exponentially, right context stays ``lookahead``). So the logit of token ``t`` is a
+    function of tokens ``t - left_context .. t + lookahead`` only: streaming decisions can
+    be taken ``lookahead`` tokens late, and a whole document is one convolution pass.
+    """
+
+    vocab_size: int = 4096
+    d_model: int = 32
+    n_layers: int = 4
+    kernel_size: int = 5
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    mlp_ratio: int = 2
+    lookahead: int = 4
+    dropout: float = 0.0  # dropout costs a third of a CPU training step; rarely needed here
+    pad_id: int = 0
+    # ---- length control (calibrated after training; stored with the weights)
+    max_len: int = 48  # hard cap on tokens per segment
+    target_len: float = 8.0  # mean tokens per segment the calibration aims at
+    decode: str = "viterbi"  # batch-mode default: "viterbi" (length prior) or "threshold"
+    threshold: float = 0.0  # logit threshold (threshold decoding, streaming mode)
+    viterbi_penalty: float = 0.0  # per-segment cost of the Viterbi search (calibrated)
+    prior_weight: float = 1.0  # weight of the log length prior in the Viterbi search
+    prior_shape: float = 2.0  # Gamma shape of the length prior (larger = more peaked)
+
+    @property
+    def left_context(self) -> int:
+        """Tokens to the left that can influence a logit."""
+        k = self.kernel_size
+        return (k - 1) + sum((k - 1) * d for d in self.dilations[1 : self.n_layers])
+
+    def validate(self) -> BoundaryPredictorConfig:
+        """Raise :class:`ConfigError` (one line, names the key) for an unusable config."""
+        positive = ("vocab_size", "d_model", "n_layers", "kernel_size", "mlp_ratio", "max_len")
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"splitter: {name} must be an int >= 1, got {value!r}")
+        if len(self.dilations) < self.n_layers or any(int(d) < 1 for d in self.dilations):
+            raise ConfigError(
+                f"splitter: dilations needs {self.n_layers} values >= 1 (one per layer), got {self.dilations}"
+            )
+        if int(self.dilations[0]) != 1:
+            raise ConfigError("splitter: dilations[0] must be 1 (block 0 is undilated: it holds the lookahead)")
+        if not isinstance(self.lookahead, int) or self.lookahead < 0:
+            raise ConfigError(f"splitter: lookahead must be an int >= 0, got {self.lookahead!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"splitter: dropout must be in [0, 1), got {self.dropout}")
+        if not 0 <= self.pad_id < self.vocab_size:
+            raise ConfigError(f"splitter: pad_id {self.pad_id} is outside the vocabulary ({self.vocab_size})")
+        if not 1.0 <= float(self.target_len) <= self.max_len:
+            raise ConfigError(f"splitter: target_len must be in [1, max_len={self.max_len}], got {self.target_len}")
+        if self.decode not in DECODES:
+            raise ConfigError(f"splitter: decode {self.decode!r} is not one of {', '.join(DECODES)}")
+        if self.prior_weight < 0 or self.prior_shape < 1.0:
+            raise ConfigError("splitter: prior_weight must be >= 0 and prior_shape >= 1")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BoundaryPredictorConfig:
+        """Build and validate; unknown keys are an error (missing keys take defaults)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"expected a mapping of config keys, got {type(d).__name__}")
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"unknown boundary predictor config key(s): {', '.join(unknown)}")
+        return cls(**d).validate()
+
+
+@dataclass
+class SplitterConfig:
+    """The ``splitter`` section: how ``train-splitter`` builds a learned segmenter.
+
+    Teacher label budgets are per domain and split, in tokens, taken as chunks of at most
+    ``chunk_tokens`` spread over the documents (``None``: the teacher's own default; the
+    ``vae`` teacher scores every candidate span with the VAE, so its default is small).
+    """
+
+    teacher: str = "punctuation"  # punctuation | entropy | vae
+    target_len: float | None = None  # mean tokens/segment; None: 8 (punctuation: the rule's own)
+    max_len: int | None = None  # hard cap; None: segmenter.max_len
+    base_lm: str | None = None  # token-level LM folder (train-lm output) for the entropy teacher
+    vae: str | None = None  # SentenceVAE folder (train-vae output) for the vae teacher
+    # ---- teachers
+    entropy_mode: str = "global"  # global threshold | monotonic rise (BLT)
+    entropy_context: int = 256  # max LM context per line piece (context resets at newlines)
+    vae_max_span: int | None = None  # longest candidate span; None: min(max_len, 2 * target_len)
+    chunk_tokens: int = 512  # teacher/student documents are chunks of at most this many tokens
+    teacher_tokens: int | None = None  # labelled train tokens per domain
+    teacher_eval_tokens: int | None = None  # labelled validation tokens per domain
+    cache_dir: str | None = None  # teacher label cache; None: <data.dir>/.cache/teachers
+    # ---- predictor
+    d_model: int = 32
+    n_layers: int = 4
+    kernel_size: int = 5
+    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    mlp_ratio: int = 2
+    lookahead: int = 4
+    dropout: float = 0.0  # dropout costs a third of a CPU training step; rarely needed here
+    # ---- length control at inference
+    decode: str = "viterbi"  # threshold | viterbi (batch mode; streaming always thresholds)
+    prior_weight: float = 1.0
+    prior_shape: float = 2.0
+    calibration_tokens: int = 200_000  # validation tokens per domain used to calibrate
+
+    def validate(self) -> SplitterConfig:
+        """One-line :class:`ConfigError` naming the bad ``splitter.*`` key."""
+        if self.teacher not in TEACHERS:
+            raise ConfigError(f"unknown teacher {self.teacher!r}; teachers: {', '.join(TEACHERS)}")
+        if self.entropy_mode not in ENTROPY_MODES:
+            raise ConfigError(
+                f"splitter.entropy_mode {self.entropy_mode!r} is not one of {', '.join(ENTROPY_MODES)}"
+            )
+        if self.decode not in DECODES:
+            raise ConfigError(f"splitter.decode {self.decode!r} is not one of {', '.join(DECODES)}")
+        if self.target_len is not None and self.target_len < 1:
+            raise ConfigError(f"splitter.target_len must be >= 1, got {self.target_len}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ConfigError(f"splitter.max_len must be >= 1, got {self.max_len}")
+        for key in ("chunk_tokens", "entropy_context", "calibration_tokens"):
+            if getattr(self, key) < 2:
+                raise ConfigError(f"splitter.{key} must be >= 2, got {getattr(self, key)}")
+        for key in ("teacher_tokens", "teacher_eval_tokens", "vae_max_span"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"splitter.{key} must be >= 1 or null, got {value}")
+        return self

@@ -1,0 +1,249 @@
+"""The learned segmenter: contract in both modes, streaming causality, length control, DP, folders."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import pytest
+
+from segsllm.segment.samples import all_texts
+
+SAMPLE_TEXTS = all_texts()[:4]
+
+
+@pytest.fixture(scope="module")
+def splitter_dir(tokenizer, tmp_path_factory):
+    """A tiny random predictor saved as a splitter folder; its threshold cuts ~1 token in 4."""
+    import torch
+
+    from segsllm.data.tokenizer import encode
+    from segsllm.models.boundary import BoundaryPredictor, BoundaryPredictorConfig
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    cfg = BoundaryPredictorConfig(vocab_size=len(tokenizer), d_model=16, n_layers=3, kernel_size=3,
+                                  dilations=[1, 2, 4], lookahead=2, dropout=0.0, pad_id=0, max_len=12,
+                                  target_len=4.0, decode="viterbi")
+    model = BoundaryPredictor(cfg)
+    z = np.concatenate(model.document_logits([np.array(encode(tokenizer, t)) for t in SAMPLE_TEXTS]))
+    model.config = dataclasses.replace(cfg, threshold=float(np.quantile(z, 0.75)),
+                                       viterbi_penalty=-float(np.median(z)))
+    out = tmp_path_factory.mktemp("splitter")
+    model.save_pretrained(out, tokenizer=tokenizer)
+    return out
+
+
+def _docs(tokenizer):
+    from segsllm.data.tokenizer import encode
+
+    return [np.array(encode(tokenizer, t), dtype=np.int64) for t in SAMPLE_TEXTS]
+
+
+@pytest.mark.parametrize("extra", ["", ",decode=threshold", ",mode=stream"])
+def test_conformance_kit_passes_in_every_mode(splitter_dir, tokenizer, extra):
+    from segsllm.segment import build_segmenter
+    from segsllm.segment.testing import check_segmenter
+
+    seg = build_segmenter(f"learned:{splitter_dir}{extra}", tokenizer=tokenizer)
+    assert seg.max_len == 12 and seg.effective_decode == ("viterbi" if not extra else "threshold")
+    check_segmenter(seg, max_examples=25)
+
+
+def test_spec_round_trip_and_config_max_len(splitter_dir, tokenizer):
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(f"learned:{splitter_dir},mode=stream", tokenizer=tokenizer)
+    assert seg.spec() == f"learned:path={splitter_dir},mode=stream"
+    assert build_segmenter(seg.spec()).params() == seg.params()
+    capped = build_segmenter(f"learned:{splitter_dir}", max_len=6)  # a command's segmenter.max_len
+    assert capped.max_len == 6
+    for ends in capped.segment_batch(_docs(tokenizer)):
+        assert np.diff(ends, prepend=0).max() <= 6
+
+
+# --------------------------------------------------------------------------- causality
+
+
+def assert_causal(seg, docs, lookahead: int, trials: int = 12, seed: int = 0) -> None:
+    """Decisions after tokens <= t must not change when tokens after t + lookahead change
+    (checked for segment() and for the incremental StreamingSplitter)."""
+    rng = np.random.default_rng(seed)
+    vocab = seg.config.vocab_size
+    for ids in docs:
+        base = seg.segment(ids)
+        for t in rng.choice(len(ids) - lookahead - 1, size=min(trials, len(ids) - lookahead - 1), replace=False):
+            changed = ids.copy()
+            tail = slice(t + lookahead + 1, None)
+            changed[tail] = rng.integers(0, vocab, size=changed[tail].size)
+            other = seg.segment(changed)
+            assert np.array_equal(base[base <= t + 1], other[other <= t + 1]), (
+                f"decisions up to token {t} changed when tokens after {t + lookahead} changed"
+            )
+        stream, committed = seg.stream(), []
+        for i, tok in enumerate(ids.tolist()):
+            committed += stream.push([tok]).tolist()
+            t = i - lookahead  # every decision up to t is final now
+            assert committed == [e for e in base.tolist() if e <= t + 1], f"stream differs at token {i}"
+        assert committed + stream.finish().tolist() == base.tolist()
+
+
+def test_streaming_mode_depends_only_on_tokens_up_to_t_plus_lookahead(splitter_dir, tokenizer):
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(f"learned:{splitter_dir},mode=stream", tokenizer=tokenizer)
+    assert seg.lookahead == 2
+    assert_causal(seg, _docs(tokenizer), seg.lookahead)
+
+
+def test_causality_check_fails_when_the_lookahead_is_violated(splitter_dir, tokenizer):
+    """The check is not vacuous: claiming one token less lookahead than the model has fails."""
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(f"learned:{splitter_dir},mode=stream", tokenizer=tokenizer)
+    with pytest.raises(AssertionError, match=r"changed|differs"):
+        assert_causal(seg, _docs(tokenizer), seg.lookahead - 1, trials=40)
+
+
+def test_predictor_receptive_field_is_exact(tokenizer):
+    import torch
+
+    from segsllm.models.boundary import BoundaryPredictor, BoundaryPredictorConfig
+
+    torch.manual_seed(1)
+    cfg = BoundaryPredictorConfig(vocab_size=64, d_model=8, n_layers=3, kernel_size=3, dilations=[1, 2, 4],
+                                  lookahead=3, dropout=0.0)
+    model = BoundaryPredictor(cfg).eval()
+    ids = torch.randint(0, 64, (1, 80))
+    with torch.no_grad():
+        base = model(ids)[0]
+        for t in (5, 30, 60):
+            after = ids.clone()
+            after[0, t + cfg.lookahead + 1 :] = (after[0, t + cfg.lookahead + 1 :] + 7) % 64
+            before = ids.clone()
+            cut = max(t - cfg.left_context, 0)
+            before[0, :cut] = (before[0, :cut] + 7) % 64
+            assert torch.equal(model(after)[0, : t + 1], base[: t + 1])
+            assert torch.equal(model(before)[0, t:], base[t:])
+            edge = ids.clone()
+            edge[0, t + cfg.lookahead] = (edge[0, t + cfg.lookahead] + 7) % 64
+            assert not torch.equal(model(edge)[0, t], base[t])  # the lookahead is really used
+    docs = [ids[0, :50].numpy(), ids[0].numpy()]
+    alone = model.document_logits(docs[1:], piece_tokens=16, stream_tokens=40)[0]
+    assert np.allclose(model.document_logits(docs)[1], alone, atol=1e-5)  # pieces and neighbours do not matter
+    assert np.allclose(alone, base.numpy(), atol=1e-5)
+
+
+# --------------------------------------------------------------------------- length control
+
+
+def test_calibration_hits_the_target_on_synthetic_data():
+    from segsllm.segment.learned import (
+        balanced_mean,
+        length_prior,
+        mean_length,
+        threshold_decode,
+        viterbi_decode,
+    )
+    from segsllm.train.splitter_stage import calibrate
+
+    rng = np.random.default_rng(0)
+    # Two "domains": boundaries every ~5 and every ~12 tokens, noisy logits.
+    logits = {}
+    for name, period in (("a", 5), ("b", 12)):
+        docs = []
+        for n in rng.integers(50, 400, size=20):
+            z = rng.normal(-3, 1.0, size=n)
+            z[rng.random(n) < 1 / period] += 6
+            docs.append(z.astype(np.float32))
+        logits[name] = docs
+
+    class Probe:
+        max_len = 24
+        config = type("C", (), {"prior_weight": 1.0, "target_len": 8.0})()
+        _log_prior = length_prior(8.0, 24, 2.0)
+
+    for target in (4.0, 8.0, 16.0):
+        Probe._log_prior = length_prior(target, 24, 2.0)
+        cal = calibrate(Probe(), logits, target)
+        got = balanced_mean({d: mean_length(threshold_decode(z, cal["threshold"], 24)) for d, z in logits.items()})
+        assert abs(got / target - 1) < 0.03, (target, got)
+        got = balanced_mean({d: mean_length(viterbi_decode(z, 24, Probe._log_prior, 1.0, cal["viterbi_penalty"]))
+                             for d, z in logits.items()})
+        assert abs(got / target - 1) < 0.05, (target, got)
+
+
+def _brute_force(n: int, L: int, score) -> tuple[float, tuple[int, ...]]:
+    best = (-np.inf, ())
+    for mask in itertools.product([0, 1], repeat=n - 1):
+        ends = (*(i + 1 for i, m in enumerate(mask) if m), n)
+        lengths = np.diff((0, *ends))
+        if lengths.max() > L:
+            continue
+        total = sum(score(e - ln, e, e == n) for e, ln in zip(ends, lengths, strict=True))
+        if total > best[0] + 1e-12:
+            best = (total, ends)
+    return best
+
+
+def test_dynamic_programme_matches_brute_force():
+    from segsllm.segment.learned import best_segmentation
+    from segsllm.train.teachers import VAETeacher
+
+    rng = np.random.default_rng(3)
+    for n, L, lam in ((9, 4, 0.7), (10, 3, 2.0), (7, 7, 0.0), (1, 3, 1.0)):
+        cost = rng.random((n, L)) * 5  # cost[s, l-1] of span [s, s+l), hand-made
+        cost[n - np.arange(1, L + 1)[None, :] < np.arange(n)[:, None]] = np.inf  # past the end
+        got = best_segmentation([n], L, span_score=[VAETeacher.end_indexed(cost)], penalty=lam)[0]
+        want = _brute_force(n, L, lambda s, e, last, cost=cost, lam=lam: -cost[s, e - s - 1] - lam)
+        assert tuple(got.tolist()) == want[1], (n, L, lam)
+        # Viterbi form: cut logits + length prior; the document's end is not scored.
+        z, prior = rng.normal(size=n), rng.normal(size=L)
+        got = best_segmentation([n], L, end_score=[z], len_score=prior, penalty=lam)[0]
+        want = _brute_force(n, L, lambda s, e, last, z=z, prior=prior, lam=lam:
+                            (0.0 if last else z[e - 1]) + prior[e - s - 1] - lam)
+        assert tuple(got.tolist()) == want[1], (n, L, lam)
+    # Several documents at once give the same answers as one by one.
+    docs = [rng.normal(size=k) for k in (5, 17, 1, 9)]
+    prior = rng.normal(size=6)
+    together = best_segmentation([len(z) for z in docs], 6, end_score=docs, len_score=prior, penalty=0.3, rows=2)
+    for z, ends in zip(docs, together, strict=True):
+        assert np.array_equal(ends, best_segmentation([len(z)], 6, end_score=[z], len_score=prior, penalty=0.3)[0])
+
+
+# --------------------------------------------------------------------------- folders
+
+
+def test_save_load_round_trip_and_bad_folders(splitter_dir, tokenizer, tmp_path):
+    import torch
+
+    from segsllm.data.tokenizer import train_bpe
+    from segsllm.models.boundary import BoundaryPredictor
+    from segsllm.segment import SegmenterError, build_segmenter
+
+    model = BoundaryPredictor.from_pretrained(splitter_dir, tokenizer=tokenizer)
+    again = BoundaryPredictor.from_pretrained(splitter_dir)
+    ids = torch.from_numpy(_docs(tokenizer)[0])[None]
+    assert torch.equal(model(ids), again(ids)) and model.config == again.config
+    assert model.config.threshold != 0.0  # calibration travels in config.json
+    seg = build_segmenter(f"learned:{splitter_dir}")
+    assert seg.tokenizer is not None  # the folder's own tokenizer
+    assert "".join(seg.split_text(SAMPLE_TEXTS[0])) == SAMPLE_TEXTS[0]
+
+    other = train_bpe(["completely different text " * 50], vocab_size=300)
+    with pytest.raises(SegmenterError, match="another tokenizer"):
+        build_segmenter(f"learned:{splitter_dir}", tokenizer=other)
+    with pytest.raises(SegmenterError, match="no splitter folder"):
+        build_segmenter(f"learned:{tmp_path / 'missing'}")
+    with pytest.raises(SegmenterError, match="outside the vocabulary"):
+        seg.segment([0, len(tokenizer) + 5])
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in splitter_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\0" * (broken / "model.safetensors").stat().st_size)
+    with pytest.raises(SegmenterError, match="corrupted"):
+        build_segmenter(f"learned:{broken}")
+    with pytest.raises(SegmenterError, match="mode must be"):
+        build_segmenter(f"learned:{splitter_dir},mode=online")

@@ -1,0 +1,148 @@
+"""Teachers of the learned segmenter on tiny data: valid labels, target lengths, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segsllm.segment.testing import check_ends
+
+
+@pytest.fixture(scope="module")
+def chunks(tiny_data_dir, tokenizer):
+    from segsllm.train.teachers import load_documents, make_chunks
+
+    out = {}
+    for split, budget in (("train", 3000), ("validation", 800)):
+        out[split] = {d: make_chunks(load_documents(tiny_data_dir, d, split, tokenizer), 96, budget)
+                      for d in ("prose", "code", "csv")}
+    return out
+
+
+def _check_labels(labels, max_len):
+    for split in labels.values():
+        for ls in split.values():
+            assert ls.chunks and len(ls.chunks) == len(ls.ends)
+            for c, e in zip(ls.chunks, ls.ends, strict=True):
+                check_ends(e, len(c), max_len)
+                lab = ls.labels()[0]
+                assert lab[-1] == 1 and lab.dtype == np.uint8
+
+
+def test_make_chunks_spreads_the_budget(tiny_data_dir, tokenizer):
+    from segsllm.train.teachers import load_documents, make_chunks
+
+    docs = load_documents(tiny_data_dir, "code", "train", tokenizer)
+    full = make_chunks(docs, 50, None)
+    assert sum(map(len, full)) == sum(map(len, docs)) and max(map(len, full)) <= 50
+    some = make_chunks(docs, 50, 1000)
+    assert 800 <= sum(map(len, some)) <= 1200
+    assert some[0] is not full[0] or len(some) < len(full)
+
+
+def test_punctuation_teacher_is_the_rule(chunks, tokenizer):
+    from segsllm.segment.punctuation import PunctuationSegmenter
+    from segsllm.train.teachers import PunctuationTeacher, teacher_labels
+
+    labels = teacher_labels(PunctuationTeacher(tokenizer), chunks, target_len=None, max_len=16)
+    _check_labels(labels, 16)
+    rule = PunctuationSegmenter(max_len=16).bind(tokenizer)
+    ls = labels["validation"]["csv"]
+    for c, e in zip(ls.chunks, ls.ends, strict=True):
+        assert np.array_equal(e, rule.segment(c))
+
+
+def test_entropy_teacher_hits_the_target_and_resets_at_newlines(chunks, tokenizer, tmp_path):
+    import torch
+
+    from segsllm.data.tokenizer import encode
+    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.segment.learned import mean_length
+    from segsllm.train.teachers import EntropyTeacher, teacher_labels
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    lm = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=2),
+                       vocab_size=len(tokenizer)).model
+    for mode in ("global", "monotonic"):
+        teacher = EntropyTeacher(lm, tokenizer, mode=mode, context=32)
+        labels = teacher_labels(teacher, chunks, target_len=6.0, max_len=16, cache_dir=tmp_path)
+        _check_labels(labels, 16)
+        for d, ls in labels["train"].items():
+            assert abs(mean_length(ls.ends) / 6.0 - 1) < 0.1, (mode, d, mean_length(ls.ends))
+    # Context reset: a line's entropies do not depend on the lines before it.
+    a = np.array(encode(tokenizer, "x = 1\nreturn a + b\n"))
+    b = np.array(encode(tokenizer, "import os, sys\nreturn a + b\n"))
+    line = np.array(encode(tokenizer, "return a + b\n"))
+    sa, sb = teacher.scores([a, b])
+    assert np.allclose(sa[-len(line):], sb[-len(line):], atol=1e-5)
+    assert np.allclose(teacher.scores([line])[0], sa[-len(line):], atol=1e-5)
+
+
+def test_vae_teacher_dp_hits_the_target(chunks, tokenizer):
+    import torch
+
+    from segsllm.models.vae import SentenceVAE
+    from segsllm.models.vae_config import SentenceVAEConfig
+    from segsllm.segment.learned import mean_length
+    from segsllm.train.teachers import VAETeacher, teacher_labels
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=16, n_heads=2, d_ff=32, max_len=8))
+    teacher = VAETeacher(vae, max_span=8)
+    small = {s: {d: c[:4] for d, c in v.items()} for s, v in chunks.items()}
+    costs = teacher.scores(small["validation"]["prose"][:1])[0]
+    assert costs.shape[1] == 8 and np.isfinite(costs[0]).all() and np.isinf(costs[-1, 1:]).all()
+    spans = np.lib.stride_tricks.sliding_window_view(small["validation"]["prose"][0][:12], 3)
+    assert np.allclose(costs[:10, 2], teacher.span_nll(spans), atol=1e-4)  # batched == direct
+    labels = teacher_labels(teacher, small, target_len=4.0, max_len=16)
+    _check_labels(labels, 8)  # spans are at most max_span
+    for d, ls in labels["train"].items():
+        assert abs(mean_length(ls.ends) / 4.0 - 1) < 0.1, (d, mean_length(ls.ends))
+        assert np.isfinite(ls.param)
+
+
+def test_labels_are_cached_on_disk(chunks, tokenizer, tmp_path):
+    from segsllm.train.teachers import PunctuationTeacher, teacher_labels
+
+    teacher = PunctuationTeacher(tokenizer)
+    first = teacher_labels(teacher, chunks, target_len=None, max_len=16, cache_dir=tmp_path,
+                           key_parts={"code": {"tokenizer": "x"}})
+    assert any(p.name.startswith("labels-punctuation-code-train") for p in tmp_path.iterdir())
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the teacher ran again")
+
+    teacher.apply = boom  # type: ignore[method-assign]
+    teacher.fit = boom  # type: ignore[method-assign]
+    again = teacher_labels(teacher, chunks, target_len=None, max_len=16, cache_dir=tmp_path,
+                           key_parts={"code": {"tokenizer": "x"}})
+    for d in ("prose", "code", "csv"):
+        for e1, e2 in zip(first["train"][d].ends, again["train"][d].ends, strict=True):
+            assert np.array_equal(e1, e2)
+    with pytest.raises(AssertionError, match="ran again"):  # another key is another entry
+        teacher_labels(teacher, chunks, target_len=None, max_len=12, cache_dir=tmp_path)
+
+
+def test_random_span_segmenter_conforms():
+    from segsllm.segment import build_segmenter
+    from segsllm.segment.testing import check_segmenter
+
+    seg = build_segmenter("segsllm.train.teachers:RandomSpanSegmenter:max_len=5", max_len=48)
+    assert seg.max_len == 5 and build_segmenter(seg.spec(), max_len=48).max_len == 5
+    check_segmenter(seg, max_examples=15)
+
+
+def test_teacher_building_errors(tokenizer, tmp_path):
+    from segsllm.errors import ArtifactError, ConfigError
+    from segsllm.train.teachers import build_teacher
+
+    with pytest.raises(ConfigError, match="--vae"):
+        build_teacher("vae", tokenizer)
+    with pytest.raises(ConfigError, match="--base-lm"):
+        build_teacher("entropy", tokenizer)
+    with pytest.raises(ConfigError, match="unknown teacher"):
+        build_teacher("oracle", tokenizer)
+    with pytest.raises(ArtifactError):
+        build_teacher("vae", tokenizer, vae=str(tmp_path))
