@@ -16,7 +16,6 @@ from cli.commands import finetune as finetune_cmd
 from cli.commands import generate as generate_cmd
 from cli.commands import pipeline as pipeline_cmd
 from cli.commands import segment as segment_cmd
-from cli.commands import stages as stage_cmds
 from cli.commands import tokenizer as tokenizer_cmd
 from cli.commands import train_lm as train_lm_cmd
 from cli.commands import train_splitter as train_splitter_cmd
@@ -58,7 +57,6 @@ finetune_cmd.register(app)
 generate_cmd.register(app)
 train_splitter_cmd.register(app)
 pipeline_cmd.register(app)
-stage_cmds.register(app, skip=["train-vae", "train-lm", "finetune", "generate", "train-splitter", "bench", "pipeline"])
 segment_cmd.register(app)
 bench_cmd.register(app)
 

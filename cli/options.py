@@ -38,3 +38,17 @@ SegmenterOpt = Annotated[
         help="Segmenter spec: punctuation, fixed:k=16, learned:DIR, PLUGIN:arg=v, module:Class.",
     ),
 ]
+DomainsOpt = Annotated[
+    str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
+]
+TokenizerDirOpt = Annotated[
+    Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")]
+
+
+def split_list(value: str | None) -> list[str] | None:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]``; None stays None (the config's default applies)."""
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]

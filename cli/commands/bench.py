@@ -12,6 +12,7 @@ from cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    DomainsOpt,
     NoTrackOpt,
     OutOpt,
     SeedOpt,
@@ -51,9 +52,7 @@ def bench_command(
         str | None,
         typer.Option("--segmenters", help="Comma-separated segmenter specs, e.g. punctuation,fixed:k=16."),
     ] = None,
-    domains: Annotated[
-        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
-    ] = None,
+    domains: DomainsOpt = None,
     sllm: Annotated[
         list[str] | None,
         typer.Option("--sllm", help="SEGMENTER=DIR: the SLLM (finetune output) of one segmenter; repeatable."),

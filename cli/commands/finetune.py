@@ -12,12 +12,15 @@ from cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    DomainsOpt,
     NoTrackOpt,
     OutOpt,
+    ResumeOpt,
     SeedOpt,
     SegmenterOpt,
     SetOpt,
     TrackingUriOpt,
+    split_list,
 )
 
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae` output).")]
@@ -41,13 +44,11 @@ def finetune_command(
     segmenter: SegmenterOpt = None,
     vae: VaeOpt = None,
     backbone: BackboneOpt = None,
-    domains: Annotated[
-        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
-    ] = None,
+    domains: DomainsOpt = None,
     train_last: Annotated[
         int | None, typer.Option("--train-last", help="Train only the last k backbone layers (sllm.train_last).")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the SLLM (encoder → causal backbone → decoder + stop head); report bits/byte per domain.
 
@@ -61,7 +62,7 @@ def finetune_command(
     if vae is None:
         raise ConfigError("no SentenceVAE: pass --vae DIR (see `segsllm train-vae`)")
     extra = {
-        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "data.domains": split_list(domains),
         "sllm.train_last": train_last,
         "backbone.spec": backbone,
     }

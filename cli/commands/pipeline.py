@@ -16,6 +16,7 @@ from cli.options import (
     SeedOpt,
     SetOpt,
     TrackingUriOpt,
+    split_list,
 )
 
 
@@ -47,8 +48,8 @@ def pipeline_command(
     from segsllm.pipeline import run_pipeline
 
     extra = {
-        "pipeline.segmenters": [s for s in segmenters.split(",") if s] if segmenters else None,
-        "pipeline.teachers": [t for t in teachers.split(",") if t] if teachers else None,
+        "pipeline.segmenters": split_list(segmenters),
+        "pipeline.teachers": split_list(teachers),
     }
     cfg = resolve_config(config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
                          tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra)

@@ -24,6 +24,7 @@ from cli.options import (
     SeedOpt,
     SetOpt,
     TrackingUriOpt,
+    split_list,
 )
 
 VocabOpt = Annotated[
@@ -66,7 +67,7 @@ def train_tokenizer(
 
     flags: dict[str, Any] = {"tokenizer.vocab_size": vocab_size}
     if domains is not None:
-        flags["data.domains"] = [d.strip() for d in domains.split(",") if d.strip()]
+        flags["data.domains"] = split_list(domains)
     cfg = resolve_config(
         config,
         set_,

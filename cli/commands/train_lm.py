@@ -12,11 +12,14 @@ from cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    DomainsOpt,
     NoTrackOpt,
     OutOpt,
+    ResumeOpt,
     SeedOpt,
     SetOpt,
     TrackingUriOpt,
+    split_list,
 )
 
 TokenizerOpt = Annotated[
@@ -48,10 +51,8 @@ def train_lm_command(
     no_track: NoTrackOpt = False,
     backbone: BackboneOpt = None,
     tokenizer: TokenizerOpt = None,
-    domains: Annotated[
-        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    domains: DomainsOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train (tiny) or fine-tune (pretrained) the token-level LM; report validation bits/byte per domain."""
     from rich.table import Table
@@ -59,7 +60,7 @@ def train_lm_command(
     from segsllm.train.lm_stage import train_lm
 
     extra = {
-        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "data.domains": split_list(domains),
         "backbone.spec": backbone,
     }
     cfg = resolve_config(

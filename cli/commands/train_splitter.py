@@ -12,11 +12,15 @@ from cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    DomainsOpt,
     NoTrackOpt,
     OutOpt,
+    ResumeOpt,
     SeedOpt,
     SetOpt,
+    TokenizerDirOpt,
     TrackingUriOpt,
+    split_list,
 )
 
 TEACHER_HELP = (
@@ -36,9 +40,7 @@ def train_splitter_command(
     tracking_uri: TrackingUriOpt = None,
     no_track: NoTrackOpt = False,
     teacher: Annotated[str | None, typer.Option("--teacher", help=TEACHER_HELP)] = None,
-    domains: Annotated[
-        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
-    ] = None,
+    domains: DomainsOpt = None,
     target_len: Annotated[
         float | None,
         typer.Option("--target-len", help="Mean tokens per segment (default: 8; punctuation: the rule's own)."),
@@ -52,10 +54,8 @@ def train_splitter_command(
     vae: Annotated[
         Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae.")
     ] = None,
-    tokenizer: Annotated[
-        Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
-    ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    tokenizer: TokenizerDirOpt = None,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the learned segmenter from a teacher; report lengths, boundary F1 and speed per domain."""
     from rich import box
@@ -65,7 +65,7 @@ def train_splitter_command(
     from segsllm.train.splitter_stage import train_splitter
 
     extra = {
-        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "data.domains": split_list(domains),
         "splitter.teacher": teacher,
         "splitter.target_len": target_len,
         "splitter.max_len": max_len,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -12,17 +11,17 @@ from cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    DomainsOpt,
     NoTrackOpt,
     OutOpt,
+    ResumeOpt,
     SeedOpt,
     SegmenterOpt,
     SetOpt,
+    TokenizerDirOpt,
     TrackingUriOpt,
+    split_list,
 )
-
-TokenizerOpt = Annotated[
-    Path | None, typer.Option("--tokenizer", help="Tokenizer folder (default: tokenizer.path).")
-]
 
 
 @handle_errors
@@ -36,14 +35,12 @@ def train_vae_command(
     tracking_uri: TrackingUriOpt = None,
     no_track: NoTrackOpt = False,
     segmenter: SegmenterOpt = None,
-    tokenizer: TokenizerOpt = None,
-    domains: Annotated[
-        str | None, typer.Option("--domains", help="Comma-separated corpora (default: data.domains).")
-    ] = None,
+    tokenizer: TokenizerDirOpt = None,
+    domains: DomainsOpt = None,
     depth: Annotated[
         int | None, typer.Option("--depth", help="Encoder and decoder layers: 1, 2 or 4 (paper's H1/H2/H4).")
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Train the SentenceVAE (segment encoder/decoder) and report reconstruction metrics."""
     from rich.table import Table
@@ -52,7 +49,7 @@ def train_vae_command(
     from segsllm.train.vae_stage import train_vae
 
     extra = {
-        "data.domains": [d.strip() for d in domains.split(",") if d.strip()] if domains else None,
+        "data.domains": split_list(domains),
         "vae.encoder_layers": depth,
         "vae.decoder_layers": depth,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
