@@ -79,11 +79,6 @@ def resolve_config(
     return load_config(config, overrides or [], flags, schema=schema or Config)
 
 
-def not_available(command: str, issue: str) -> None:
-    """For stage commands whose implementation has not landed yet: say so plainly."""
-    fail(f"`segsllm {command}` is not available yet in this version ({issue}).", code=3)
-
-
 def stdout_is_terminal() -> bool:
     """Whether to draw colours/progress on stdout."""
     return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,13 +42,6 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     """Write pretty JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def atomic_write_with(path: str | Path, writer: Callable[[Path], None]) -> Path:
-    """Let ``writer`` fill a temp path, then move it into place."""
-    with atomic_path(path) as tmp:
-        writer(tmp)
-    return Path(path)
 
 
 def read_json(path: str | Path) -> Any:

@@ -8,6 +8,7 @@ small, and is resumable (the training loop's ``BatchSource`` protocol).
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import itertools
 import json
@@ -244,7 +245,7 @@ def collate_segments(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
     }
 
 
-class EpochBatches:
+class EpochBatches(abc.ABC):
     """Shared core of the resumable, rank-sharded, optionally domain-balanced batch sources.
 
     An epoch's item order comes from a generator seeded with (seed, epoch). With
@@ -302,8 +303,9 @@ class EpochBatches:
         return [order[(b * self.world_size + self.rank) * self.batch_size :][: self.batch_size]
                 for b in range(len(self))]
 
+    @abc.abstractmethod
     def _collate(self, items: list[Any]) -> Any:
-        raise NotImplementedError
+        """Items of one batch -> the tensors the stage's loss reads."""
 
     def __iter__(self) -> Iterator[Any]:
         while True:

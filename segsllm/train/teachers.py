@@ -25,6 +25,7 @@ so changing ``--target-len`` re-calibrates without re-running the LM or the VAE.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 import shutil
@@ -114,7 +115,7 @@ class TeacherFit:
     mean_len: float
 
 
-class Teacher:
+class Teacher(abc.ABC):
     """Base class: ``scores`` (expensive, cached), ``fit`` (calibrate on a domain's chunks),
     ``apply`` (segment chunks with a fitted parameter)."""
 
@@ -127,9 +128,10 @@ class Teacher:
     def scores(self, chunks: Sequence[np.ndarray]) -> list[np.ndarray]:
         return [np.zeros(0, dtype=np.float32) for _ in chunks]
 
+    @abc.abstractmethod
     def apply(self, chunks: Sequence[np.ndarray], scores: Sequence[np.ndarray], param: float,
               max_len: int) -> list[np.ndarray]:
-        raise NotImplementedError
+        """Segment ends of every chunk for the length parameter ``param``."""
 
     def fit(self, chunks: Sequence[np.ndarray], scores: Sequence[np.ndarray], target_len: float | None,
             max_len: int) -> TeacherFit:
