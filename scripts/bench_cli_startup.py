@@ -16,7 +16,7 @@ import time
 PROBE = (
     "import sys, json\n"
     "sys.argv = ['segsllm', '--help']\n"
-    "from cli.app import main\n"
+    "from segsllm.cli.app import main\n"
     "try:\n    main()\nexcept SystemExit:\n    pass\n"
     "sys.stderr.write(json.dumps([m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]))\n"
 )

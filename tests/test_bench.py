@@ -174,7 +174,7 @@ def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_pat
 def test_cli_smoke_and_bad_input(tiny_data_dir, pipeline_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     runner = CliRunner()

@@ -8,7 +8,7 @@ import sys
 
 from typer.testing import CliRunner
 
-from cli.app import app
+from segsllm.cli.app import app
 
 runner = CliRunner()
 STAGES = ["data", "train-tokenizer", "train-lm", "train-vae", "train-splitter", "finetune",
@@ -25,7 +25,7 @@ def test_help_lists_every_stage_command():
 def test_help_imports_no_heavy_modules():
     code = (
         "import sys, json; sys.argv=['segsllm','--help']\n"
-        "from cli.app import main\n"
+        "from segsllm.cli.app import main\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(json.dumps([m for m in ('torch','transformers','mlflow') if m in sys.modules]))"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from segsllm.cli.app import app
 from segsllm.data import corpora, store
 from segsllm.errors import DataError
 

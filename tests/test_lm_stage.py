@@ -257,7 +257,7 @@ def test_a_tokenizer_that_does_not_fit_a_pretrained_backbone_is_refused(trained,
 def _invoke(args):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     return CliRunner().invoke(app, ["train-lm", *args])
 

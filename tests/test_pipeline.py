@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from segsllm.cli.app import app
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from segsllm.cli.app import app
 
 runner = CliRunner()
 

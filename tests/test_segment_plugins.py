@@ -105,7 +105,7 @@ def test_plugin_via_cli(plugin_dist, tokenizer_dir, tmp_path):
 
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     runner = CliRunner()
     listed = runner.invoke(app, ["segmenters"])

@@ -125,7 +125,7 @@ def test_different_segmenter_is_allowed_with_a_warning(vae_dir, tokenizer):
 def _invoke(args):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     return CliRunner().invoke(app, args)
 

@@ -50,7 +50,7 @@ def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tok
 def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     args = ["train-splitter", "--teacher", "punctuation", "--data-dir", str(tiny_data_dir), "--out",
             str(tmp_path / "o"), "--no-track", "--tokenizer", str(tokenizer_dir), "--domains", "code,csv",
@@ -75,7 +75,7 @@ def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir
 def test_cli_bad_input_is_one_line(tiny_data_dir, tokenizer_dir, tmp_path, extra, message):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     args = ["train-splitter", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"), "--no-track",
             "--tokenizer", str(tokenizer_dir), *extra]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from cli.app import app
+from segsllm.cli.app import app
 from segsllm.data import store
 from segsllm.data.store import RawDoc
 

@@ -63,7 +63,7 @@ def test_existing_run_without_resume_is_refused(tiny_data_dir, tokenizer_dir, tm
 def test_cli_train_vae_needs_a_tokenizer(tiny_data_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     result = CliRunner().invoke(app, ["train-vae", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"),
                                       "--no-track"])
@@ -73,7 +73,7 @@ def test_cli_train_vae_needs_a_tokenizer(tiny_data_dir, tmp_path):
 def test_cli_train_vae_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from cli.app import app
+    from segsllm.cli.app import app
 
     args = ["train-vae", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"), "--no-track",
             "--tokenizer", str(tokenizer_dir), "--segmenter", "punctuation", "--domains", "code,csv",

@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, handle_errors, resolve_config
-from cli.options import ConfigOpt, DeviceOpt, SeedOpt, SetOpt
+from segsllm.cli.common import console, handle_errors, resolve_config
+from segsllm.cli.options import ConfigOpt, DeviceOpt, SeedOpt, SetOpt
 
 STYLES = ("bold cyan", "bold yellow")  # alternate per generated segment so the cuts show
 ENDS = {"max_new_tokens": "budget", "max_positions": "positions", "empty_segment": "empty seg"}

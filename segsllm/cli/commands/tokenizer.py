@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, handle_errors, resolve_config, stdout_is_terminal
-from cli.options import (
+from segsllm.cli.common import console, handle_errors, resolve_config, stdout_is_terminal
+from segsllm.cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,

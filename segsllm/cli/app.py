@@ -10,16 +10,16 @@ from typing import Annotated
 
 import typer
 
-from cli.commands import bench as bench_cmd
-from cli.commands import data as data_cmd
-from cli.commands import finetune as finetune_cmd
-from cli.commands import generate as generate_cmd
-from cli.commands import pipeline as pipeline_cmd
-from cli.commands import segment as segment_cmd
-from cli.commands import tokenizer as tokenizer_cmd
-from cli.commands import train_lm as train_lm_cmd
-from cli.commands import train_splitter as train_splitter_cmd
-from cli.commands import train_vae as train_vae_cmd
+from segsllm.cli.commands import bench as bench_cmd
+from segsllm.cli.commands import data as data_cmd
+from segsllm.cli.commands import finetune as finetune_cmd
+from segsllm.cli.commands import generate as generate_cmd
+from segsllm.cli.commands import pipeline as pipeline_cmd
+from segsllm.cli.commands import segment as segment_cmd
+from segsllm.cli.commands import tokenizer as tokenizer_cmd
+from segsllm.cli.commands import train_lm as train_lm_cmd
+from segsllm.cli.commands import train_splitter as train_splitter_cmd
+from segsllm.cli.commands import train_vae as train_vae_cmd
 
 app = typer.Typer(
     name="segsllm",

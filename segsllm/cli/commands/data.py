@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, handle_errors, resolve_config, stdout_is_terminal
-from cli.options import ConfigOpt, DataDirOpt, NoTrackOpt, SeedOpt, SetOpt, TrackingUriOpt
+from segsllm.cli.common import console, handle_errors, resolve_config, stdout_is_terminal
+from segsllm.cli.options import ConfigOpt, DataDirOpt, NoTrackOpt, SeedOpt, SetOpt, TrackingUriOpt
 
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
 

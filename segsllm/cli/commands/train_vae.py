@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from cli.common import console, handle_errors, resolve_config
-from cli.options import (
+from segsllm.cli.common import console, handle_errors, resolve_config
+from segsllm.cli.options import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,

@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.common import console, err_console, handle_errors, resolve_config
-from cli.options import ConfigOpt, SegmenterOpt, SetOpt
+from segsllm.cli.common import console, err_console, handle_errors, resolve_config
+from segsllm.cli.options import ConfigOpt, SegmenterOpt, SetOpt
 
 BINARY_SNIFF_BYTES = 8192
 STYLES = ("black on cyan", "black on yellow")  # alternate per segment; backgrounds show spaces
