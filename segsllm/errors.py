@@ -17,3 +17,7 @@ class ArtifactError(SegsllmError):
 
 class ConfigError(SegsllmError, ValueError):
     """A bad preset name, unknown key or wrongly typed value (one line, names the key)."""
+
+
+class SegmenterError(SegsllmError, ValueError):
+    """A bad segmenter spec, parameter or input (printed as one line by the CLI)."""

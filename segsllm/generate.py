@@ -81,7 +81,7 @@ class TextStream:
     (byte-level BPE can split one across tokens, hence across segments)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        from segsllm.segment.vocab import vocab_bytes
+        from segsllm.data.vocab import vocab_bytes
 
         self.tokenizer = tokenizer
         self.vb = vocab_bytes(tokenizer)

@@ -51,8 +51,8 @@ def _tiny_model(tokenizer, **kw):
 
 @pytest.mark.parametrize(("context_len", "stride"), [(16, None), (16, 5), (7, 1), (512, None)])
 def test_every_token_and_eos_is_scored_exactly_once(tokenizer, sample_texts, context_len, stride):
+    from segsllm.data.vocab import vocab_bytes
     from segsllm.data.windows import IGNORE, eval_windows, train_windows
-    from segsllm.segment.vocab import vocab_bytes
 
     texts = [sample_texts["prose"], "x", sample_texts["code"], sample_texts["cjk"] * 3, sample_texts["csv"]]
     table = _table(texts, tokenizer)
@@ -127,8 +127,8 @@ def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_tex
 def test_bits_per_byte_equals_a_hand_computation(tokenizer, sample_texts, context_len, stride):
     import torch
 
+    from segsllm.data.vocab import vocab_bytes
     from segsllm.data.windows import eval_windows, window_bounds
-    from segsllm.segment.vocab import vocab_bytes
     from segsllm.train.lm_stage import evaluate_windows
 
     model = _tiny_model(tokenizer)

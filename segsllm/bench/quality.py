@@ -129,9 +129,9 @@ def score_lm(model: Any, tokenizer: Any, data_dir: str | Path, docs: EvalDocs, *
 
     from segsllm.bench.metrics import bits_per_byte, token_perplexity
     from segsllm.data.segments import load_segments
+    from segsllm.data.vocab import vocab_bytes
     from segsllm.data.windows import DocumentSpans, DocumentWindows, collate_windows
     from segsllm.segment import build_segmenter
-    from segsllm.segment.vocab import vocab_bytes
     from segsllm.train.lm_stage import LM_SEGMENTER, lm_loss, special_ids
     from segsllm.train.loop import move_to
 

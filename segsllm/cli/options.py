@@ -1,4 +1,8 @@
-"""Option types shared by every stage command, so they all spell them the same way."""
+"""Option types shared by the commands, so they all spell them the same way.
+
+The run options (``ConfigOpt`` … ``NoTrackOpt``) reach a command through
+:func:`segsllm.cli.run_options.run_options`, which shows them under one help panel.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +11,54 @@ from typing import Annotated
 
 import typer
 
+RUN_PANEL = "Run options"  # the shared options, listed apart from a command's own
+
 ConfigOpt = Annotated[
     str | None,
-    typer.Option("--config", "-c", help="Preset name (see `segsllm presets`) or a YAML file."),
+    typer.Option(
+        "--config", "-c", help="Preset name (see `segsllm presets`) or a YAML file.",
+        rich_help_panel=RUN_PANEL,
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
-    typer.Option("--set", "-s", help="Dotted override KEY=VALUE, repeatable (e.g. --set train.steps=50)."),
+    typer.Option(
+        "--set", "-s", help="Dotted override KEY=VALUE, repeatable (e.g. --set train.steps=50).",
+        rich_help_panel=RUN_PANEL,
+    ),
 ]
 DataDirOpt = Annotated[
-    Path | None, typer.Option("--data-dir", help="Folder of prepared corpora (default: ./data).")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Folder of prepared corpora (default: ./data).", rich_help_panel=RUN_PANEL
+    ),
 ]
-OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output artifact folder.")]
-SeedOpt = Annotated[int | None, typer.Option("--seed", help="Random seed.")]
+OutOpt = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Output artifact folder.", rich_help_panel=RUN_PANEL),
+]
+SeedOpt = Annotated[
+    int | None, typer.Option("--seed", help="Random seed.", rich_help_panel=RUN_PANEL)
+]
 DeviceOpt = Annotated[
-    str | None, typer.Option("--device", help="auto | cpu | cuda | cuda:N | mps (default: auto).")
+    str | None,
+    typer.Option(
+        "--device", help="auto | cpu | cuda | cuda:N | mps (default: auto).",
+        rich_help_panel=RUN_PANEL,
+    ),
 ]
 TrackingUriOpt = Annotated[
     str | None,
     typer.Option(
         "--tracking-uri",
         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
+        rich_help_panel=RUN_PANEL,
     ),
 ]
-NoTrackOpt = Annotated[bool, typer.Option("--no-track", help="Do not log this run to MLflow.")]
+NoTrackOpt = Annotated[
+    bool,
+    typer.Option("--no-track", help="Do not log this run to MLflow.", rich_help_panel=RUN_PANEL),
+]
 SegmenterOpt = Annotated[
     str | None,
     typer.Option(

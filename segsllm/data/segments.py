@@ -108,7 +108,7 @@ def build_segment_table(
     docs_per_batch: int = 64,
 ) -> SegmentTable:
     """Tokenise ``texts`` (batched, Rust-side), cut each with ``segmenter``, flatten."""
-    from segsllm.segment.vocab import vocab_bytes
+    from segsllm.data.vocab import vocab_bytes
 
     token_bytes = vocab_bytes(tokenizer).lengths  # (V,) bytes per token id
     ids_parts: list[np.ndarray] = []

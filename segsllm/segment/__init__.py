@@ -12,6 +12,7 @@ for plug-in authors; needs ``hypothesis``).
 
 from __future__ import annotations
 
+from segsllm.data.vocab import VocabBytes, vocab_bytes
 from segsllm.segment.base import (
     MaxLenCapped,
     Segmenter,
@@ -34,7 +35,6 @@ from segsllm.segment.registry import (
 from segsllm.segment.spec import ParamInfo, Spec, format_spec
 from segsllm.segment.stats import SegmentStats, segment_stats
 from segsllm.segment.text import encode_ids, segment_texts
-from segsllm.segment.vocab import VocabBytes, vocab_bytes
 
 __all__ = [
     "CLOSERS",

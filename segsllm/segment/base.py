@@ -16,13 +16,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from segsllm.errors import SegsllmError
+from segsllm.errors import SegmenterError
 
 EMPTY = np.zeros(0, dtype=np.int64)
-
-
-class SegmenterError(SegsllmError, ValueError):
-    """A bad segmenter spec, parameter or input (printed as one line by the CLI)."""
 
 
 def as_ids(ids: Any) -> np.ndarray:

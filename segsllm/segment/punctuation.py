@@ -62,7 +62,7 @@ class PunctuationSegmenter(Segmenter):
 
     def bind(self, tokenizer: Any) -> PunctuationSegmenter:
         """Classify every vocabulary entry of ``tokenizer`` once."""
-        from segsllm.segment.vocab import vocab_bytes
+        from segsllm.data.vocab import vocab_bytes
 
         self.bind_vocab(vocab_bytes(tokenizer).table)
         self.tokenizer = tokenizer

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segsllm.segment.base import SegmenterError
+from segsllm.errors import SegmenterError
 
 _KEY_PREFIX = re.compile(r"^\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

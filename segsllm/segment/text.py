@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.segment.vocab import vocab_bytes
+from segsllm.data.vocab import vocab_bytes
 
 
 def incomplete_tail(data: bytes) -> int:

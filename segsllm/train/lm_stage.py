@@ -300,11 +300,11 @@ def train_lm(
 
     from segsllm.data.segments import ConcatTables, load_segments
     from segsllm.data.store import load_manifest
+    from segsllm.data.vocab import vocab_bytes
     from segsllm.data.windows import IGNORE, WindowBatches, eval_windows, train_windows
     from segsllm.models.backbone import count_parameters, freeze_layers
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
-    from segsllm.segment.vocab import vocab_bytes
     from segsllm.tracking import start_run
     from segsllm.train.loop import maybe_init_distributed, train
 

@@ -177,7 +177,7 @@ class EntropyTeacher(Teacher):
         self.model, self.tokenizer, self.mode = model, tokenizer, mode
         self.context, self.batch_tokens, self.device = int(context), int(batch_tokens), device
         self.fingerprint = fingerprint or module_fingerprint(model)
-        from segsllm.segment.vocab import vocab_bytes
+        from segsllm.data.vocab import vocab_bytes
 
         table = vocab_bytes(tokenizer).table
         self.newline = np.array([b"\n" in t for t in table], dtype=bool)  # (V,)

@@ -7,18 +7,9 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    DomainsOpt,
-    NoTrackOpt,
-    OutOpt,
-    SeedOpt,
-    SetOpt,
-    TrackingUriOpt,
-)
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.options import DomainsOpt
+from segsllm.cli.run_options import RunOptions, run_options
 
 
 def _split_list(text: str | None) -> list[str] | None:
@@ -39,15 +30,9 @@ def _split_list(text: str | None) -> list[str] | None:
 
 
 @handle_errors
+@run_options()
 def bench_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     segmenters: Annotated[
         str | None,
         typer.Option("--segmenters", help="Comma-separated segmenter specs, e.g. punctuation,fixed:k=16."),
@@ -81,10 +66,7 @@ def bench_command(
         "bench.speed": False if no_speed else None,
         "bench.memory": False if no_memory else None,
     }
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
-    )
+    cfg = opts.resolve(extra)
     from segsllm.bench.report import rich_table
     from segsllm.bench.run import run_bench
 

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config, stdout_is_terminal
-from segsllm.cli.options import ConfigOpt, DataDirOpt, NoTrackOpt, SeedOpt, SetOpt, TrackingUriOpt
+from segsllm.cli.common import console, handle_errors, stdout_is_terminal
+from segsllm.cli.run_options import RunOptions, run_options
 
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
 
@@ -94,7 +94,9 @@ def _mb(n: int) -> str:
 
 @app.command()
 @handle_errors
+@run_options("config", "set_", "data_dir", "seed", "tracking_uri", "no_track")
 def prepare(
+    opts: RunOptions,
     corpus: CorpusOpt = None,
     from_: FromOpt = None,
     name: NameOpt = None,
@@ -103,12 +105,6 @@ def prepare(
     hf_config: HFConfigOpt = None,
     hf_split: HFSplitOpt = None,
     force: ForceOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    seed: SeedOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
 ) -> None:
     """Build corpora offline into --data-dir: the built-ins, or your own with --from / --hf-dataset.
 
@@ -120,9 +116,7 @@ def prepare(
     from segsllm.data import corpora, store, user
     from segsllm.errors import DataError
 
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, seed=seed, tracking_uri=tracking_uri, no_track=no_track
-    )
+    cfg = opts.resolve()
     root = Path(cfg.data.dir)
     vf, tf = cfg.data.validation_fraction, cfg.data.test_fraction
     store.check_fractions(vf, tf)
@@ -235,10 +229,9 @@ def _source(m: dict[str, Any]) -> str:
 
 @app.command("list")
 @handle_errors
+@run_options("data_dir", "config", "set_")
 def list_(
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
+    opts: RunOptions,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show the prepared corpora: documents and bytes per split."""
@@ -246,7 +239,7 @@ def list_(
 
     from segsllm.data import store
 
-    cfg = resolve_config(config, set_, data_dir=data_dir)
+    cfg = opts.resolve()
     root = Path(cfg.data.dir)
     rows = []
     for n in store.list_corpora(root):

@@ -7,21 +7,9 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    DomainsOpt,
-    NoTrackOpt,
-    OutOpt,
-    ResumeOpt,
-    SeedOpt,
-    SegmenterOpt,
-    SetOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.options import DomainsOpt, ResumeOpt, SegmenterOpt, split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 VaeOpt = Annotated[Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae` output).")]
 BackboneOpt = Annotated[
@@ -32,15 +20,9 @@ BackboneOpt = Annotated[
 
 
 @handle_errors
+@run_options()
 def finetune_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     segmenter: SegmenterOpt = None,
     vae: VaeOpt = None,
     backbone: BackboneOpt = None,
@@ -67,10 +49,7 @@ def finetune_command(
         "backbone.spec": backbone,
     }
     # --segmenter is handed over as an explicit choice (None: the VAE's own), not merged.
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
-    )
+    cfg = opts.resolve(extra)
     result = finetune_sllm(cfg, vae, segmenter=segmenter, resume=resume, progress=True)
 
     title = (f"SLLM validation ({result.segmenter}, backbone {cfg.backbone.spec}, {result.steps} steps, "

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import ConfigOpt, DeviceOpt, SeedOpt, SetOpt
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.run_options import RunOptions, run_options
 
 STYLES = ("bold cyan", "bold yellow")  # alternate per generated segment so the cuts show
 ENDS = {"max_new_tokens": "budget", "max_positions": "positions", "empty_segment": "empty seg"}
 
 
 @handle_errors
+@run_options("seed", "device", "config", "set_")
 def generate_command(
+    opts: RunOptions,
     model: Annotated[Path, typer.Option("--model", "-m", help="SLLM folder (`segsllm finetune` output).")],
     prompt: Annotated[str, typer.Option("--prompt", "-p", help="Text to continue.")] = "",
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", "-n", help="Tokens to generate at most.")] = 128,
@@ -29,10 +31,6 @@ def generate_command(
     ignore_stop: Annotated[
         bool, typer.Option("--ignore-stop", help="Ignore the stop head / EOS: always generate --max-new-tokens.")
     ] = False,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
 ) -> None:
     """Generate segment by segment with an SLLM (KV caches on), then compare speed and memory."""
     from rich.table import Table
@@ -46,7 +44,7 @@ def generate_command(
         raise ConfigError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if temperature < 0 or not 0 < top_p <= 1:
         raise ConfigError("--temperature must be >= 0 and --top-p in (0, 1]")
-    cfg = resolve_config(config, set_, seed=seed, device=device)
+    cfg = opts.resolve()
     seed_everything(cfg.run.seed)
     dev = pick_device(cfg.run.device)
     sllm, tokenizer, segmenter = load_sllm(model, device=dev)

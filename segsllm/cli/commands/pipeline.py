@@ -6,30 +6,15 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    NoTrackOpt,
-    OutOpt,
-    SeedOpt,
-    SetOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.options import split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 
 @handle_errors
+@run_options()
 def pipeline_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     segmenters: Annotated[
         str | None,
         typer.Option("--segmenters", help="Comma-separated segmenter specs (default: pipeline.segmenters)."),
@@ -51,13 +36,12 @@ def pipeline_command(
         "pipeline.segmenters": split_list(segmenters),
         "pipeline.teachers": split_list(teachers),
     }
-    cfg = resolve_config(config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-                         tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra)
+    cfg = opts.resolve(extra)
     if not cfg.run.out:
         cfg.run.out = "runs/pipeline"
-    overrides = list(set_ or [])
-    if data_dir is not None:
-        overrides.append(f"data.dir={data_dir}")
+    overrides = list(opts.set_)
+    if opts.data_dir is not None:
+        overrides.append(f"data.dir={opts.data_dir}")
     for key, value in extra.items():
         if value is not None:
             overrides.append(f"{key}=[{','.join(repr(v) for v in value)}]")
@@ -65,7 +49,7 @@ def pipeline_command(
     def report(name: str, status: str) -> None:
         console.rule(f"[bold]{name}[/] — {status}")
 
-    outcomes = run_pipeline(cfg, config, overrides, on_stage=report)
+    outcomes = run_pipeline(cfg, opts.config, overrides, on_stage=report)
     table = Table(title=f"pipeline {cfg.run.out}")
     for col in ("stage", "status", "seconds", "output"):
         table.add_column(col)

@@ -13,8 +13,9 @@ from typing import Annotated, Any
 
 import typer
 
-from segsllm.cli.common import console, err_console, handle_errors, resolve_config
-from segsllm.cli.options import ConfigOpt, SegmenterOpt, SetOpt
+from segsllm.cli.common import console, err_console, handle_errors
+from segsllm.cli.options import SegmenterOpt
+from segsllm.cli.run_options import RunOptions, run_options
 
 BINARY_SNIFF_BYTES = 8192
 STYLES = ("black on cyan", "black on yellow")  # alternate per segment; backgrounds show spaces
@@ -66,14 +67,14 @@ def read_text_file(path: Path) -> str:
 
 
 @handle_errors
+@run_options("config", "set_")
 def segment_file(
+    opts: RunOptions,
     file: FileArg,
     segmenter: SegmenterOpt = None,
     tokenizer: TokenizerOpt = None,
     json_out: JsonOpt = False,
     show: ShowOpt = 200,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
 ) -> None:
     """Show how a segmenter cuts a text file, with colours and statistics.
 
@@ -85,7 +86,7 @@ def segment_file(
     from segsllm.errors import SegsllmError
 
     flags = {"tokenizer.path": str(tokenizer) if tokenizer is not None else None}
-    cfg = resolve_config(config, set_, segmenter=segmenter, extra_flags=flags)
+    cfg = opts.resolve(flags, segmenter=segmenter)
     if not cfg.tokenizer.path:
         raise SegsllmError(
             "no tokenizer: pass --tokenizer DIR or set tokenizer.path "

@@ -14,18 +14,9 @@ from typing import Annotated, Any
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config, stdout_is_terminal
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    NoTrackOpt,
-    OutOpt,
-    SeedOpt,
-    SetOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, handle_errors, stdout_is_terminal
+from segsllm.cli.options import split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 VocabOpt = Annotated[
     int | None,
@@ -45,18 +36,12 @@ def register(app: typer.Typer) -> None:
 
 
 @handle_errors
+@run_options()
 def train_tokenizer(
-    out: OutOpt = None,
+    opts: RunOptions,
     vocab_size: VocabOpt = None,
     domains: DomainsOpt = None,
     force: ForceOpt = False,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
 ) -> None:
     """Train a byte-level BPE tokenizer on a balanced mix of the corpora's train splits.
 
@@ -68,17 +53,7 @@ def train_tokenizer(
     flags: dict[str, Any] = {"tokenizer.vocab_size": vocab_size}
     if domains is not None:
         flags["data.domains"] = split_list(domains)
-    cfg = resolve_config(
-        config,
-        set_,
-        data_dir=data_dir,
-        out=out,
-        seed=seed,
-        device=device,
-        tracking_uri=tracking_uri,
-        no_track=no_track,
-        extra_flags=flags,
-    )
+    cfg = opts.resolve(flags)
     if not cfg.run.out:
         raise SegsllmError("--out DIR is required (or set run.out)")
     target = Path(cfg.run.out)

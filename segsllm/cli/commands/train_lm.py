@@ -7,20 +7,9 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    DomainsOpt,
-    NoTrackOpt,
-    OutOpt,
-    ResumeOpt,
-    SeedOpt,
-    SetOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.options import DomainsOpt, ResumeOpt, split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 TokenizerOpt = Annotated[
     Path | None,
@@ -40,15 +29,9 @@ BackboneOpt = Annotated[
 
 
 @handle_errors
+@run_options()
 def train_lm_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     backbone: BackboneOpt = None,
     tokenizer: TokenizerOpt = None,
     domains: DomainsOpt = None,
@@ -63,10 +46,7 @@ def train_lm_command(
         "data.domains": split_list(domains),
         "backbone.spec": backbone,
     }
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
-    )
+    cfg = opts.resolve(extra)
     result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
 
     # DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown

@@ -7,21 +7,9 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, err_console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    DomainsOpt,
-    NoTrackOpt,
-    OutOpt,
-    ResumeOpt,
-    SeedOpt,
-    SetOpt,
-    TokenizerDirOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, err_console, handle_errors
+from segsllm.cli.options import DomainsOpt, ResumeOpt, TokenizerDirOpt, split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 TEACHER_HELP = (
     "punctuation (distil the rule) | entropy (base LM next-token entropy, needs --base-lm) | "
@@ -30,15 +18,9 @@ TEACHER_HELP = (
 
 
 @handle_errors
+@run_options()
 def train_splitter_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     teacher: Annotated[str | None, typer.Option("--teacher", help=TEACHER_HELP)] = None,
     domains: DomainsOpt = None,
     target_len: Annotated[
@@ -73,10 +55,7 @@ def train_splitter_command(
         "splitter.vae": str(vae) if vae else None,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
-    )
+    cfg = opts.resolve(extra)
     cfg.splitter.validate()
     if cfg.splitter.teacher == "entropy" and not cfg.splitter.base_lm:
         raise ConfigError("--teacher entropy needs the base LM: --base-lm DIR (a `segsllm train-lm` folder)")

@@ -6,34 +6,15 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, resolve_config
-from segsllm.cli.options import (
-    ConfigOpt,
-    DataDirOpt,
-    DeviceOpt,
-    DomainsOpt,
-    NoTrackOpt,
-    OutOpt,
-    ResumeOpt,
-    SeedOpt,
-    SegmenterOpt,
-    SetOpt,
-    TokenizerDirOpt,
-    TrackingUriOpt,
-    split_list,
-)
+from segsllm.cli.common import console, handle_errors
+from segsllm.cli.options import DomainsOpt, ResumeOpt, SegmenterOpt, TokenizerDirOpt, split_list
+from segsllm.cli.run_options import RunOptions, run_options
 
 
 @handle_errors
+@run_options()
 def train_vae_command(
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    data_dir: DataDirOpt = None,
-    out: OutOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    tracking_uri: TrackingUriOpt = None,
-    no_track: NoTrackOpt = False,
+    opts: RunOptions,
     segmenter: SegmenterOpt = None,
     tokenizer: TokenizerDirOpt = None,
     domains: DomainsOpt = None,
@@ -54,10 +35,7 @@ def train_vae_command(
         "vae.decoder_layers": depth,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
-    cfg = resolve_config(
-        config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, segmenter=segmenter, extra_flags=extra,
-    )
+    cfg = opts.resolve(extra, segmenter=segmenter)
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
     result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
