@@ -1,4 +1,5 @@
-"""nox sessions: `nox -s tests` runs the README's test command, `nox -s lint` runs ruff."""
+"""nox sessions: `nox -s tests` runs the README's test command, `nox -s lint` runs ruff and the
+layering contract (import-linter, pyproject.toml [tool.importlinter])."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff lint + format check."""
-    session.install("ruff>=0.6")
+    """ruff lint, then the layering contract (import-linter needs the package importable)."""
+    session.install("ruff>=0.6", "import-linter>=2.1")
     session.run("ruff", "check", ".")
+    session.install("--no-deps", "-e", ".")
+    session.run("lint-imports", "--no-cache")
