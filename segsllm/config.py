@@ -47,7 +47,7 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    """Corpora and splits (DESIGN.md §8)."""
+    """Corpora and splits (docs/DESIGN.md §8)."""
 
     dir: str = "data"
     domains: list[str] = field(default_factory=lambda: ["prose", "code", "csv"])
@@ -75,7 +75,7 @@ class TokenizerConfig:
 
 @dataclass
 class SegmenterConfig:
-    """Which segmenter cuts the token stream (DESIGN.md §4)."""
+    """Which segmenter cuts the token stream (docs/DESIGN.md §4)."""
 
     spec: str = "punctuation"
     max_len: int = 64
@@ -83,7 +83,7 @@ class SegmenterConfig:
 
 @dataclass
 class PipelineConfig:
-    """What `segsllm pipeline` runs (DESIGN.md §2): one VAE + SLLM per segmenter, one
+    """What `segsllm pipeline` runs (docs/DESIGN.md §2): one VAE + SLLM per segmenter, one
     learned splitter per teacher (each also gets its VAE + SLLM), then the bench."""
 
     segmenters: list[str] = field(default_factory=lambda: ["punctuation", "fixed:k=8"])

@@ -1,7 +1,7 @@
 """Generation with the SLLM (segment by segment) and with a token-level LM, KV caches on.
 
 Both functions take the same prompt and budget and return a :class:`GenerationResult`
-(text, token counts, timing, KV-cache bytes), so the bench (DESIGN.md §7: batch 1, greedy,
+(text, token counts, timing, KV-cache bytes), so the bench (docs/DESIGN.md §7: batch 1, greedy,
 KV cache on for both, same prompts, same number of output tokens) times them side by side::
 
     from segsllm.generate import generate_sllm, generate_lm, load_sllm

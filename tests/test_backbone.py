@@ -1,7 +1,7 @@
 """Backbone loading (tiny, folder, GGUF, hub) and the shared body-forward / cache / freezing helpers.
 
 Tiny random configs of the three families, eval mode, float32. The causality and
-KV-cache tests are the backbone half of DESIGN.md §5's hard rule.
+KV-cache tests are the backbone half of docs/DESIGN.md §5's hard rule.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The SLLM model: causality (DESIGN.md §5's hard rule), cached = full forward, metrics, save/load.
+"""The SLLM model: causality (docs/DESIGN.md §5's hard rule), cached = full forward, metrics, save/load.
 
 Tiny random configs of three backbone families, eval mode, float32. The causality check
 is also run against a deliberately leaky backbone call (bidirectional mask), which it must

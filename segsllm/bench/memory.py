@@ -1,4 +1,4 @@
-"""KV-cache memory vs context length (DESIGN.md §7).
+"""KV-cache memory vs context length (docs/DESIGN.md §7).
 
 For each context length L the model is prefilled with the first L tokens of a domain's
 test text (the SLLM: those tokens cut by its segmenter, one backbone position per segment

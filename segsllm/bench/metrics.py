@@ -1,4 +1,4 @@
-"""Metric definitions shared by every command (DESIGN.md §7).
+"""Metric definitions shared by every command (docs/DESIGN.md §7).
 
 All quality metrics are computed from *sums* (NLL in nats, tokens, bytes, segments) so they
 can be accumulated over batches and all-reduced across ranks before the final division.

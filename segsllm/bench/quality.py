@@ -4,7 +4,7 @@ Every model of a domain is scored on **the same whole documents and the same byt
 :func:`choose_documents` picks them once per domain from the split's exact UTF-8 byte
 counts (independent of any tokenizer or segmenter), each scorer maps them onto its own
 segment table and checks that it covers exactly those documents, and bits/byte divides
-every model's NLL by the same exact byte total (DESIGN.md §7).
+every model's NLL by the same exact byte total (docs/DESIGN.md §7).
 
 - Token LM (:func:`score_lm`): each document is ``BOS d EOS``, windows of the LM's own
   ``context_len``/stride (:mod:`segsllm.data.windows`); NLL over the document's tokens and
@@ -228,7 +228,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, batch_size: int = 4, d
 
 
 def check_same_bytes(results: list[QualityResult]) -> None:
-    """Every model of a domain scored the same documents and the same bytes (DESIGN.md §7)."""
+    """Every model of a domain scored the same documents and the same bytes (docs/DESIGN.md §7)."""
     if not results:
         return
     ref = results[0]

@@ -1,6 +1,6 @@
 """`segsllm bench`: the segmenter × domain matrix of quality, speed and memory.
 
-For every (segmenter, domain) cell on the test split (DESIGN.md §7): bits/byte and token
+For every (segmenter, domain) cell on the test split (docs/DESIGN.md §7): bits/byte and token
 perplexity of the SLLM and of the token baselines (+ the labelled paper-style perplexity),
 generation throughput and speedup, KV bytes per context token and the KB/token slope,
 compression (tokens per segment) and the VAE's exact-match rate. Baseline numbers are

@@ -1,4 +1,4 @@
-"""Generation throughput at batch 1 (DESIGN.md §7).
+"""Generation throughput at batch 1 (docs/DESIGN.md §7).
 
 Both models get the **same prompt texts** and generate the **same number of tokens**
 (greedy, KV cache on, the SLLM's stop head and the LM's EOS ignored so neither stops

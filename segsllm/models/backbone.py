@@ -18,7 +18,7 @@ one-line :class:`~segsllm.errors.ArtifactError`.
 
 :func:`body_forward` is how the SLLM calls a backbone: with ``inputs_embeds`` through the
 model's *own* forward, so its causal mask, position handling and KV cache are the ones
-used (DESIGN.md §5: the reference implementation called the layers without a mask and
+used (docs/DESIGN.md §5: the reference implementation called the layers without a mask and
 leaked the future).
 """
 

@@ -9,7 +9,7 @@ from segsllm.errors import ConfigError
 
 @dataclass
 class BenchConfig:
-    """What ``segsllm bench`` measures and on how much data (DESIGN.md §7).
+    """What ``segsllm bench`` measures and on how much data (docs/DESIGN.md §7).
 
     Artifacts are named explicitly (``sllm`` / ``baseline`` / ``base_lm``) or found in a
     pipeline folder (``from_dir``; layout in :mod:`segsllm.bench.run`). Quality is scored on

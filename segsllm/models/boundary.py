@@ -1,4 +1,4 @@
-"""The boundary predictor of the learned segmenter (DESIGN.md §6).
+"""The boundary predictor of the learned segmenter (docs/DESIGN.md §6).
 
 A small, fast network that gives every token one logit, "a segment ends after this
 token". It has its own embeddings and a few residual blocks of depthwise convolutions over

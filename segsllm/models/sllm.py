@@ -1,4 +1,4 @@
-"""SLLM: a causal LM backbone that runs once per segment (DESIGN.md §5, paper Fig. 2b).
+"""SLLM: a causal LM backbone that runs once per segment (docs/DESIGN.md §5, paper Fig. 2b).
 
     segments s_1..s_n ──► SentenceVAE encoder ──► P_in ──┐
                                                          ▼

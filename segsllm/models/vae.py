@@ -1,4 +1,4 @@
-"""SentenceVAE: compress one segment into one vector and expand it back (DESIGN.md §5).
+"""SentenceVAE: compress one segment into one vector and expand it back (docs/DESIGN.md §5).
 
 After An et al., 2024 (arXiv 2408.00655, Fig. 1):
 

@@ -1,4 +1,4 @@
-"""Segmenters: cut a token stream into segments (DESIGN.md §4).
+"""Segmenters: cut a token stream into segments (docs/DESIGN.md §4).
 
 >>> seg = build_segmenter("punctuation:max_len=48", tokenizer=tok)
 >>> ends = seg.segment(ids)            # int64 end offsets, last == len(ids)

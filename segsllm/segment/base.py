@@ -1,4 +1,4 @@
-"""The segmenter contract (DESIGN.md §4) and the helpers every segmenter shares.
+"""The segmenter contract (docs/DESIGN.md §4) and the helpers every segmenter shares.
 
 A segmenter cuts one document's token ids into segments and returns the segment **end
 offsets**: a strictly increasing ``int64`` array whose last value is ``len(ids)``; segment

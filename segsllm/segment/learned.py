@@ -1,6 +1,6 @@
 """The ``learned`` segmenter: a trained boundary predictor + explicit length control.
 
-``learned:DIR`` loads a folder written by ``segsllm train-splitter`` (DESIGN.md §6). The
+``learned:DIR`` loads a folder written by ``segsllm train-splitter`` (docs/DESIGN.md §6). The
 predictor (:mod:`segsllm.models.boundary`) gives each token a logit "a segment ends after
 this token"; how logits become cuts is the length control:
 

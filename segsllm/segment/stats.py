@@ -1,6 +1,6 @@
 """Segment statistics shared by ``segsllm segment``, the bench and the learned segmenter.
 
-Compression (DESIGN.md §7) is the mean number of tokens per segment: the factor by which
+Compression (docs/DESIGN.md §7) is the mean number of tokens per segment: the factor by which
 an SLLM calls its backbone less often than the token-level LM.
 """
 

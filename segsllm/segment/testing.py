@@ -1,4 +1,4 @@
-"""Conformance kit: check any segmenter against the contract of DESIGN.md §4.
+"""Conformance kit: check any segmenter against the contract of docs/DESIGN.md §4.
 
 One line for a plug-in author (in a pytest test, or anywhere)::
 

@@ -1,4 +1,4 @@
-"""The ``train-lm`` stage: the token-level baseline (DESIGN.md §7's fair baseline).
+"""The ``train-lm`` stage: the token-level baseline (docs/DESIGN.md §7's fair baseline).
 
 Pre-trains a ``tiny`` backbone from scratch on our tokenizer, or fine-tunes a pretrained one
 (a folder, ``smollm2-135m``, a GGUF file, a hub id) on its own tokenizer, with the shared
@@ -43,7 +43,7 @@ class LMStageResult:
     out_dir: Path
     metrics: dict[str, dict[str, float]]  # domain -> metric -> value, after training
     start_metrics: dict[str, dict[str, float]]  # domain -> metric -> value, before training
-    pretrained: bool  # True: start_metrics are the untouched base (DESIGN.md §7)
+    pretrained: bool  # True: start_metrics are the untouched base (docs/DESIGN.md §7)
     steps: int
     tokens_seen: int  # scored target tokens trained on (all ranks)
     checkpoint: Path | None
@@ -83,7 +83,7 @@ def lm_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, float]
 
 
 def reduce_lm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
-    """Summed statistics -> DESIGN.md §7 metrics; ``loss`` is the token-weighted mean NLL."""
+    """Summed statistics -> docs/DESIGN.md §7 metrics; ``loss`` is the token-weighted mean NLL."""
     from segsllm.bench.metrics import bits_per_byte, token_perplexity
 
     nll, n_tok, n_bytes = sums.get("nll_sum", 0.0), sums.get("n_tokens", 0.0), sums.get("n_bytes", 0.0)

@@ -438,7 +438,7 @@ def _call(callbacks: Sequence[Any], hook: str, *args: Any) -> None:
 
 
 def _log(tracker: Any, metrics: Mapping[str, float], step: int) -> None:
-    """Tracker calls never stop training (DESIGN.md §10)."""
+    """Tracker calls never stop training (docs/DESIGN.md §10)."""
     if tracker is None or not metrics:
         return
     try:

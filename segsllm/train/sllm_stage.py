@@ -6,7 +6,7 @@ backbone (``tiny``, a ``train-lm`` folder, a pretrained model), grafts them into
 (decoder CE + stop loss), evaluates per domain and saves a self-describing folder that
 ``SLLM.from_pretrained`` and ``segsllm generate`` read.
 
-Metrics (DESIGN.md §7), per domain on the validation split:
+Metrics (docs/DESIGN.md §7), per domain on the validation split:
 
 - ``bits_per_byte`` = NLL / (ln 2 × UTF-8 bytes of the evaluated documents), where NLL (nats)
   sums every segment's decoder tokens **including its EOS**, and every stop decision
@@ -146,7 +146,7 @@ def resolve_segmenter(vae: Any, tokenizer: Any, requested: str | None, fallback:
 
 
 def check_backbone_tokenizer(backbone: Any, tokenizer: Any, vae_dir: str | Path) -> None:
-    """Refuse a pretrained backbone whose tokenizer is not the VAE's (DESIGN.md §5: same tokenizer)."""
+    """Refuse a pretrained backbone whose tokenizer is not the VAE's (docs/DESIGN.md §5: same tokenizer)."""
     from segsllm.data.tokenizer import tokenizer_fingerprint
 
     own = backbone.tokenizer

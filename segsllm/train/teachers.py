@@ -1,4 +1,4 @@
-"""Teachers of the learned segmenter: where should segments end? (DESIGN.md §6)
+"""Teachers of the learned segmenter: where should segments end? (docs/DESIGN.md §6)
 
 A teacher turns token chunks into reference segmentations (end offsets) that the boundary
 predictor learns to imitate:

@@ -47,7 +47,7 @@ def vae_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, float
 
 
 def reduce_vae_metrics(sums: Mapping[str, float]) -> dict[str, float]:
-    """Summed statistics -> DESIGN.md §7 metrics (token accuracy, exact match, bits/byte)."""
+    """Summed statistics -> docs/DESIGN.md §7 metrics (token accuracy, exact match, bits/byte)."""
     from segsllm.bench.metrics import bits_per_byte
 
     n_tok = max(sums.get("n_tokens", 0.0), 1.0)
@@ -107,7 +107,7 @@ def build_vae_config(cfg: Any, tokenizer: Any, max_len: int) -> Any:
 
 
 def init_embeddings_from_backbone(model: Any, cfg: Any, tokenizer: Any) -> None:
-    """DESIGN.md §5: start the VAE's token embeddings from the backbone's when they share
+    """docs/DESIGN.md §5: start the VAE's token embeddings from the backbone's when they share
     the tokenizer (a backbone may pad its matrix past the tokenizer's size: extra rows are
     dropped). A different vocabulary is a one-line ArtifactError."""
     import torch

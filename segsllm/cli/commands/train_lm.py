@@ -49,7 +49,7 @@ def train_lm_command(
     cfg = opts.resolve(extra)
     result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
 
-    # DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
+    # docs/DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
     # beside the fine-tuned baseline; for tiny it is the random initialisation.
     first, last = ("untouched base", "fine-tuned") if result.pretrained else ("start", "trained")
     table = Table(title=f"Token LM validation ({cfg.backbone.spec}, {result.steps} steps, "
