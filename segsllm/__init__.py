@@ -6,11 +6,18 @@ imported inside the functions that need them, so importing :mod:`segsllm` stays 
 
 from __future__ import annotations
 
-try:
+__all__ = ["__version__"]
+
+
+def __getattr__(name: str) -> str:
+    """``__version__`` on first use: importlib.metadata costs ~50 ms that ``--help`` skips."""
+    if name != "__version__":
+        raise AttributeError(f"module 'segsllm' has no attribute {name!r}")
     from importlib.metadata import PackageNotFoundError, version
 
-    __version__ = version("segsllm")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0+local"
-
-__all__ = ["__version__"]
+    try:
+        value = version("segsllm")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        value = "0.0.0+local"
+    globals()["__version__"] = value
+    return value
