@@ -83,7 +83,7 @@ def bench_command(
     }
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra, stage="bench",
     )
     from segsllm.bench.report import rich_table
     from segsllm.bench.run import run_bench

@@ -121,7 +121,7 @@ def prepare(
     from segsllm.errors import DataError
 
     cfg = resolve_config(
-        config, set_, data_dir=data_dir, seed=seed, tracking_uri=tracking_uri, no_track=no_track
+        config, set_, data_dir=data_dir, seed=seed, tracking_uri=tracking_uri, no_track=no_track, stage="data"
     )
     root = Path(cfg.data.dir)
     vf, tf = cfg.data.validation_fraction, cfg.data.test_fraction

@@ -69,7 +69,7 @@ def finetune_command(
     # --segmenter is handed over as an explicit choice (None: the VAE's own), not merged.
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra, stage="sllm",
     )
     result = finetune_sllm(cfg, vae, segmenter=segmenter, resume=resume, progress=True)
 

@@ -78,6 +78,7 @@ def train_tokenizer(
         tracking_uri=tracking_uri,
         no_track=no_track,
         extra_flags=flags,
+        stage="tokenizer",
     )
     if not cfg.run.out:
         raise SegsllmError("--out DIR is required (or set run.out)")

@@ -65,7 +65,7 @@ def train_lm_command(
     }
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra, stage="lm",
     )
     result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
 

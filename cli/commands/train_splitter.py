@@ -75,7 +75,7 @@ def train_splitter_command(
     }
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
+        tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra, stage="splitter",
     )
     cfg.splitter.validate()
     if cfg.splitter.teacher == "entropy" and not cfg.splitter.base_lm:

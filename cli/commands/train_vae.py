@@ -56,7 +56,7 @@ def train_vae_command(
     }
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
-        tracking_uri=tracking_uri, no_track=no_track, segmenter=segmenter, extra_flags=extra,
+        tracking_uri=tracking_uri, no_track=no_track, segmenter=segmenter, extra_flags=extra, stage="vae",
     )
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
