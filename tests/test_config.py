@@ -92,6 +92,7 @@ def test_flatten():
 
 def test_config_package_and_every_preset_load_without_torch():
     import json
+    import os
     import subprocess
     import sys
 
@@ -107,7 +108,7 @@ def test_config_package_and_every_preset_load_without_torch():
     )
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(root)})
+                         env={**os.environ, "PYTHONPATH": str(root)})
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
