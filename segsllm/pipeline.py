@@ -94,13 +94,17 @@ def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = N
 
 
 def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) -> list[Stage]:
-    """The ordered stages for ``base`` (the resolved pipeline config)."""
+    """The ordered stages for ``base`` (the resolved pipeline config).
+
+    Each stage's config is loaded afresh for its kind: preset < the preset's
+    ``pipeline.overrides.<kind>`` < ``overrides`` (the command line's ``--set``) < the
+    planner's wiring (output folder, segmenter, upstream folders).
+    """
     from segsllm.config import load_config
 
     def stage_cfg(kind: str, name: str, extra: list[str] = ()) -> Any:
-        per_kind = list(base.pipeline.overrides.get(kind, []))
-        sets = [*overrides, *per_kind, *extra, f"run.out={out / name}", f"data.dir={base.data.dir}"]
-        cfg = load_config(preset, sets)
+        sets = [*overrides, *extra, f"run.out={out / name}", f"data.dir={base.data.dir}"]
+        cfg = load_config(preset, sets, stage=kind)
         # Flags given on the command line (seed, device, tracking) win over everything.
         return dataclasses.replace(cfg, run=dataclasses.replace(base.run, out=str(out / name)))
 

@@ -13,11 +13,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from segsllm.config.backbone import BackboneConfig  # noqa: E402
 from segsllm.errors import ArtifactError, SegsllmError  # noqa: E402
 from segsllm.models import gguf as gguf_mod  # noqa: E402
 from segsllm.models.backbone import (  # noqa: E402
     Backbone,
-    BackboneConfig,
     body_forward,
     count_parameters,
     freeze_layers,

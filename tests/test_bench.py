@@ -27,7 +27,8 @@ def _one_thread():
 
 
 def _tiny_backbone(tokenizer, seed: int):
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
 
     torch.manual_seed(seed)
     return load_backbone(BackboneConfig(spec="tiny", family="llama", hidden_size=32, num_layers=2, num_heads=4,
@@ -35,9 +36,10 @@ def _tiny_backbone(tokenizer, seed: int):
 
 
 def _save_sllm(tokenizer, path, spec: str, seed: int):
-    from segsllm.models.sllm import SLLM, SLLMConfig
+    from segsllm.config.sllm import SLLMConfig
+    from segsllm.config.vae import SentenceVAEConfig
+    from segsllm.models.sllm import SLLM
     from segsllm.models.vae import SentenceVAE
-    from segsllm.models.vae_config import SentenceVAEConfig
 
     torch.manual_seed(seed)
     vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=16))
@@ -93,10 +95,11 @@ def test_slug_and_pipeline_layout(pipeline_dir):
 
 def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     """Uniform predictions make bits/byte computable by hand; both models see the same bytes."""
+    from segsllm.config.sllm import SLLMConfig
+    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.data.tokenizer import encode
-    from segsllm.models.sllm import SLLM, SLLMConfig
+    from segsllm.models.sllm import SLLM
     from segsllm.models.vae import SentenceVAE
-    from segsllm.models.vae_config import SentenceVAEConfig
     from segsllm.segment import build_segmenter
 
     split_bytes, texts = q.split_doc_bytes(tiny_data_dir, "prose", "test")

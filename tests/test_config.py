@@ -8,7 +8,6 @@ import pytest
 
 from segsllm.config import (
     Config,
-    ConfigError,
     flatten,
     list_presets,
     load_config,
@@ -16,6 +15,7 @@ from segsllm.config import (
     resolve_preset,
     save_config,
 )
+from segsllm.errors import ConfigError
 
 
 def test_defaults_are_dataclasses():
@@ -88,3 +88,128 @@ def test_save_and_read_round_trip(tmp_path: Path):
 
 def test_flatten():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x"}) == {"a.b": 1, "a.c": [1, 2], "d": "x"}
+
+
+def test_config_package_and_every_preset_load_without_torch():
+    import json
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from segsllm.config import list_presets, load_config\n"
+        "from segsllm.config.pipeline import STAGES\n"
+        "for name in list_presets():\n"
+        "    load_config(name)\n"
+        "    for stage in STAGES:\n"
+        "        load_config(name, stage=stage)\n"
+        "print(json.dumps([m for m in ('torch', 'transformers', 'mlflow') if m in sys.modules]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(root)})
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+STAGED = """\
+train:
+  steps: 600
+  batch_size: 64
+pipeline:
+  overrides:
+    lm: [train.steps=200, train.batch_size=8]
+"""
+
+
+def test_stage_overrides_apply_to_their_stage_only(tmp_path: Path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(STAGED)
+    lm = load_config(str(preset), stage="lm")
+    assert (lm.train.steps, lm.train.batch_size) == (200, 8)
+    vae = load_config(str(preset), stage="vae")
+    assert (vae.train.steps, vae.train.batch_size) == (600, 64)
+    plain = load_config(str(preset))
+    assert plain.train.steps == 600 and plain.pipeline.overrides == {"lm": ["train.steps=200", "train.batch_size=8"]}
+
+
+def test_command_line_beats_a_presets_stage_overrides(tmp_path: Path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(STAGED)
+    cfg = load_config(str(preset), ["train.steps=5"], stage="lm")
+    assert (cfg.train.steps, cfg.train.batch_size) == (5, 8)  # the preset's other lm value stays
+    cfg = load_config(str(preset), ["pipeline.overrides.lm=[train.batch_size=2]"], stage="lm")
+    assert (cfg.train.steps, cfg.train.batch_size) == (200, 2)
+    cfg = load_config(str(preset), ["pipeline.overrides.lm=[train.steps=7]", "train.steps=9"], stage="lm")
+    assert cfg.train.steps == 9  # later layers win, whatever section they name
+    cfg = load_config(str(preset), [], {"train.steps": 11}, stage="lm")
+    assert cfg.train.steps == 11
+
+
+def test_a_stage_config_is_resolved_and_reloads_to_the_same_run(tmp_path: Path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text(STAGED)
+    cfg = load_config(str(preset), ["train.steps=5"], stage="lm")
+    assert "lm" not in cfg.pipeline.overrides  # applied, so not applied again
+    saved = save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(str(saved), stage="lm") == cfg == read_config(saved)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["pipeline.overrides.lmm=[train.steps=1]"], "pipeline.overrides.lmm"),
+        (["pipeline.overrides.lm=[train.steps]"], "KEY=VALUE"),
+        (["pipeline.overrides.lm=[train.stepz=1]"], "stepz"),
+        (["lm.train.steps=3"], "pipeline.overrides.lm"),
+        (["sllm.batch_size=3"], "pipeline.overrides.sllm"),
+        (["splitter.d_model=16"], "splitter.predictor.d_model"),
+        (["splitter.predictor.target_len=4"], "splitter.target_len"),
+    ],
+)
+def test_stage_override_mistakes_are_one_line_errors(overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides, stage="lm").splitter.validate()
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_stage_is_an_error():
+    with pytest.raises(ConfigError, match="unknown stage"):
+        load_config(None, stage="lmm")
+
+
+def test_splitter_nests_the_predictor_config():
+    from segsllm.config.splitter import BoundaryPredictorConfig
+
+    cfg = load_config(None, ["splitter.predictor.d_model=16", "splitter.predictor.dilations=[1,2]",
+                             "splitter.predictor.n_layers=2", "splitter.predictor.decode=threshold"])
+    sp = cfg.splitter.validate()
+    assert isinstance(sp.predictor, BoundaryPredictorConfig)
+    p = sp.predictor_config(vocab_size=300, pad_id=0, max_len=24, target_len=6, decode=sp.predictor.decode)
+    assert (p.vocab_size, p.d_model, p.n_layers, p.dilations, p.max_len, p.target_len, p.decode) == (
+        300, 16, 2, [1, 2], 24, 6.0, "threshold")
+    with pytest.raises(ConfigError, match=r"splitter\.predictor\.dilations"):
+        load_config(None, ["splitter.predictor.dilations=[2,2,4,8]"]).splitter.validate()
+
+
+def test_sllm_folders_with_the_old_batch_size_key_still_load():
+    from segsllm.config.sllm import SLLMConfig
+
+    assert SLLMConfig.from_dict({"max_segments": 8, "batch_size": 4}) == SLLMConfig(max_segments=8)
+    with pytest.raises(ConfigError, match="unknown sllm config key"):
+        SLLMConfig.from_dict({"max_segmentz": 8})
+
+
+def test_section_validation_names_the_key():
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.config.train import TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train\.grad_accum"):
+        TrainConfig(grad_accum=0).validate()
+    with pytest.raises(ConfigError, match="family"):
+        BackboneConfig(spec="tiny:mamba").validate()
+    with pytest.raises(ConfigError, match="dtype"):
+        BackboneConfig(dtype="int3").validate()
+    with pytest.raises(ConfigError, match=r"backbone\.num_heads"):
+        BackboneConfig(num_heads=0).validate()
+    assert BackboneConfig(spec="org/model", family="other").validate().family == "other"  # tiny only

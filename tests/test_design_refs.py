@@ -1,4 +1,4 @@
-"""Every "DESIGN.md §N" cited in the code, tests and docs points into docs/DESIGN.md."""
+"""Every "docs/DESIGN.md §N" cited in the code, tests and docs points into docs/DESIGN.md."""
 
 from __future__ import annotations
 

@@ -9,11 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from segsllm.config.backbone import BackboneConfig  # noqa: E402
+from segsllm.config.sllm import SLLMConfig  # noqa: E402
+from segsllm.config.vae import SentenceVAEConfig  # noqa: E402
 from segsllm.generate import TextStream, generate_lm, generate_sllm  # noqa: E402
-from segsllm.models.backbone import BackboneConfig, load_backbone  # noqa: E402
-from segsllm.models.sllm import SLLM, SLLMConfig  # noqa: E402
+from segsllm.models.backbone import load_backbone  # noqa: E402
+from segsllm.models.sllm import SLLM  # noqa: E402
 from segsllm.models.vae import SentenceVAE  # noqa: E402
-from segsllm.models.vae_config import SentenceVAEConfig  # noqa: E402
 from segsllm.segment import build_segmenter  # noqa: E402
 
 PROMPT = "The Union is strong. We hold these truths, he said; "

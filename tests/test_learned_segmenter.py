@@ -18,8 +18,9 @@ def splitter_dir(tokenizer, tmp_path_factory):
     """A tiny random predictor saved as a splitter folder; its threshold cuts ~1 token in 4."""
     import torch
 
+    from segsllm.config.splitter import BoundaryPredictorConfig
     from segsllm.data.tokenizer import encode
-    from segsllm.models.boundary import BoundaryPredictor, BoundaryPredictorConfig
+    from segsllm.models.boundary import BoundaryPredictor
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -109,7 +110,8 @@ def test_causality_check_fails_when_the_lookahead_is_violated(splitter_dir, toke
 def test_predictor_receptive_field_is_exact(tokenizer):
     import torch
 
-    from segsllm.models.boundary import BoundaryPredictor, BoundaryPredictorConfig
+    from segsllm.config.splitter import BoundaryPredictorConfig
+    from segsllm.models.boundary import BoundaryPredictor
 
     torch.manual_seed(1)
     cfg = BoundaryPredictorConfig(vocab_size=64, d_model=8, n_layers=3, kernel_size=3, dilations=[1, 2, 4],

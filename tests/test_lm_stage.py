@@ -39,7 +39,8 @@ def _table(texts, tokenizer):
 def _tiny_model(tokenizer, **kw):
     import torch
 
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
 
     torch.manual_seed(0)
     cfg = BackboneConfig(spec="tiny", hidden_size=32, num_layers=2, num_heads=4, max_positions=256, **kw)
@@ -183,8 +184,9 @@ def test_train_lm_lowers_bits_per_byte(trained):
 def test_artifact_reloads_through_load_backbone_with_identical_logits(trained, tokenizer):
     import torch
 
+    from segsllm.config.backbone import BackboneConfig
     from segsllm.data.tokenizer import tokenizer_fingerprint
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.models.backbone import load_backbone
     from segsllm.train.checkpoint import load_model_weights
 
     cfg, result = trained
@@ -263,13 +265,19 @@ def _invoke(args):
 
 
 def test_cli_train_lm_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):
-    stage = ["lm.train.steps=3", "lm.train.batch_size=4", "lm.eval_bytes=500"]  # overrides of train.*
-    sets = [x for s in [*TINY, "train.steps=500", *stage] for x in ("--set", s)]
-    result = _invoke(["--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"), "--no-track",
-                      "--tokenizer", str(tokenizer_dir), "--domains", "prose,csv", "--device", "cpu", *sets])
+    from segsllm.config import read_config
+
+    preset = tmp_path / "p.yaml"  # the preset's lm stage values, then the command line's --set
+    preset.write_text("pipeline:\n  overrides:\n    lm: [train.steps=500, train.batch_size=4, lm.eval_bytes=500]\n")
+    sets = [x for s in [*TINY, "train.steps=3"] for x in ("--set", s)]
+    result = _invoke(["--config", str(preset), "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"),
+                      "--no-track", "--tokenizer", str(tokenizer_dir), "--domains", "prose,csv", "--device", "cpu",
+                      *sets])
     assert result.exit_code == 0, result.output
     assert "bits/byte" in result.output and "prose" in result.output and "csv" in result.output
-    assert "3 steps" in result.output
+    assert "3 steps" in result.output  # --set train.steps beats the preset's pipeline.overrides.lm
+    saved = read_config(tmp_path / "o" / "config.yaml")
+    assert (saved.train.steps, saved.train.batch_size, saved.lm.eval_bytes) == (3, 4, 500)
     assert "code" not in result.output.split("validation")[1]
     assert (tmp_path / "o" / "manifest.json").is_file()
 

@@ -70,3 +70,22 @@ def test_changed_config_is_refused_for_a_finished_stage(smoke_run):
     result = CliRunner().invoke(app, [*args, "--set", "vae.d_model=32"])
     assert result.exit_code == 2
     assert "another configuration" in result.output
+
+
+def test_planner_gives_each_stage_its_overrides_and_the_command_line_wins(tmp_path):
+    from segsllm.config import load_config
+    from segsllm.pipeline import plan_stages
+
+    def train_of(sets):
+        base = load_config("smoke", sets, {"run.out": str(tmp_path)})
+        stages = {st.name: st.cfg for st in plan_stages(base, "smoke", sets, tmp_path)}
+        return {name: (c.train.steps, c.train.batch_size, c.train.lr) for name, c in stages.items()}
+
+    plain = train_of([])
+    assert plain["lm"] == (10, 4, 3e-3)  # the smoke preset's pipeline.overrides.lm
+    assert plain["vae-punctuation"] == (20, 32, 3e-3)  # the shared train section
+    assert plain["sllm-punctuation"] == (10, 4, 3e-3)
+    assert plain["splitter-punctuation"][:2] == (20, 8)
+    cli = train_of(["train.steps=3"])
+    assert {v[0] for v in cli.values()} == {3}  # --set beats every stage's preset values
+    assert cli["lm"][1:] == (4, 3e-3) and cli["sllm-punctuation"][1] == 4

@@ -14,6 +14,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from segsllm.config.backbone import BackboneConfig  # noqa: E402
+from segsllm.config.sllm import SLLMConfig  # noqa: E402
+from segsllm.config.vae import SentenceVAEConfig  # noqa: E402
 from segsllm.data.documents import (  # noqa: E402
     DocumentWindows,
     collate_windows,
@@ -22,10 +25,9 @@ from segsllm.data.documents import (  # noqa: E402
     windows_from_segments,
 )
 from segsllm.models import sllm as sllm_mod  # noqa: E402
-from segsllm.models.backbone import BackboneConfig, load_backbone  # noqa: E402
-from segsllm.models.sllm import SLLM, SLLMConfig, hidden_states_cached  # noqa: E402
+from segsllm.models.backbone import load_backbone  # noqa: E402
+from segsllm.models.sllm import SLLM, hidden_states_cached  # noqa: E402
 from segsllm.models.vae import SentenceVAE  # noqa: E402
-from segsllm.models.vae_config import SentenceVAEConfig  # noqa: E402
 
 FAMILIES = ["llama", "opt", "gpt2"]
 V, MAX_LEN = 64, 8

@@ -151,7 +151,8 @@ def test_cli_finetune_errors_are_one_line(args, message, tiny_data_dir, tmp_path
 
 
 def test_cli_generate_streams_and_compares_with_a_baseline(sllm_run, tokenizer, tmp_path):
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
 
     lm = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=4, max_positions=64),
                        tokenizer=tokenizer)

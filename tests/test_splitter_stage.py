@@ -18,7 +18,7 @@ def tokenizer_dir(tokenizer, tmp_path_factory):
 SMALL = [
     "run.track=false", "run.device=cpu", "train.steps=25", "train.batch_size=8", "train.lr=5e-3",
     "train.warmup_steps=3", "train.eval_every=0", "train.eval_batches=2", "train.log_every=10",
-    "train.ckpt_every=0", "splitter.d_model=16", "splitter.n_layers=2", "splitter.chunk_tokens=64",
+    "train.ckpt_every=0", "splitter.predictor.d_model=16", "splitter.predictor.n_layers=2", "splitter.chunk_tokens=64",
     "splitter.teacher_tokens=2000", "splitter.teacher_eval_tokens=600", "splitter.calibration_tokens=3000",
 ]
 

@@ -55,8 +55,9 @@ def test_punctuation_teacher_is_the_rule(chunks, tokenizer):
 def test_entropy_teacher_hits_the_target_and_resets_at_newlines(chunks, tokenizer, tmp_path):
     import torch
 
+    from segsllm.config.backbone import BackboneConfig
     from segsllm.data.tokenizer import encode
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.models.backbone import load_backbone
     from segsllm.segment.learned import mean_length
     from segsllm.train.teachers import EntropyTeacher, teacher_labels
 
@@ -82,8 +83,8 @@ def test_entropy_teacher_hits_the_target_and_resets_at_newlines(chunks, tokenize
 def test_vae_teacher_dp_hits_the_target(chunks, tokenizer):
     import torch
 
+    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.models.vae import SentenceVAE
-    from segsllm.models.vae_config import SentenceVAEConfig
     from segsllm.segment.learned import mean_length
     from segsllm.train.teachers import VAETeacher, teacher_labels
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from segsllm.config.train import TrainConfig
 from segsllm.errors import ArtifactError
 from segsllm.train import checkpoint as ckpt
 from segsllm.train.loop import (
@@ -19,7 +20,7 @@ from segsllm.train.loop import (
     param_groups,
     train,
 )
-from segsllm.train.schedule import TrainConfig, lr_at, lr_multiplier
+from segsllm.train.schedule import lr_at, lr_multiplier
 
 # --------------------------------------------------------------------------- tiny fixtures
 

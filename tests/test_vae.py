@@ -12,13 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from segsllm.config import ConfigError
-from segsllm.errors import ArtifactError
+from segsllm.config.vae import SentenceVAEConfig
+from segsllm.errors import ArtifactError, ConfigError
 from segsllm.models.artifact import MANIFEST_NAME, WEIGHTS_NAME, save_artifact
 from segsllm.models.vae import (
     IGNORE_INDEX,
     SentenceVAE,
-    SentenceVAEConfig,
     bits_per_byte,
     exact_match_count,
     reconstruction_loss,

@@ -118,7 +118,8 @@ def test_bucketed_batches_resume_and_balance():
 def test_vae_embeddings_start_from_the_backbone(tiny_data_dir, tokenizer, tokenizer_dir, tmp_path):
     import torch
 
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
     from segsllm.models.vae import SentenceVAE
     from segsllm.train.vae_stage import build_vae_config, init_embeddings_from_backbone
 

@@ -103,7 +103,7 @@ def _check_same_docs(covered: np.ndarray, docs: EvalDocs, who: str) -> None:
 def lm_eval_settings(lm_dir: str | Path | None, model: Any) -> tuple[int, int]:
     """(context_len, stride) the token LM was evaluated with by ``train-lm`` (its
     config.yaml), capped at its positions; defaults of :class:`LMConfig` otherwise."""
-    from segsllm.models.lm_config import LMConfig
+    from segsllm.config.lm import LMConfig
     from segsllm.train.lm_stage import max_positions
 
     ctx, stride = LMConfig().context_len, None

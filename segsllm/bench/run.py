@@ -91,8 +91,8 @@ def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifact
 def resolve_artifacts(bcfg: Any) -> tuple[list[str], BenchArtifacts]:
     """(segmenter specs, artifacts): explicit settings over ``from_dir``; one-line errors for
     a missing folder, an unknown segmenter or a segmenter without an SLLM."""
+    from segsllm.config.bench import sllm_pairs
     from segsllm.models.artifact import read_manifest
-    from segsllm.models.bench_config import sllm_pairs
     from segsllm.segment import build_segmenter
 
     segmenters = [s.strip() for s in bcfg.segmenters if s.strip()]
@@ -157,7 +157,8 @@ def _manifest_or_empty(path: Path | None) -> dict[str, Any]:
 def _load_lm(path: Path, device: Any) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
-    from segsllm.models.backbone import BackboneConfig, load_backbone
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
 
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar in the bench's output

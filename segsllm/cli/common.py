@@ -62,8 +62,10 @@ def resolve_config(
     segmenter: str | None = None,
     extra_flags: dict[str, Any] | None = None,
     schema: type | None = None,
+    stage: str | None = None,
 ) -> Any:
-    """Defaults < preset < --set < explicit flags, as a dataclass config."""
+    """Defaults < preset < --set < explicit flags, as a dataclass config; ``stage`` (a
+    pipeline stage kind) applies that stage's ``pipeline.overrides`` list."""
     from segsllm.config import Config, load_config
 
     flags: dict[str, Any] = {
@@ -76,7 +78,7 @@ def resolve_config(
         "segmenter.spec": segmenter,
     }
     flags.update(extra_flags or {})
-    return load_config(config, overrides or [], flags, schema=schema or Config)
+    return load_config(config, overrides or [], flags, schema=schema or Config, stage=stage)
 
 
 def stdout_is_terminal() -> bool:

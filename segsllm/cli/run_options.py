@@ -62,8 +62,10 @@ class RunOptions:
         *,
         segmenter: str | None = None,
         schema: type | None = None,
+        stage: str | None = None,
     ) -> Any:
-        """The command's config: defaults < preset < --set < these flags < ``extra_flags``."""
+        """The command's config: defaults < preset (with ``stage``'s ``pipeline.overrides``)
+        < --set < these flags < ``extra_flags``."""
         return resolve_config(
             self.config,
             self.set_,
@@ -76,6 +78,7 @@ class RunOptions:
             segmenter=segmenter,
             extra_flags=extra_flags,
             schema=schema,
+            stage=stage,
         )
 
 

@@ -4,7 +4,7 @@ A :class:`~segsllm.data.segments.SegmentTable` stores each document's segments i
 The SLLM trains on **windows**: up to ``max_segments`` consecutive segments of one
 document. A document of n segments gives ``ceil(n / max_segments)`` non-overlapping
 windows; each knows whether it is the document's first and last. Every window is modelled
-on its own, starting from the SLLM's start vector (see :class:`segsllm.models.sllm_config.SLLMConfig`).
+on its own, starting from the SLLM's start vector (see :class:`segsllm.config.sllm.SLLMConfig`).
 
 A batch of windows is a dict of tensors::
 

@@ -1,6 +1,8 @@
-"""Models: the SentenceVAE (segment encoder/decoder), and later the SLLM and boundary predictor.
+"""Models: the SentenceVAE (segment encoder/decoder), the SLLM, backbones, the boundary predictor.
 
-Names are imported lazily so ``import segsllm.models`` does not pull in torch.
+Names are imported lazily so ``import segsllm.models`` does not pull in torch. Their
+configs live in :mod:`segsllm.config` (``config.vae``, ``config.sllm``, ``config.backbone``,
+``config.splitter``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from typing import Any
 
 _EXPORTS = {
     "SentenceVAE": "segsllm.models.vae",
-    "SentenceVAEConfig": "segsllm.models.vae_config",
     "reconstruction_loss": "segsllm.models.vae",
     "bits_per_byte": "segsllm.models.vae",
     "exact_match_count": "segsllm.models.vae",
-    "BackboneConfig": "segsllm.models.backbone",
     "Backbone": "segsllm.models.backbone",
     "load_backbone": "segsllm.models.backbone",
     "body_forward": "segsllm.models.backbone",
@@ -22,7 +22,6 @@ _EXPORTS = {
     "freeze_layers": "segsllm.models.backbone",
     "count_parameters": "segsllm.models.backbone",
     "SLLM": "segsllm.models.sllm",
-    "SLLMConfig": "segsllm.models.sllm_config",
     "save_artifact": "segsllm.models.artifact",
     "load_artifact": "segsllm.models.artifact",
     "read_manifest": "segsllm.models.artifact",

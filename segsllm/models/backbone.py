@@ -1,6 +1,6 @@
 """One loader for every causal LM backbone, and the helpers that the baseline, SLLM and bench share.
 
-Specs (``BackboneConfig.spec``, the ``--backbone SPEC`` string):
+Specs (``BackboneConfig.spec`` in :mod:`segsllm.config.backbone`, the ``--backbone SPEC`` string):
 
 - ``tiny`` / ``tiny:<family>`` — a small randomly initialised model of a standard Hugging
   Face family (``llama`` | ``opt`` | ``gpt2``) built from a config with our tokenizer's
@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segsllm.config.backbone import DTYPES, BackboneConfig
 from segsllm.errors import ArtifactError, SegsllmError
 from segsllm.models.gguf import (
     SMOLLM2_ALIAS,
@@ -46,42 +47,9 @@ from segsllm.models.gguf import (
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("llama", "opt", "gpt2")
-_DTYPES = {
-    "float32": "float32", "fp32": "float32",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float16": "float16", "fp16": "float16",
-    "auto": "auto",
-}  # fmt: skip
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # A bare hub id: "name" or "org/name" (no leading ./ or /, at most one slash).
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-@dataclass
-class BackboneConfig:
-    """Which backbone to load; the size fields apply to ``tiny`` only.
-
-    ``intermediate_size=None`` means 4 × hidden for OPT/GPT-2 and ≈ 8/3 × hidden for Llama,
-    whose gated MLP has three matrices: the MLPs then have the same parameter count.
-    ``num_kv_heads=None`` means no grouped-query attention (as many K/V heads as heads).
-    ``cache_dir=None`` means ``$SEGSLLM_CACHE/backbones`` or ``~/.cache/segsllm/backbones``
-    (converted GGUF folders and weight-hash memos live there).
-    """
-
-    spec: str = "tiny"
-    family: str = "llama"  # llama | opt | gpt2 (tiny only)
-    hidden_size: int = 256
-    num_layers: int = 4
-    num_heads: int = 4
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    max_positions: int = 2048
-    dropout: float = 0.0
-    cache_dir: str | None = None
-    trust_remote_code: bool = False
-    dtype: str = "float32"  # float32 | bfloat16 | float16 | auto (the checkpoint's own)
-    attn_implementation: str | None = None  # None: transformers' default (sdpa); or "eager"
 
 
 @dataclass
@@ -122,11 +90,7 @@ def load_backbone(
     wins; it must cover the tokenizer); pretrained backbones bring their own vocabulary and
     ignore both.
     """
-    spec = (cfg.spec or "").strip()
-    if not spec:
-        raise SegsllmError(
-            "backbone spec is empty; use tiny, smollm2-135m, a folder, a .gguf file or a hub id"
-        )
+    spec = cfg.validate().spec.strip()
     dtype = _resolve_dtype(cfg.dtype)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
@@ -157,11 +121,7 @@ def load_backbone(
 def _resolve_dtype(name: str) -> Any:
     import torch
 
-    key = _DTYPES.get(str(name).lower())
-    if key is None:
-        raise SegsllmError(
-            f"unknown backbone dtype {name!r}; use float32, bfloat16, float16 or auto"
-        )
+    key = DTYPES[str(name).lower()]  # a known name: BackboneConfig.validate checked it
     return "auto" if key == "auto" else getattr(torch, key)
 
 
@@ -172,21 +132,13 @@ def _build_tiny(
     import torch
     from transformers import AutoModelForCausalLM
 
-    family = family.lower()
-    if family not in FAMILIES:
-        raise SegsllmError(
-            f"unknown tiny backbone family {family!r}; use one of {', '.join(FAMILIES)}"
-        )
+    family = family.lower()  # a known family: BackboneConfig.validate checked it
     tok_len = len(tokenizer) if tokenizer is not None else None
     vocab = vocab_size if vocab_size is not None else tok_len
     if vocab is None:
         raise SegsllmError("a tiny backbone needs vocab_size or a tokenizer to size its embeddings")
     if tok_len is not None and vocab < tok_len:
         raise SegsllmError(f"vocab_size {vocab} is smaller than the tokenizer's {tok_len} tokens")
-    if cfg.hidden_size % cfg.num_heads:
-        raise SegsllmError(
-            f"hidden_size {cfg.hidden_size} is not divisible by num_heads {cfg.num_heads}"
-        )
     hf_config = _tiny_hf_config(cfg, family, vocab, tokenizer)
     dtype = torch.float32 if dtype == "auto" else dtype
     kwargs: dict[str, Any] = {"dtype": dtype}

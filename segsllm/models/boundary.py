@@ -30,9 +30,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from segsllm.config.splitter import BoundaryPredictorConfig
 from segsllm.errors import ArtifactError, ConfigError
 from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
-from segsllm.models.boundary_config import BoundaryPredictorConfig
 
 KIND = "boundary_predictor"
 
@@ -195,4 +195,4 @@ class BoundaryPredictor(nn.Module):
         return model.to(map_location).eval()
 
 
-__all__ = ["KIND", "BoundaryPredictor", "BoundaryPredictorConfig", "ConvBlock"]
+__all__ = ["KIND", "BoundaryPredictor", "ConvBlock"]

@@ -32,13 +32,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segsllm.config import ConfigError
-from segsllm.errors import ArtifactError
+from segsllm.config.sllm import SLLMConfig
+from segsllm.config.vae import SentenceVAEConfig
+from segsllm.errors import ArtifactError, ConfigError
 from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
 from segsllm.models.backbone import body_forward, freeze_layers
-from segsllm.models.sllm_config import SLLMConfig
 from segsllm.models.vae import IGNORE_INDEX, SentenceVAE, lengths_to_mask
-from segsllm.models.vae_config import SentenceVAEConfig
 
 KIND = "sllm"
 DECODE_CHUNK = 8192  # decoder positions per teacher-forced chunk (see SLLM.decode_nll)

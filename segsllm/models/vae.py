@@ -30,10 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segsllm.bench.metrics import bits_per_byte, exact_match_count  # re-exported for callers
-from segsllm.config import ConfigError
-from segsllm.errors import ArtifactError
+from segsllm.config.vae import LOSSES, SentenceVAEConfig
+from segsllm.errors import ArtifactError, ConfigError
 from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
-from segsllm.models.vae_config import LOSSES, SentenceVAEConfig
 
 KIND = "sentence_vae"
 IGNORE_INDEX = -100

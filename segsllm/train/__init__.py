@@ -1,7 +1,7 @@
 """The generic training loop (:mod:`.loop`), its checkpoints (:mod:`.checkpoint`) and schedule.
 
-Names are imported lazily so that ``from segsllm.train.schedule import TrainConfig`` (used
-by :mod:`segsllm.config`) does not import torch.
+Names are imported lazily so that ``import segsllm.train`` does not import torch. The
+``train`` settings themselves are :class:`segsllm.config.train.TrainConfig`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "TrainConfig": "schedule",
     "lr_at": "schedule",
     "lr_multiplier": "schedule",
     "BatchSource": "loop",

@@ -313,7 +313,7 @@ def train_lm(
     if not cfg.data.domains:
         raise ConfigError("data.domains is empty: name at least one corpus")
     lm_cfg = cfg.lm.validate()
-    train_base = lm_cfg.train_config(cfg.train)  # the shared train section + lm.train overrides
+    train_base = cfg.train  # with pipeline.overrides.lm applied when the config was loaded
     out_dir = Path(cfg.run.out)
     started = time.perf_counter()
     data_dir = cfg.data.dir

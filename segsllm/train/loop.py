@@ -28,11 +28,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from segsllm.config import ConfigError
-from segsllm.errors import ArtifactError, DataError, SegsllmError
+from segsllm.config.train import TrainConfig
+from segsllm.errors import ArtifactError, ConfigError, DataError, SegsllmError
 from segsllm.runtime import autocast, dist_info
 from segsllm.train import checkpoint as ckpt
-from segsllm.train.schedule import TrainConfig, lr_at
+from segsllm.train.schedule import lr_at
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, Mapping[str, float]]"]
@@ -525,24 +525,6 @@ def evaluate(
 # --------------------------------------------------------------------------- the loop
 
 
-def _validate(cfg: TrainConfig) -> None:
-    checks = {
-        "steps": cfg.steps >= 1,
-        "batch_size": cfg.batch_size >= 1,
-        "grad_accum": cfg.grad_accum >= 1,
-        "lr": cfg.lr > 0,
-        "warmup_steps": cfg.warmup_steps >= 0,
-        "min_lr_ratio": 0.0 <= cfg.min_lr_ratio <= 1.0,
-        "log_every": cfg.log_every >= 1,
-        "eval_every": cfg.eval_every >= 0,
-        "ckpt_every": cfg.ckpt_every >= 0,
-        "betas": len(cfg.betas) == 2,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"train.{key}: invalid value {getattr(cfg, key)!r}")
-
-
 def _resolve_device(device: str | torch.device | None, model: nn.Module, local_rank: int, world: int) -> torch.device:
     if device is None:
         p = next(model.parameters(), None)
@@ -662,7 +644,7 @@ def train(
     ``out_dir`` that already holds checkpoints is refused.
     """
     t_start = time.perf_counter()
-    _validate(cfg)
+    cfg.validate()
     rank, local_rank, world = maybe_init_distributed()
     distributed, is_main = world > 1, rank == 0
     device = _resolve_device(device, model, local_rank, world)
@@ -858,7 +840,6 @@ __all__ = [
     "Callback",
     "SequentialBatches",
     "ShuffledBatches",
-    "TrainConfig",
     "TrainResult",
     "TrainState",
     "TrainingDivergedError",

@@ -1,37 +1,10 @@
-"""Training hyper-parameters and the learning-rate schedule.
-
-This module is torch-free on purpose: :mod:`segsllm.config` imports :class:`TrainConfig`
-as the ``train`` section of the root config, and ``segsllm --help`` must not import torch.
-"""
+"""The learning-rate schedule: warm-up then cosine, a pure function of the step (torch-free)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every stage (VAE, token LM, SLLM, boundary predictor)."""
-
-    steps: int = 1000  # optimizer steps in total (resume continues up to this number)
-    batch_size: int = 32  # items per micro-batch; the stage decides what an item is
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 3e-4  # peak learning rate, reached at the end of warm-up
-    weight_decay: float = 0.1  # AdamW decay on matrices only (not biases, norms, embeddings)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    warmup_steps: int = 100  # linear warm-up from lr/warmup_steps to lr
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio at the last step
-    grad_clip: float = 1.0  # max global grad norm; <= 0 disables clipping (norm still reported)
-    eval_every: int = 200  # optimizer steps between evaluations; 0: only at the end
-    eval_batches: int | None = 50  # cap per eval source; None: the whole source
-    eval_at_start: bool = True  # evaluate before the first step (skipped on resume)
-    log_every: int = 10  # optimizer steps between tracker logs
-    ckpt_every: int = 500  # optimizer steps between checkpoints; 0: only at the end
-    keep_last: int = 2  # checkpoints kept on disk; <= 0 keeps all
-    bf16: bool = True  # bf16 autocast; only has an effect on CUDA
-    compile: bool = False  # torch.compile the model
-    ddp_find_unused_parameters: bool = False  # for models whose forward skips some params
+from segsllm.config.train import TrainConfig
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

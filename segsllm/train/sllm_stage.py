@@ -243,7 +243,6 @@ def finetune_sllm(
     # Record what was actually used, so config.yaml reproduces the run.
     cfg = dataclasses.replace(
         cfg, backbone=bb_cfg, segmenter=dataclasses.replace(cfg.segmenter, spec=seg.spec(), max_len=seg.max_len),
-        train=dataclasses.replace(cfg.train, batch_size=sllm_cfg.batch_size or cfg.train.batch_size),
     )
 
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}

@@ -258,20 +258,6 @@ def resolve_target(cfg: Any) -> tuple[float | None, int]:
     return (None if target is None else float(target)), max_len
 
 
-def build_predictor_config(cfg: Any, vocab_size: int, pad_id: int, max_len: int, target_len: float,
-                           decode: str) -> Any:
-    """The predictor's config from the ``splitter`` section (+ tokenizer and length control)."""
-    from segsllm.models.boundary_config import BoundaryPredictorConfig
-
-    sp = cfg.splitter
-    return BoundaryPredictorConfig(
-        vocab_size=vocab_size, d_model=sp.d_model, n_layers=sp.n_layers, kernel_size=sp.kernel_size,
-        dilations=list(sp.dilations), mlp_ratio=sp.mlp_ratio, lookahead=sp.lookahead, dropout=sp.dropout,
-        pad_id=pad_id, max_len=max_len, target_len=float(target_len), decode=decode,
-        prior_weight=sp.prior_weight, prior_shape=sp.prior_shape,
-    ).validate()
-
-
 def train_splitter(
     cfg: Any,
     tokenizer_dir: str | Path,
@@ -336,11 +322,12 @@ def train_splitter(
         calib_target = balanced_mean(teacher_means)
         decode = "threshold"
     else:
-        calib_target, decode = target_len, sp.decode
+        calib_target, decode = target_len, sp.predictor.decode
 
     # ---- 2. the predictor, through the shared loop
     pad_id = int(tokenizer.pad_token_id)
-    pcfg = build_predictor_config(cfg, len(tokenizer), pad_id, max_len, min(calib_target, max_len), decode)
+    pcfg = sp.predictor_config(vocab_size=len(tokenizer), pad_id=pad_id, max_len=max_len,
+                               target_len=min(calib_target, max_len), decode=decode)
     model = BoundaryPredictor(pcfg)
     items = {split: {d: list(zip(ls.chunks, ls.labels(), strict=True)) for d, ls in labels[split].items()}
              for split in labels}

@@ -357,7 +357,8 @@ def build_teacher(name: str, tokenizer: Any, *, base_lm: str | None = None, vae:
     if name == "entropy":
         if not base_lm:
             raise ConfigError("the entropy teacher needs the base LM: --base-lm DIR (a `segsllm train-lm` folder)")
-        from segsllm.models.backbone import BackboneConfig, load_backbone
+        from segsllm.config.backbone import BackboneConfig
+        from segsllm.models.backbone import load_backbone
 
         if not Path(base_lm).is_dir():
             raise ArtifactError(f"no base LM folder at {base_lm}")

@@ -91,7 +91,7 @@ class EvalBatches:
 def build_vae_config(cfg: Any, tokenizer: Any, max_len: int) -> Any:
     """The model config: the ``vae`` section, with vocabulary, specials and max_len taken
     from the tokenizer and segmenter (they must agree, so they are not user settings)."""
-    from segsllm.models.vae_config import SentenceVAEConfig
+    from segsllm.config.vae import SentenceVAEConfig
 
     vae_cfg = dataclasses.replace(
         cfg.vae,

@@ -66,7 +66,7 @@ def bench_command(
         "bench.speed": False if no_speed else None,
         "bench.memory": False if no_memory else None,
     }
-    cfg = opts.resolve(extra)
+    cfg = opts.resolve(extra, stage="bench")
     from segsllm.bench.report import rich_table
     from segsllm.bench.run import run_bench
 

@@ -116,7 +116,7 @@ def prepare(
     from segsllm.data import corpora, store, user
     from segsllm.errors import DataError
 
-    cfg = opts.resolve()
+    cfg = opts.resolve(stage="data")
     root = Path(cfg.data.dir)
     vf, tf = cfg.data.validation_fraction, cfg.data.test_fraction
     store.check_fractions(vf, tf)

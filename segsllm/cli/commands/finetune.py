@@ -49,7 +49,7 @@ def finetune_command(
         "backbone.spec": backbone,
     }
     # --segmenter is handed over as an explicit choice (None: the VAE's own), not merged.
-    cfg = opts.resolve(extra)
+    cfg = opts.resolve(extra, stage="sllm")
     result = finetune_sllm(cfg, vae, segmenter=segmenter, resume=resume, progress=True)
 
     title = (f"SLLM validation ({result.segmenter}, backbone {cfg.backbone.spec}, {result.steps} steps, "

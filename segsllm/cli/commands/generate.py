@@ -64,7 +64,8 @@ def generate_command(
     if baseline is not None:
         from transformers.utils import logging as hf_logging
 
-        from segsllm.models.backbone import BackboneConfig, load_backbone
+        from segsllm.config.backbone import BackboneConfig
+        from segsllm.models.backbone import load_backbone
 
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of the output
         lm = load_backbone(BackboneConfig(spec=str(baseline)), tokenizer=tokenizer)

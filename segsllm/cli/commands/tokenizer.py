@@ -53,7 +53,7 @@ def train_tokenizer(
     flags: dict[str, Any] = {"tokenizer.vocab_size": vocab_size}
     if domains is not None:
         flags["data.domains"] = split_list(domains)
-    cfg = opts.resolve(flags)
+    cfg = opts.resolve(flags, stage="tokenizer")
     if not cfg.run.out:
         raise SegsllmError("--out DIR is required (or set run.out)")
     target = Path(cfg.run.out)

@@ -46,7 +46,7 @@ def train_lm_command(
         "data.domains": split_list(domains),
         "backbone.spec": backbone,
     }
-    cfg = opts.resolve(extra)
+    cfg = opts.resolve(extra, stage="lm")
     result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
 
     # docs/DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown

@@ -55,7 +55,7 @@ def train_splitter_command(
         "splitter.vae": str(vae) if vae else None,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
-    cfg = opts.resolve(extra)
+    cfg = opts.resolve(extra, stage="splitter")
     cfg.splitter.validate()
     if cfg.splitter.teacher == "entropy" and not cfg.splitter.base_lm:
         raise ConfigError("--teacher entropy needs the base LM: --base-lm DIR (a `segsllm train-lm` folder)")

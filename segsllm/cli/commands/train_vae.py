@@ -35,7 +35,7 @@ def train_vae_command(
         "vae.decoder_layers": depth,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
-    cfg = opts.resolve(extra, segmenter=segmenter)
+    cfg = opts.resolve(extra, segmenter=segmenter, stage="vae")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
     result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)

@@ -1,14 +1,15 @@
-"""Configs of the learned segmenter, kept free of torch so config loading stays light.
+"""The ``splitter`` section: what ``train-splitter`` trains, from which teacher, how long.
 
 :class:`BoundaryPredictorConfig` rebuilds a trained predictor *and* its length control
 (saved as the splitter folder's ``config.json``, so the calibrated threshold is
-checksummed with the weights). :class:`SplitterConfig` is the ``splitter`` section of the
-root config: what ``train-splitter`` trains, from which teacher, at which target length.
+checksummed with the weights). :class:`SplitterConfig` nests it as ``splitter.predictor``
+(architecture and decoding); the stage fills in the fields it derives (vocabulary,
+lengths, calibration) with :meth:`SplitterConfig.predictor_config`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from segsllm.errors import ConfigError
@@ -61,25 +62,25 @@ class BoundaryPredictorConfig:
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"splitter: {name} must be an int >= 1, got {value!r}")
+                raise ConfigError(f"splitter.predictor.{name} must be an int >= 1, got {value!r}")
         if len(self.dilations) < self.n_layers or any(int(d) < 1 for d in self.dilations):
             raise ConfigError(
-                f"splitter: dilations needs {self.n_layers} values >= 1 (one per layer), got {self.dilations}"
+                f"splitter.predictor.dilations needs {self.n_layers} values >= 1 (one per layer), got {self.dilations}"
             )
         if int(self.dilations[0]) != 1:
-            raise ConfigError("splitter: dilations[0] must be 1 (block 0 is undilated: it holds the lookahead)")
+            raise ConfigError("splitter.predictor.dilations[0] must be 1 (block 0 is undilated: it holds the lookahead)")
         if not isinstance(self.lookahead, int) or self.lookahead < 0:
-            raise ConfigError(f"splitter: lookahead must be an int >= 0, got {self.lookahead!r}")
+            raise ConfigError(f"splitter.predictor.lookahead must be an int >= 0, got {self.lookahead!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"splitter: dropout must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"splitter.predictor.dropout must be in [0, 1), got {self.dropout}")
         if not 0 <= self.pad_id < self.vocab_size:
-            raise ConfigError(f"splitter: pad_id {self.pad_id} is outside the vocabulary ({self.vocab_size})")
+            raise ConfigError(f"splitter.predictor.pad_id {self.pad_id} is outside the vocabulary ({self.vocab_size})")
         if not 1.0 <= float(self.target_len) <= self.max_len:
-            raise ConfigError(f"splitter: target_len must be in [1, max_len={self.max_len}], got {self.target_len}")
+            raise ConfigError(f"splitter.predictor.target_len must be in [1, max_len={self.max_len}], got {self.target_len}")
         if self.decode not in DECODES:
-            raise ConfigError(f"splitter: decode {self.decode!r} is not one of {', '.join(DECODES)}")
+            raise ConfigError(f"splitter.predictor.decode {self.decode!r} is not one of {', '.join(DECODES)}")
         if self.prior_weight < 0 or self.prior_shape < 1.0:
-            raise ConfigError("splitter: prior_weight must be >= 0 and prior_shape >= 1")
+            raise ConfigError("splitter.predictor.prior_weight must be >= 0 and prior_shape >= 1")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,6 +104,9 @@ class SplitterConfig:
     Teacher label budgets are per domain and split, in tokens, taken as chunks of at most
     ``chunk_tokens`` spread over the documents (``None``: the teacher's own default; the
     ``vae`` teacher scores every candidate span with the VAE, so its default is small).
+    ``predictor`` holds the network and its decoding settings (``splitter.predictor.d_model``,
+    ``splitter.predictor.decode`` ...); its :data:`DERIVED` fields come from the tokenizer,
+    ``target_len`` / ``max_len`` below and the calibration, so setting them is an error.
     """
 
     teacher: str = "punctuation"  # punctuation | entropy | vae
@@ -118,19 +122,9 @@ class SplitterConfig:
     teacher_tokens: int | None = None  # labelled train tokens per domain
     teacher_eval_tokens: int | None = None  # labelled validation tokens per domain
     cache_dir: str | None = None  # teacher label cache; None: <data.dir>/.cache/teachers
-    # ---- predictor
-    d_model: int = 32
-    n_layers: int = 4
-    kernel_size: int = 5
-    dilations: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
-    mlp_ratio: int = 2
-    lookahead: int = 4
-    dropout: float = 0.0  # dropout costs a third of a CPU training step; rarely needed here
-    # ---- length control at inference
-    decode: str = "viterbi"  # threshold | viterbi (batch mode; streaming always thresholds)
-    prior_weight: float = 1.0
-    prior_shape: float = 2.0
     calibration_tokens: int = 200_000  # validation tokens per domain used to calibrate
+    # ---- the predictor (decode: threshold | viterbi in batch mode; streaming always thresholds)
+    predictor: BoundaryPredictorConfig = field(default_factory=BoundaryPredictorConfig)
 
     def validate(self) -> SplitterConfig:
         """One-line :class:`ConfigError` naming the bad ``splitter.*`` key."""
@@ -140,8 +134,6 @@ class SplitterConfig:
             raise ConfigError(
                 f"splitter.entropy_mode {self.entropy_mode!r} is not one of {', '.join(ENTROPY_MODES)}"
             )
-        if self.decode not in DECODES:
-            raise ConfigError(f"splitter.decode {self.decode!r} is not one of {', '.join(DECODES)}")
         if self.target_len is not None and self.target_len < 1:
             raise ConfigError(f"splitter.target_len must be >= 1, got {self.target_len}")
         if self.max_len is not None and self.max_len < 1:
@@ -153,4 +145,26 @@ class SplitterConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(f"splitter.{key} must be >= 1 or null, got {value}")
+        default = BoundaryPredictorConfig()
+        for key, source in DERIVED.items():
+            if getattr(self.predictor, key) != getattr(default, key):
+                raise ConfigError(f"splitter.predictor.{key} is not a setting: train-splitter takes it from {source}")
+        self.predictor.validate()
         return self
+
+    def predictor_config(self, *, vocab_size: int, pad_id: int, max_len: int, target_len: float,
+                         decode: str) -> BoundaryPredictorConfig:
+        """``predictor`` with the fields the stage derives filled in, validated."""
+        return replace(self.predictor, vocab_size=vocab_size, pad_id=pad_id, max_len=max_len,
+                       target_len=float(target_len), decode=decode).validate()
+
+
+# Predictor fields that train-splitter derives, and from what.
+DERIVED = {
+    "vocab_size": "the tokenizer",
+    "pad_id": "the tokenizer",
+    "max_len": "splitter.max_len",
+    "target_len": "splitter.target_len",
+    "threshold": "the calibration",
+    "viterbi_penalty": "the calibration",
+}

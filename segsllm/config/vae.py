@@ -1,4 +1,4 @@
-"""The SentenceVAE's configuration, kept free of torch so config loading stays light."""
+"""The ``vae`` section: everything that rebuilds a SentenceVAE (also its ``config.json``)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,14 @@
-"""Settings of the token-level baseline LM stage (``train-lm``), kept free of torch.
+"""The ``lm`` section: how the token-level baseline (``train-lm``) windows and scores documents.
 
 The model itself is described by the ``backbone`` section and the optimisation by
-``train``; this section says how documents become windows and how they are evaluated.
+``train`` (the LM's own values, e.g. smaller batches of long windows, come from
+``pipeline.overrides.lm``); this section says how documents become windows and how they
+are evaluated.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from segsllm.errors import ConfigError
 
@@ -36,29 +37,11 @@ class LMConfig:
     # Fine-tune only the first/last k transformer blocks (0, 0: everything), as the SLLM can.
     train_first_layers: int = 0
     train_last_layers: int = 0
-    # Overrides of the shared ``train`` section for this stage only (e.g. {steps: 200,
-    # batch_size: 8}): one preset can then size the VAE (batches of segments) and the LM
-    # (batches of context_len-token windows) differently. Keys are TrainConfig fields.
-    train: dict[str, Any] = field(default_factory=dict)
 
     @property
     def stride(self) -> int:
         """Tokens newly scored by each later evaluation window."""
         return self.context_len if self.eval_stride is None else self.eval_stride
-
-    def train_config(self, base: Any) -> Any:
-        """``base`` (the shared TrainConfig) with this stage's ``train`` overrides, type-checked."""
-        from omegaconf import OmegaConf
-        from omegaconf.errors import OmegaConfBaseException
-
-        if not self.train:
-            return base
-        try:
-            merged = OmegaConf.merge(OmegaConf.structured(base), OmegaConf.create(dict(self.train)))
-            return OmegaConf.to_object(merged)
-        except OmegaConfBaseException as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"lm.train: {msg}") from None
 
     def validate(self) -> LMConfig:
         """Raise a one-line :class:`ConfigError` naming the bad ``lm.*`` key."""

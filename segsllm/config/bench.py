@@ -1,4 +1,4 @@
-"""The bench's configuration (the ``bench:`` config section), kept free of torch."""
+"""The ``bench`` section: what ``segsllm bench`` measures, on which artifacts and how much data."""
 
 from __future__ import annotations
 

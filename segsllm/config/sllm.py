@@ -1,4 +1,4 @@
-"""The SLLM's configuration (the ``sllm:`` config section), kept free of torch."""
+"""The ``sllm`` section: how the SentenceVAE is grafted onto the backbone (also saved with the SLLM)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Any
 from segsllm.errors import ConfigError
 
 PROJECTIONS = ("auto", "identity", "linear", "mlp")
+LEGACY_TRAIN_KEY = "batch_size"  # see SLLMConfig.from_dict
 
 
 @dataclass
 class SLLMConfig:
-    """How the SentenceVAE is grafted onto the backbone, and how the SLLM is trained.
+    """How the SentenceVAE is grafted onto the backbone, and which parts of it train.
 
     Training windows: a document of n segments is cut into windows of at most
     ``max_segments`` segments. **Every window starts with the learned start vector and sees
@@ -20,12 +21,13 @@ class SLLMConfig:
     first segment of a later window is therefore predicted without context, which costs a
     little NLL on long documents; ``max_segments`` bounds that cost. Generation has no such
     limit other than the backbone's position table.
+
+    A training batch item is one window of up to ``max_segments`` segments (a VAE item is
+    one segment), so presets give the SLLM stage a much smaller ``train.batch_size`` through
+    ``pipeline.overrides.sllm``.
     """
 
     max_segments: int = 64  # segments per training/eval window (backbone sequence = this + 1)
-    # Windows per micro-batch; None: train.batch_size. A window holds up to max_segments
-    # segments (a VAE batch item is one segment), so presets usually want a much smaller number.
-    batch_size: int | None = None
     freeze_vae: bool = True  # the paper's setting: encoder and decoder frozen, in eval mode
     # Backbone layers to train: the first/last k blocks; 0 and 0 = the whole backbone.
     # The backbone's token embeddings and LM head are always frozen (the SLLM never uses them).
@@ -47,8 +49,6 @@ class SLLMConfig:
         """Raise :class:`ConfigError` (one line, names the key) for an unusable config."""
         if not isinstance(self.max_segments, int) or self.max_segments < 1:
             raise ConfigError(f"sllm.max_segments: must be an integer >= 1, got {self.max_segments!r}")
-        if self.batch_size is not None and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigError(f"sllm.batch_size: must be an integer >= 1 or null, got {self.batch_size!r}")
         for name in ("train_first", "train_last"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 0:
@@ -69,6 +69,9 @@ class SLLMConfig:
         """Build and validate; unknown keys are an error (missing keys take defaults)."""
         if not isinstance(d, dict):
             raise ConfigError(f"expected a mapping of sllm config keys, got {type(d).__name__}")
+        # SLLM folders written before the train settings left this section hold sllm.batch_size,
+        # a training setting that never shaped the model: ignored so they still load.
+        d = {k: v for k, v in d.items() if k != LEGACY_TRAIN_KEY}
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown sllm config key(s): {', '.join(unknown)}")

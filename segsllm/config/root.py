@@ -1,0 +1,36 @@
+"""The root config: one field per section, each section in its own module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from segsllm.config.backbone import BackboneConfig
+from segsllm.config.bench import BenchConfig
+from segsllm.config.data import DataConfig
+from segsllm.config.lm import LMConfig
+from segsllm.config.pipeline import PipelineConfig
+from segsllm.config.run import RunConfig
+from segsllm.config.segmenter import SegmenterConfig
+from segsllm.config.sllm import SLLMConfig
+from segsllm.config.splitter import SplitterConfig
+from segsllm.config.tokenizer import TokenizerConfig
+from segsllm.config.train import TrainConfig
+from segsllm.config.vae import SentenceVAEConfig
+
+
+@dataclass
+class Config:
+    """The resolved configuration of one command."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vae: SentenceVAEConfig = field(default_factory=SentenceVAEConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    lm: LMConfig = field(default_factory=LMConfig)
+    sllm: SLLMConfig = field(default_factory=SLLMConfig)
+    splitter: SplitterConfig = field(default_factory=SplitterConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
