@@ -67,7 +67,7 @@ def split_point(doc_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_of(doc_id: str, validation_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
+def split_of(doc_id: str, validation_fraction: float = 0.05, test_fraction: float = 0.10) -> str:
     """The split (``train`` | ``validation`` | ``test``) a document id belongs to."""
     check_fractions(validation_fraction, test_fraction)
     u = split_point(doc_id)
@@ -348,7 +348,7 @@ def write_corpus(
     data_dir: str | Path,
     source: Source,
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     progress: ProgressHook | None = None,
 ) -> dict[str, Any]:
     """Build ``<data_dir>/<source.name>/`` from ``source`` atomically; returns the manifest.
@@ -570,7 +570,7 @@ def prepare(
     name: str,
     make_source: Callable[[], Source],
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
     expected_source: str | None = None,
