@@ -141,7 +141,7 @@ def test_prepare_refuses_a_corpus_from_before_deduplication(tmp_path):
     m = json.loads(path.read_text())
     m["format_version"] = 1
     path.write_text(json.dumps(m))
-    with pytest.raises(DataError, match=r"older segsllm.*--force"):
+    with pytest.raises(DataError, match=r"older segsllm.*with --force"):
         store.prepare(tmp_path, "old", lambda: ListSource("old", _unrelated(5)))
     res = store.prepare(tmp_path, "old", lambda: ListSource("old", _unrelated(5)), force=True)
     assert res.status == "prepared" and res.manifest["format_version"] == store.FORMAT_VERSION

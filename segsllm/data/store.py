@@ -587,7 +587,7 @@ def prepare(
             raise DataError(
                 f"corpus {name!r} was prepared by an older segsllm (format"
                 f" {manifest.get('format_version', 1)}: duplicates may straddle its splits);"
-                " re-run with --force to rebuild it"
+                f" rebuild it: {prepare_hint(name)} with --force"
             )
         fr = manifest.get("fractions", {})
         if (fr.get("validation"), fr.get("test")) != (validation_fraction, test_fraction):
