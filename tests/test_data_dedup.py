@@ -74,16 +74,22 @@ def test_same_document_under_two_ids_is_collapsed_into_one_split(tmp_path):
     assert dup["collapsed"] == {b: a}
 
 
-def test_near_duplicate_siblings_land_in_one_split(tmp_path):
+def _siblings(ids: list[str]) -> list[tuple[str, bytes]]:
+    """A 256-line template and one sibling per id, each with ~5 % of the lines changed."""
     rng = random.Random(1)
     template = [f"    {w} = {rng.randint(0, 999)}  # {' '.join(_words(rng, 4))}" for w in _words(rng, 256)]
-    ids = _ids_in_different_splits("encodings/cp", 8)
     docs = []
-    for k, doc_id in enumerate(ids):  # each sibling changes ~5 % of the template's lines
+    for k, doc_id in enumerate(ids):
         lines = list(template)
         for j in rng.sample(range(len(lines)), 12):
             lines[j] = f"    sibling{k}_{j} = {rng.randint(0, 999)}"
         docs.append((doc_id, ("\n".join(lines) + "\n").encode()))
+    return docs
+
+
+def test_near_duplicate_siblings_land_in_one_split(tmp_path):
+    ids = _ids_in_different_splits("encodings/cp", 8)
+    docs = _siblings(ids)
     docs += _unrelated(30)
     m = store.write_corpus(tmp_path, ListSource("n", docs), VF, TF)
     where = _splits_of(tmp_path, "n")
@@ -94,6 +100,17 @@ def test_near_duplicate_siblings_land_in_one_split(tmp_path):
     assert (m["dedup"]["families"], m["dedup"]["grouped"], m["dedup"]["collapsed"]) == (1, 8, 0)
     families = json.loads((tmp_path / "n" / store.DUPLICATES).read_text())["families"]
     assert families == [{"split": where[ids[0]], "ids": sorted(ids)}]
+
+
+def test_near_duplicate_grouping_can_be_turned_off(tmp_path):
+    ids = _ids_in_different_splits("encodings/cp", 8)
+    docs = [*_siblings(ids), ("zz/copy", _siblings(ids)[0][1])]  # plus one exact copy
+    m = store.write_corpus(tmp_path, ListSource("off", docs), VF, TF,
+                           dedup=dedup.DedupConfig(near_duplicates=False))
+    where = _splits_of(tmp_path, "off")
+    assert all(where[i] == store.split_of(i, VF, TF) for i in ids)  # each by its own id
+    assert "zz/copy" not in where  # exact duplicates are still collapsed
+    assert (m["dedup"]["collapsed"], m["dedup"]["families"], m["dedup"]["near_rule"]) == (1, 0, "off")
 
 
 def test_unrelated_documents_of_one_domain_are_not_grouped():

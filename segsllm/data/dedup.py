@@ -48,6 +48,9 @@ class DedupConfig:
     # > 0.9998, so recall at the threshold is near complete; candidates are then confirmed.
     bands: int = 32
     threshold: float = 0.5  # estimated Jaccard at or above which two documents are one family
+    # False: only exact duplicates are collapsed (e.g. a synthetic corpus made of variants of
+    # one template, where grouping would put every document in one split).
+    near_duplicates: bool = True
 
     def __post_init__(self) -> None:
         if self.width < 1 or self.num_perm < 1 or self.bands < 1:
@@ -182,7 +185,7 @@ def plan(
     kept = [keeper[keys[i]] == i for i in range(n)]
     collapsed = {ids[i]: ids[keeper[keys[i]]] for i in range(n) if not kept[i]}
     live = [i for i in range(n) if kept[i]]
-    labels = families([signatures[i] for i in live], cfg)
+    labels = families([signatures[i] for i in live], cfg) if cfg.near_duplicates else list(range(len(live)))
     members: dict[int, list[str]] = {}
     for i, lab in zip(live, labels, strict=True):
         members.setdefault(lab, []).append(ids[i])

@@ -350,12 +350,14 @@ def write_corpus(
     validation_fraction: float = 0.05,
     test_fraction: float = 0.10,
     progress: ProgressHook | None = None,
+    dedup: DedupConfig | None = None,
 ) -> dict[str, Any]:
     """Build ``<data_dir>/<source.name>/`` from ``source`` atomically; returns the manifest.
 
     Binary records (NUL bytes) and empty ones are skipped and counted; invalid UTF-8 is
     replaced and counted; an existing corpus of that name is replaced only once the new
     one is complete. An empty result is a :class:`DataError` and leaves nothing behind.
+    ``dedup`` says how near-duplicates are found (default :class:`DedupConfig`).
     """
     check_name(source.name)
     check_fractions(validation_fraction, test_fraction)
@@ -365,14 +367,16 @@ def write_corpus(
     tmp.mkdir()
     started = time.time()
     try:
-        counts = _write_splits(tmp, source, validation_fraction, test_fraction, progress)
+        counts = _write_splits(tmp, source, validation_fraction, test_fraction, progress,
+                               dedup or DedupConfig())
         total = sum(counts.documents.values())
         if total == 0:
             raise DataError(
                 f"corpus {source.name!r} is empty: no text documents found"
                 f" ({counts.skipped_binary} binary, {counts.skipped_empty} empty skipped)"
             )
-        manifest = _manifest(tmp, source, counts, validation_fraction, test_fraction, started)
+        manifest = _manifest(tmp, source, counts, validation_fraction, test_fraction, started,
+                             dedup or DedupConfig())
         atomic_write_json(tmp / MANIFEST, manifest)
         _swap_into_place(tmp, corpus_dir(root, source.name))
     finally:
@@ -382,12 +386,11 @@ def write_corpus(
 
 
 def _write_splits(
-    tmp: Path, source: Source, vf: float, tf: float, progress: ProgressHook | None
+    tmp: Path, source: Source, vf: float, tf: float, progress: ProgressHook | None, cfg: DedupConfig
 ) -> _Counts:
     """Two passes: decode every record into a scratch file while fingerprinting it, plan
     the duplicates, then copy each kept document into the split of its family."""
     counts = _Counts()
-    cfg = DedupConfig()
     shingle, minhash = ShingleHasher(cfg.width), MinHasher(cfg.num_perm)
     seen: set[str] = set()
     ids: list[str] = []
@@ -413,8 +416,8 @@ def _write_splits(
             ids.append(raw.id)
             sizes.append(len(text.encode("utf-8")))
             keys.append(content_key(text))
-            shingles = shingle(text)
-            sigs.append(minhash(shingles) if shingles.size else None)
+            shingles = shingle(text) if cfg.near_duplicates else None
+            sigs.append(minhash(shingles) if shingles is not None and shingles.size else None)
             out.write(json.dumps({"id": raw.id, "text": text}, ensure_ascii=False).encode("utf-8") + b"\n")
     del seen
     counts.dedup = dup = plan(ids, keys, sigs, cfg)
@@ -473,7 +476,7 @@ def _to_text(raw: RawDoc, counts: _Counts) -> tuple[str | None, int]:
 
 
 def _manifest(
-    tmp: Path, source: Source, counts: _Counts, vf: float, tf: float, started: float
+    tmp: Path, source: Source, counts: _Counts, vf: float, tf: float, started: float, cfg: DedupConfig
 ) -> dict[str, Any]:
     info = dict(source.info())
     manifest: dict[str, Any] = {
@@ -494,7 +497,7 @@ def _manifest(
             "format_version": FORMAT_VERSION,
             "split_rule": "sha256(family key = smallest id of the near-duplicate family) as uniform"
             " [0,1): < test -> test, < test+validation -> validation",
-            "dedup": _dedup_summary(counts.dedup),
+            "dedup": _dedup_summary(counts.dedup, cfg),
             "fractions": {"validation": vf, "test": tf},
             "documents": counts.documents,
             "bytes": counts.bytes,
@@ -516,13 +519,13 @@ def _manifest(
     return manifest
 
 
-def _dedup_summary(dup: DedupPlan | None) -> dict[str, Any]:
-    cfg = DedupConfig()
+def _dedup_summary(dup: DedupPlan | None, cfg: DedupConfig) -> dict[str, Any]:
     sizes = [len(f) for f in dup.families] if dup is not None else []
     return {
         "exact_rule": "sha256 of the text after CRLF/CR -> LF; the smallest id is kept",
         "near_rule": f"MinHash ({cfg.num_perm} perms, {cfg.bands} LSH bands) over {cfg.width}-token"
-        f" shingles; estimated Jaccard >= {cfg.threshold} joins a family",
+        f" shingles; estimated Jaccard >= {cfg.threshold} joins a family"
+        if cfg.near_duplicates else "off",
         "collapsed": len(dup.collapsed) if dup is not None else 0,
         "families": len(sizes),
         "grouped": sum(sizes),
