@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 import numpy as np
 
@@ -109,7 +110,7 @@ class PairedBootstrap:
         return self.samples[:, self.names.index(name)]
 
     def _interval(self, estimate: float, draws: np.ndarray) -> Interval:
-        alpha = (1.0 - self.level) / 2.0
+        alpha = expanded_alpha(self.level, self.n_bytes.size)
         low, high = np.quantile(draws, [alpha, 1.0 - alpha])
         return Interval(float(estimate), float(low), float(high), self.level)
 
@@ -121,6 +122,26 @@ class PairedBootstrap:
         """Bits/byte of ``a`` minus ``b`` with its paired interval (negative: ``a`` is better)."""
         est = bits_per_byte(self.nats[a], self.n_bytes) - bits_per_byte(self.nats[b], self.n_bytes)
         return self._interval(est, self._column(a) - self._column(b))
+
+
+def _t_quantile(p: float, dof: int) -> float:
+    """Student-t quantile by the Cornish-Fisher expansion around the normal one (stdlib
+    only; accurate to ~1e-3 for dof >= 5)."""
+    z = NormalDist().inv_cdf(p)
+    v = float(dof)
+    return (z + (z**3 + z) / (4 * v) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3))
+
+
+def expanded_alpha(level: float, n: int) -> float:
+    """Lower tail of the *expanded* percentile interval (Hesterberg 2015): the percentile
+    bootstrap is too narrow for few documents (it uses the plug-in variance and normal
+    tails), so its tail ``α/2`` becomes ``Φ(√(n/(n−1)) · t_{n−1}(α/2))``. With n = 20
+    documents and 95 % this takes the 1.6 % and 98.4 % quantiles."""
+    half = (1.0 - level) / 2.0
+    if n < 3:
+        return half
+    return NormalDist().cdf(math.sqrt(n / (n - 1)) * _t_quantile(half, n - 1))
 
 
 def bpb_interval(nats: Sequence[float] | np.ndarray, n_bytes: Sequence[int] | np.ndarray,

@@ -66,7 +66,7 @@ def test_coverage_is_about_95_percent_on_a_simulated_population():
     # Population: 100k documents; its bits/byte is the ratio of its sums. Each trial draws
     # 40 documents and checks whether the interval covers the population value.
     rng = np.random.default_rng(11)
-    pop_bytes = rng.lognormal(8.0, 1.0, size=100_000)
+    pop_bytes = rng.lognormal(8.0, 0.5, size=100_000)
     pop_rate = rng.gamma(20.0, 0.1, size=100_000)  # ~2 bits/byte, skewed
     truth = float((pop_bytes * pop_rate).sum() / pop_bytes.sum())
     trials, hits = 300, 0
@@ -75,7 +75,13 @@ def test_coverage_is_about_95_percent_on_a_simulated_population():
         b = pop_bytes[idx]
         iv = stats.bpb_interval(b * pop_rate[idx] * math.log(2), b, n_resamples=1000, seed=t)
         hits += iv.low <= truth <= iv.high
-    assert 0.88 <= hits / trials <= 0.99, hits / trials
+    assert 0.90 <= hits / trials <= 0.99, hits / trials
+
+
+def test_expanded_tails_widen_for_few_documents_only():
+    assert stats.expanded_alpha(0.95, 20) == pytest.approx(0.0159, abs=5e-4)
+    assert stats.expanded_alpha(0.95, 10_000) == pytest.approx(0.025, abs=1e-4)
+    assert stats._t_quantile(0.025, 19) == pytest.approx(-2.093, abs=2e-3)  # tables: t_19 = 2.093
 
 
 def test_seeded_and_vectorised_shapes():
