@@ -77,7 +77,7 @@ class ShingleHasher:
             h = int.from_bytes(
                 hashlib.blake2b(token.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little"
             )
-            if len(self._memo) < 2_000_000:  # bound the memo on huge vocabularies
+            if len(self._memo) < 1_000_000:  # bound the memo on huge vocabularies
                 self._memo[token] = h
         return h
 
