@@ -56,6 +56,7 @@ def _variants(base: str, n: int, domain: str) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data folder with small prepared prose, code and csv corpora (real store format)."""
+    from segsllm.data.dedup import DedupConfig
     from segsllm.data.store import RawDoc, write_corpus
 
     class ListSource:
@@ -71,5 +72,8 @@ def tiny_data_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data")
     for domain, base in (("prose", PROSE), ("code", CODE), ("csv", CSV)):
-        write_corpus(root, ListSource(domain, _variants(base, 60, domain)), 0.15, 0.15)
+        # The documents are variants of one template: near-duplicate grouping would put them
+        # all in one split, so only exact duplicates are collapsed here.
+        write_corpus(root, ListSource(domain, _variants(base, 60, domain)), 0.15, 0.15,
+                     dedup=DedupConfig(near_duplicates=False))
     return root

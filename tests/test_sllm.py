@@ -2,7 +2,8 @@
 
 Tiny random configs of three backbone families, eval mode, float32. The causality check
 is also run against a deliberately leaky backbone call (bidirectional mask), which it must
-catch: a test that cannot fail proves nothing.
+catch: a test that cannot fail proves nothing. The self-latent check (the latent decoding
+segment k never saw s_k) is run against a forward mutated to decode s_k from h_k.
 """
 
 from __future__ import annotations
@@ -127,6 +128,72 @@ def test_causality_check_catches_a_bidirectional_backbone(family, monkeypatch):
     model = tiny_sllm(family)
     monkeypatch.setattr(sllm_mod, "body_forward", leaky_body_forward)
     assert causal_violation(model) > 1e-3
+
+
+def decoder_latents(model: SLLM, docs) -> list[torch.Tensor]:
+    """Per document, the (n, D) latents the decoder was given for its n segments, in order."""
+    seen: list[torch.Tensor] = []
+    real = model.decode_nll
+
+    def spy(ids, lengths, latent):
+        seen.append(latent.detach().clone())
+        return real(ids, lengths, latent)
+
+    model.decode_nll = spy  # instance attribute: only this model, only this call
+    try:
+        details(model, docs)
+    finally:
+        del model.decode_nll
+    flat = torch.cat(seen)  # (N, D) segments of every row, row-major (the forward's seg_mask order)
+    return list(flat.split([len(d) for d in docs]))
+
+
+def self_latent_violation(model: SLLM, seed: int = 0) -> float:
+    """Largest change in the latent that decodes segment k when segment k itself (and what
+    follows) is replaced, over every k: it must come from h_{k-1}, which never saw s_k."""
+    rng = np.random.default_rng(seed)
+    doc, others = random_doc(rng, 6), [random_doc(rng, 3), random_doc(rng, 8)]
+    ref = decoder_latents(model, [doc, *others])
+    worst = 0.0
+    for k in range(len(doc)):
+        for n_new in (1, 3, 9):
+            tail = random_doc(rng, n_new)
+            while tail[0] == doc[k]:  # segment k itself must change
+                tail[0] = random_doc(rng, 1)[0]
+            got = decoder_latents(model, [doc[:k] + tail, *others])
+            worst = max(worst, float((got[0][: k + 1] - ref[0][: k + 1]).abs().max()))  # segments 1..k+1
+            for row in (1, 2):
+                worst = max(worst, float((got[row] - ref[row]).abs().max()))
+    return worst
+
+
+def self_latent_forward():
+    """SLLM.forward with the mutation the issue describes: the decoder of segment k reads
+    h_k (its own encoder vector's backbone output) instead of h_{k-1}."""
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(SLLM.forward))
+    good = "latent = self.predict_latent(h[:, :S][seg_mask])"
+    assert src.count(good) == 1, "SLLM.forward changed: update the mutation in this test"
+    namespace = dict(vars(sllm_mod))
+    exec(compile(src.replace(good, "latent = self.predict_latent(h[:, 1:][seg_mask])"), sllm_mod.__file__, "exec"),
+         namespace)
+    return namespace["forward"]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_segment_k_is_decoded_from_a_latent_that_never_saw_it(family):
+    model = tiny_sllm(family)
+    assert self_latent_violation(model) < ATOL
+
+
+def test_self_latent_check_catches_a_decoder_reading_its_own_segment(monkeypatch):
+    model = tiny_sllm("llama")
+    monkeypatch.setattr(SLLM, "forward", self_latent_forward())
+    assert self_latent_violation(model) > 1e-3
+    # The older check (later segments only) is blind to this mutation: why this test exists.
+    assert causal_violation(model) < ATOL
 
 
 def test_trainable_vae_and_train_mode_stay_causal():

@@ -244,7 +244,7 @@ def prepare_files(
     pattern: str,
     text_field: str = "text",
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
 ) -> PrepareResult:
@@ -270,7 +270,7 @@ def prepare_hf(
     split: str | None = None,
     text_field: str = "text",
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
 ) -> PrepareResult:
