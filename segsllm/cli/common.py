@@ -24,6 +24,13 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def warn(message: str) -> None:
+    """Print one ``warning:`` line on stderr (never wrapped, markup not interpreted)."""
+    from rich.text import Text
+
+    err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
+
+
 def handle_errors(func: F) -> F:
     """Turn expected mistakes (bad config, bad input, missing artifacts) into one line."""
 
