@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from segsllm.cli.app import app
@@ -58,3 +59,25 @@ def test_unknown_preset_exit_2():
 def test_presets_command_lists_presets():
     result = runner.invoke(app, ["presets"])
     assert result.exit_code == 0 and "tiny" in result.output and "smoke" in result.output
+
+
+@pytest.mark.parametrize(("command", "hint"), [
+    (["train-vae", "--tokenizer", "tok"], "interrupted: rerun the same command with --resume"),
+    (["pipeline", "--config", "smoke"], "interrupted: rerun the same command to resume"),
+])
+def test_ctrl_c_prints_a_resume_hint(monkeypatch, tmp_path, command, hint):
+    from typer.testing import CliRunner
+
+    import segsllm.pipeline
+    import segsllm.train.vae_stage
+    from segsllm.cli.app import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segsllm.train.vae_stage, "train_vae", interrupted)
+    monkeypatch.setattr(segsllm.pipeline, "run_pipeline", interrupted)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, [*command, "--no-track"])
+    assert r.exit_code == 130
+    assert hint in " ".join(r.stderr.split()) and "Traceback" not in r.output

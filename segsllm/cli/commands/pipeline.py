@@ -61,6 +61,11 @@ def pipeline_command(
         console.print(md.read_text(encoding="utf-8"))
 
 
+pipeline_command.interrupt_hint = (  # type: ignore[attr-defined]
+    "rerun the same command to resume (finished stages are skipped, the interrupted one continues)"
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add pipeline."""
     app.command(name="pipeline")(pipeline_command)
