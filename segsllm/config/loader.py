@@ -67,6 +67,26 @@ def looks_like_path(name: str) -> bool:
     return any(s in name for s in seps) or name.startswith("~") or Path(name).suffix in PRESET_SUFFIXES
 
 
+def describe_preset(name: str) -> str:
+    """A preset's one-line description: the first sentence of the comment block that opens
+    its YAML (a comment line wraps mid-sentence), without a leading ``NAME:``."""
+    import re
+
+    lines: list[str] = []
+    for line in resolve_preset(name).read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text.startswith("#"):
+            if lines or text:
+                break
+            continue
+        lines.append(text.lstrip("#").strip())
+    text = " ".join(x for x in lines if x)
+    head, sep, rest = text.partition(":")
+    if sep and head.strip().lower() == Path(name).stem.lower():
+        text = rest.strip()
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text, maxsplit=1)[0]
+
+
 def resolve_preset(name_or_path: str) -> Path:
     """A preset name (``tiny``) or, when it :func:`looks_like_path`, an existing YAML file."""
     if looks_like_path(name_or_path):

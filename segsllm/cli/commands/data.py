@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from segsllm.cli.common import console, handle_errors, stdout_is_terminal, warn
+from segsllm.cli.examples import epilog
 from segsllm.cli.run_options import RunOptions, run_options
 
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
@@ -102,7 +103,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
 
-@app.command()
+@app.command(epilog=epilog("data prepare"))
 @handle_errors
 @run_options("config", "set_", "data_dir", "seed", "tracking_uri", "no_track")
 def prepare(
@@ -263,7 +264,7 @@ def _source(m: dict[str, Any]) -> str:
     return str(m.get("source")) + (" (fallback)" if m.get("fallback_used") else "")
 
 
-@app.command("list")
+@app.command("list", epilog=epilog("data list"))
 @handle_errors
 @run_options("data_dir", "config", "set_")
 def list_(

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors, warn
+from segsllm.cli.examples import epilog
 from segsllm.cli.run_options import RunOptions, run_options
 
 STYLES = ("bold cyan", "bold yellow")  # alternate per generated segment so the cuts show
@@ -103,4 +104,4 @@ def generate_command(
 
 def register(app: typer.Typer) -> None:
     """Add generate."""
-    app.command(name="generate")(generate_command)
+    app.command(name="generate", epilog=epilog("generate"))(generate_command)

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -68,4 +69,4 @@ pipeline_command.interrupt_hint = (  # type: ignore[attr-defined]
 
 def register(app: typer.Typer) -> None:
     """Add pipeline."""
-    app.command(name="pipeline")(pipeline_command)
+    app.command(name="pipeline", epilog=epilog("pipeline"))(pipeline_command)

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from segsllm.cli.common import console, err_console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import SegmenterOpt
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -23,7 +24,7 @@ STYLES = ("black on cyan", "black on yellow")  # alternate per segment; backgrou
 FileArg = Annotated[Path, typer.Argument(help="Text file to segment (read as UTF-8 bytes).")]
 TokenizerOpt = Annotated[
     Path | None,
-    typer.Option("--tokenizer", "-t", help="Tokenizer folder [default: tokenizer.path of the config]."),
+    typer.Option("--tokenizer", "-t", help="Tokenizer folder (default: tokenizer.path of the config)."),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help='Print {"segments": [...], "stats": {...}} on stdout only.')
@@ -35,8 +36,8 @@ ShowOpt = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add `segment` and `segmenters` to the app."""
-    app.command("segment")(segment_file)
-    app.command("segmenters")(list_segmenters_cmd)
+    app.command("segment", epilog=epilog("segment"))(segment_file)
+    app.command("segmenters", epilog=epilog("segmenters"))(list_segmenters_cmd)
 
 
 def read_text_file(path: Path) -> str:

@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, SegmenterOpt, TokenizerDirOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -73,4 +74,4 @@ def train_vae_command(
 
 def register(app: typer.Typer) -> None:
     """Add train-vae."""
-    app.command(name="train-vae")(train_vae_command)
+    app.command(name="train-vae", epilog=epilog("train-vae"))(train_vae_command)
