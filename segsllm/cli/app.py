@@ -21,6 +21,7 @@ from segsllm.cli.commands import tokenizer as tokenizer_cmd
 from segsllm.cli.commands import train_lm as train_lm_cmd
 from segsllm.cli.commands import train_splitter as train_splitter_cmd
 from segsllm.cli.commands import train_vae as train_vae_cmd
+from segsllm.cli.common import silence_library_progress_bars
 from segsllm.cli.examples import epilog
 
 help_format.install()
@@ -51,6 +52,7 @@ def root(
     ] = False,
 ) -> None:
     """segsllm: how does the way text is cut into segments change a sentence-level LLM?"""
+    silence_library_progress_bars()
 
 
 app.add_typer(data_cmd.app, name="data")

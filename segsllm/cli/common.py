@@ -116,6 +116,19 @@ def resolve_config(
     return load_config(config, overrides or [], flags, schema=schema or Config, stage=stage)
 
 
+def silence_library_progress_bars() -> None:
+    """No "Loading weights" / download bars from transformers and huggingface_hub between our
+    own output (our progress bars stay). ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings them back.
+    Nothing is imported here: the environment variable is read when those libraries load."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("0", "false", "False", ""):
+        for module, call in (("transformers.utils.logging", "disable_progress_bar"),
+                             ("huggingface_hub.utils", "disable_progress_bars")):
+            loaded = sys.modules.get(module)  # already imported (tests, notebooks): tell it directly
+            if loaded is not None:
+                getattr(loaded, call)()
+
+
 def stdout_is_terminal() -> bool:
     """Whether to draw colours/progress on stdout."""
     return sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
