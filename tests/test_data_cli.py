@@ -176,3 +176,7 @@ def test_an_empty_split_is_a_clear_error_when_a_stage_reads_it(tmp_path, tokeniz
     with pytest.raises(DataError, match=r"validation split of corpus 'ten': it holds no documents \(10 in all"):
         load_segments(tmp_path / "d", "ten", "validation", tokenizer, seg)
     assert len(load_segments(tmp_path / "d", "ten", "train", tokenizer, seg)) > 0
+    from segsllm.io import dir_mode
+
+    for cache in (tmp_path / "d" / ".cache" / "segments").iterdir():  # not mkdtemp's 0700
+        assert cache.stat().st_mode & 0o777 == dir_mode(), cache

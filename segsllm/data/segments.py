@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segsllm.errors import DataError
+from segsllm.io import make_temp_dir
 
 ARRAYS = ("ids", "starts", "lengths", "n_bytes", "doc_index")
 CACHE_VERSION = 1
@@ -73,7 +73,7 @@ class SegmentTable:
         """Write the arrays + meta.json into ``folder`` atomically (temp folder + rename)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")  # umask permissions, not 0700
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
