@@ -228,3 +228,53 @@ def test_mlflow_parent_and_child_runs(tiny_data_dir, pipeline_dir, tmp_path):
     assert kid.metrics["sllm_bits_per_byte"] == pytest.approx(res.rows[0]["sllm_bits_per_byte"])
     arts = {a.path for a in client.list_artifacts(res.run_id)}
     assert {"results.json", "results.csv", "results.md", "memory.png"} <= arts
+
+
+def test_baseline_on_another_tokenizer_warns_and_drops_token_unit_columns(tiny_data_dir, pipeline_dir, tmp_path):
+    from segsllm.bench.run import run_bench
+    from segsllm.data.tokenizer import train_bpe
+
+    other = train_bpe(["Another tokenizer, trained on other text: 1, 2, 3.\n"] * 30, vocab_size=300, min_frequency=2)
+    lm = _save_lm(other, tmp_path / "other-lm", seed=4)
+    cfg = _cfg(tiny_data_dir, pipeline_dir, tmp_path / "out", segmenters=["punctuation"], baseline=str(lm),
+               plots=False)
+    cfg.data.domains = ["prose"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_bench(cfg)
+    messages = [str(w.message) for w in caught if "another tokenizer" in str(w.message)]
+    assert len(messages) == 1 and "bits/byte still compares" in messages[0]
+    (row,) = result.rows
+    for col in ("baseline_token_perplexity", "baseline_tokens_per_s", "speedup", "kv_ratio",
+                "baseline_kv_bytes_per_token"):
+        assert math.isnan(row[col]), col
+    assert math.isfinite(row["sllm_bits_per_byte"]) and math.isfinite(row["baseline_bits_per_byte"])
+    assert math.isfinite(row["sllm_token_perplexity"]) and math.isfinite(row["sllm_tokens_per_s"])
+
+
+def test_same_tokenizer_keeps_token_unit_columns(tokenizer):
+    from segsllm.bench.units import drop_token_units, same_tokenizer, token_unit_columns
+
+    assert same_tokenizer(tokenizer, tokenizer)
+    row = {"baseline_token_perplexity": 3.0, "base_lm_token_perplexity": 4.0, "speedup": 2.0}
+    assert drop_token_units(row, "base_lm", speed_ref=False) == ["base_lm_token_perplexity"]
+    assert row["speedup"] == 2.0 and row["baseline_token_perplexity"] == 3.0
+    assert "speedup" in token_unit_columns("baseline", speed_ref=True)
+
+
+def test_generate_with_a_baseline_on_another_tokenizer_warns_and_gives_no_ratio(pipeline_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from segsllm.cli.app import app
+    from segsllm.data.tokenizer import train_bpe
+
+    other = train_bpe(["Another tokenizer, trained on other text: 1, 2, 3.\n"] * 30, vocab_size=300, min_frequency=2)
+    lm = _save_lm(other, tmp_path / "other-lm", seed=4)
+    args = ["generate", "--model", str(pipeline_dir / "sllm-punctuation"), "--prompt", "Hello there. ",
+            "--max-new-tokens", "6", "--device", "cpu", "--ignore-stop"]
+    r = CliRunner().invoke(app, [*args, "--baseline", str(lm)])
+    assert r.exit_code == 0, r.output
+    assert "warning: the baseline" in " ".join(r.stderr.split()) and "another tokenizer" in r.stderr
+    assert "speed ratio" not in r.stdout
+    same = CliRunner().invoke(app, [*args, "--baseline", str(pipeline_dir / "lm")])
+    assert same.exit_code == 0 and "speed ratio SLLM / baseline" in same.stdout and "warning" not in same.stderr

@@ -198,6 +198,10 @@ def test_artifact_reloads_through_load_backbone_with_identical_logits(trained, t
         "prose", "code", "csv"}
     assert {"model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.json"} <= set(
         manifest["files"])
+    from segsllm.io import file_mode
+
+    for name in manifest["files"]:  # safetensors writes 0600: the artifact gets the umask's modes
+        assert (out / name).stat().st_mode & 0o777 == file_mode(), name
     assert json.loads((out / "metrics.json").read_text())["final"]["code"]["bits_per_byte"] == pytest.approx(
         result.metrics["code"]["bits_per_byte"])
 

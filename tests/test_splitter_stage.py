@@ -42,6 +42,9 @@ def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tok
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "boundary_predictor" and manifest["lineage"]["teacher"]["name"] == "punctuation"
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+    assert {"metrics.json", "config.yaml"} <= set(manifest["files"])  # recorded: the manifest came last
+    for name in ("config.yaml", "metrics.json", "model.safetensors"):
+        assert (out / name).stat().st_mtime_ns <= (out / "manifest.json").stat().st_mtime_ns, name
     seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
     assert seg.config.threshold == pytest.approx(result.calibration["threshold"])
     assert "".join(seg.split_text("Hello there. How are you?\n")) == "Hello there. How are you?\n"

@@ -47,6 +47,14 @@ def test_train_vae_lowers_validation_loss_and_saves_a_loadable_model(tiny_data_d
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["lineage"]["segmenter"].startswith("fixed:k=8")
     assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    # The completeness marker is written last; everything honours the umask (not 0600/0700).
+    from segsllm.io import dir_mode, file_mode
+
+    for name in ("config.yaml", "metrics.json", "model.safetensors", "config.json"):
+        assert (out / name).stat().st_mtime_ns <= (out / "manifest.json").stat().st_mtime_ns, name
+    for path in [out, *out.rglob("*")]:
+        want = dir_mode() if path.is_dir() else file_mode()
+        assert path.stat().st_mode & 0o777 == want, (path, oct(path.stat().st_mode & 0o777))
 
 
 def test_existing_run_without_resume_is_refused(tiny_data_dir, tokenizer_dir, tmp_path):

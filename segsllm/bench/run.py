@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segsllm.bench.units import drop_token_units, mismatch_message, same_tokenizer
 from segsllm.errors import ArtifactError, ConfigError
 
 STAGE = "bench"
@@ -233,6 +234,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     base_speed: dict[str, spd.SpeedResult] = {}
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
     prompts: dict[str, list[str]] = {}
+    lm_toks: dict[str, Any] = {}  # each baseline's tokenizer (token-unit columns need the SLLM's)
     rows: list[dict[str, Any]] = []
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
@@ -241,6 +243,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
             model, tok = _load_lm(path, device)
+            lm_toks[name] = tok
             ctx, stride = q.lm_eval_settings(path, model)
             for d in domains:
                 seed_everything(cfg.run.seed)
@@ -279,6 +282,9 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             backbone = str(((man.get("lineage") or {}).get("backbone") or {}).get("spec") or
                            model.backbone.config.model_type)
             depth = int(model.vae.config.encoder_layers)
+            other_units = [n for n, t in lm_toks.items() if not same_tokenizer(t, tok)]
+            for n in other_units:
+                warnings.warn(mismatch_message(n, lm_dirs[n], path), stacklevel=2)
             for d in domains:
                 seed_everything(cfg.run.seed)
                 table, sel = q.sllm_table(data_dir, docs[d], tok, seg, caps=caps)
@@ -322,6 +328,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     })
                 row.update({"mean_segment_len": comp["mean"], "p95_segment_len": comp["p95"],
                             "segments": comp["segments"], "vae_exact_match": em, "vae_exact_match_n": em_n})
+                for n in other_units:
+                    drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
                 say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte"
                     + (f", speedup {row['speedup']:.2f}x" if "speedup" in row else ""))

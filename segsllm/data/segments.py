@@ -14,7 +14,6 @@ import itertools
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from segsllm.errors import DataError
+from segsllm.io import make_temp_dir
 
 ARRAYS = ("ids", "starts", "lengths", "n_bytes", "doc_index")
 CACHE_VERSION = 1
@@ -73,7 +73,7 @@ class SegmentTable:
         """Write the arrays + meta.json into ``folder`` atomically (temp folder + rename)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")  # umask permissions, not 0700
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
@@ -175,6 +175,7 @@ def load_segments(
     from segsllm.data.tokenizer import tokenizer_fingerprint
 
     manifest = load_manifest(data_dir, domain)
+    check_split_has_documents(manifest, domain, split)
     key_parts = {
         "corpus": domain,
         "corpus_sha256": manifest.get("sha256"),
@@ -200,6 +201,19 @@ def load_segments(
     table = build_segment_table(texts, tokenizer, segmenter, domain)
     table.save(folder, meta=key_parts)
     return SegmentTable.load(folder)
+
+
+def check_split_has_documents(manifest: dict[str, Any], corpus: str, split: str) -> None:
+    """A :class:`DataError` naming the corpus and split when the split holds no documents
+    (a 10-document corpus has no validation or test documents at the default 5 %)."""
+    docs = manifest.get("documents", {})
+    if split in docs and not docs[split]:
+        fraction = manifest.get("fractions", {}).get(split)
+        raise DataError(
+            f"no tokens in the {split} split of corpus {corpus!r}: it holds no documents "
+            f"({sum(docs.values())} in all; {split}_fraction {fraction}); add documents, or raise "
+            f"--set data.{split}_fraction and rebuild it with `segsllm data prepare --force`"
+        )
 
 
 def _weights_token(segmenter: Any) -> str | None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -152,6 +152,23 @@ def save_artifact(
     )
     atomic_write_json(out / MANIFEST_NAME, manifest)
     return out
+
+
+def mark_incomplete(out_dir: str | Path) -> None:
+    """Remove the manifest before writing a folder's other files (``config.yaml``,
+    ``metrics.json``): until :func:`save_artifact` writes it last, the folder reads as incomplete."""
+    (Path(out_dir) / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def record_files(out_dir: str | Path, names: Sequence[str]) -> None:
+    """Add size + sha256 of files written after the weights to the manifest, rewriting it
+    (atomically) so the completeness marker is again the last file written."""
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    files = dict(manifest.get("files") or {})
+    files.update({n: _file_entry(out / n) for n in names if (out / n).is_file()})
+    manifest["files"] = files
+    atomic_write_json(out / MANIFEST_NAME, manifest)
 
 
 # --------------------------------------------------------------------------- load

@@ -233,7 +233,7 @@ def save_lm_artifact(
 
     from segsllm import __version__
     from segsllm.config import save_config
-    from segsllm.io import atomic_write_json
+    from segsllm.io import atomic_write_json, share_tree
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +250,7 @@ def save_lm_artifact(
         tokenizer.save_pretrained(str(tmp))
         save_config(cfg, tmp / "config.yaml")
         atomic_write_json(tmp / "metrics.json", dict(metrics_doc))
+        share_tree(tmp)  # safetensors writes 0600 files: give them the umask's permissions
         files: dict[str, Any] = {}
         for p in sorted(tmp.iterdir()):
             if p.is_file() and not p.name.startswith("."):

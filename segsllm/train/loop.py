@@ -664,7 +664,7 @@ def train(
     if latest is not None and not resume:
         raise ArtifactError(
             f"{out_dir} already holds checkpoints (latest {latest.name}); "
-            "resume to continue, or choose another output folder"
+            "rerun with --resume to continue, or choose another output folder"
         )
     saved: dict[str, Any] | None = None
     if resume and latest is not None:
@@ -679,6 +679,11 @@ def train(
         history = list(saved.get("eval_history", []))
     if is_main:
         ckpt.remove_stale_temp(out_dir)
+        if resume and progress:  # say where training picks up (stderr, like the progress lines)
+            import sys
+
+            print(f"resuming from step {state.step} of {cfg.steps} ({latest})" if saved is not None
+                  else f"--resume: no checkpoint in {out_dir}, starting from step 0", file=sys.stderr, flush=True)
     _barrier()
 
     fwd_model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model

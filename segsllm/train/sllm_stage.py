@@ -211,6 +211,7 @@ def finetune_sllm(
     from segsllm.data.store import load_manifest
     from segsllm.data.tokenizer import tokenizer_fingerprint
     from segsllm.io import atomic_write_json
+    from segsllm.models.artifact import mark_incomplete
     from segsllm.models.backbone import load_backbone
     from segsllm.models.sllm import SLLM
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
@@ -318,10 +319,7 @@ def finetune_sllm(
         }
         if is_rank_zero():
             out_dir.mkdir(parents=True, exist_ok=True)
-            model.to("cpu").save_pretrained(
-                out_dir, tokenizer=tokenizer, lineage=lineage,
-                extra_manifest={"metrics": metrics, "steps": result.step, "run_id": run.run_id},
-            )
+            mark_incomplete(out_dir)  # the manifest, written last by save_pretrained, marks completion
             save_config(cfg, out_dir / "config.yaml")
             atomic_write_json(out_dir / "metrics.json", {
                 "final": metrics, "start_loss": start_loss, "steps": result.step,
@@ -333,6 +331,10 @@ def finetune_sllm(
                     "windows": f"max_segments={sllm_cfg.max_segments}, each window restarts from the start vector",
                 },
             })
+            model.to("cpu").save_pretrained(
+                out_dir, tokenizer=tokenizer, lineage=lineage,
+                extra_manifest={"metrics": metrics, "steps": result.step, "run_id": run.run_id},
+            )
             run.log_metrics({f"final/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()},
                             step=result.step)
             run.set_tags({"artifact": str(out_dir.resolve()),

@@ -272,6 +272,7 @@ def train_splitter(
     from segsllm.data.store import load_manifest
     from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from segsllm.io import atomic_write_json
+    from segsllm.models.artifact import mark_incomplete, record_files
     from segsllm.models.boundary import BoundaryPredictor
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
@@ -378,8 +379,9 @@ def train_splitter(
         if is_rank_zero():
             extra = {"teacher": sp.teacher, "calibration": calibration, "steps": result.step,
                      "teacher_mean_len": {"train": teacher_train_means, "validation": teacher_means}}
-            model.save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage, extra_manifest=extra)
+            mark_incomplete(out_dir)
             save_config(cfg, out_dir / "config.yaml")
+            model.save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage, extra_manifest=extra)
 
             # ---- 4. evaluate the folder as every command will load it
             say("evaluating the saved segmenter")
@@ -421,6 +423,7 @@ def train_splitter(
                 metrics[d] = m
             atomic_write_json(out_dir / "metrics.json", {"final": metrics, "calibration": calibration,
                                                          "steps": result.step, "teacher": sp.teacher})
+            record_files(out_dir, ["config.yaml", "metrics.json"])  # the manifest is rewritten last
             run.log_metrics({f"final/{d}/{k}": v for d, mm in metrics.items() for k, v in mm.items()},
                             step=result.step)
             run.log_metrics({f"calibration/{k}": v for k, v in calibration.items()}, step=result.step)

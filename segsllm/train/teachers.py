@@ -29,7 +29,6 @@ import abc
 import hashlib
 import json
 import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from segsllm.errors import ArtifactError, ConfigError
+from segsllm.io import make_temp_dir
 from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids
 from segsllm.segment.learned import (
     best_segmentation,
@@ -415,7 +415,7 @@ def _key(parts: Mapping[str, Any]) -> str:
 def _save_arrays(folder: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     """Write arrays + meta.json atomically (temp folder + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)

@@ -171,6 +171,7 @@ def train_vae(
     from segsllm.data.store import load_manifest
     from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from segsllm.io import atomic_write_json
+    from segsllm.models.artifact import mark_incomplete
     from segsllm.models.vae import SentenceVAE
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
@@ -262,11 +263,12 @@ def train_vae(
         }
         if is_rank_zero():
             out_dir.mkdir(parents=True, exist_ok=True)
-            model.to("cpu").save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage,
-                                            extra_manifest={"metrics": metrics, "steps": result.step})
+            mark_incomplete(out_dir)  # the manifest, written last by save_pretrained, marks completion
             save_config(cfg, out_dir / "config.yaml")
             atomic_write_json(out_dir / "metrics.json", {"final": metrics, "start_loss": start_loss,
                                                          "steps": result.step})
+            model.to("cpu").save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage,
+                                            extra_manifest={"metrics": metrics, "steps": result.step})
             run.log_metrics({f"final/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()},
                             step=result.step)
             run.set_tags({"artifact": str(out_dir.resolve()),

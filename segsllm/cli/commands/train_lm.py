@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -71,4 +72,4 @@ def train_lm_command(
 
 def register(app: typer.Typer) -> None:
     """Add train-lm."""
-    app.command(name="train-lm")(train_lm_command)
+    app.command(name="train-lm", epilog=epilog("train-lm"))(train_lm_command)
