@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import SegsllmError
+from segsllm.models.token_lm import is_from_scratch
 
 MARKER = "pipeline.json"
 
@@ -105,7 +106,7 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
         return dataclasses.replace(cfg, run=dataclasses.replace(base.run, out=str(out / name)))
 
     stages: list[Stage] = [Stage("data", "data", stage_cfg("data", "data"), _run_data)]
-    pretrained = base.backbone.spec not in ("tiny",) and not base.backbone.spec.startswith("tiny:")
+    pretrained = not is_from_scratch(base.backbone.spec)
     stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", "tokenizer"),
                         _run_backbone_tokenizer if pretrained else _run_tokenizer, ["data"]))
     tok_dir = str(out / "tokenizer")

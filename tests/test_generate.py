@@ -76,7 +76,7 @@ def test_sllm_cached_generation_equals_the_full_forward(setup, tokenizer):
 
 
 def _window(segs):
-    from segsllm.data.documents import windows_from_segments
+    from segsllm.data.segment_windows import windows_from_segments
 
     return windows_from_segments(segs, pad_id=0)
 

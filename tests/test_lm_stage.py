@@ -51,7 +51,7 @@ def _tiny_model(tokenizer, **kw):
 
 @pytest.mark.parametrize(("context_len", "stride"), [(16, None), (16, 5), (7, 1), (512, None)])
 def test_every_token_and_eos_is_scored_exactly_once(tokenizer, sample_texts, context_len, stride):
-    from segsllm.data.windows import IGNORE, eval_windows, train_windows
+    from segsllm.data.token_windows import IGNORE, eval_windows, train_windows
     from segsllm.segment.vocab import vocab_bytes
 
     texts = [sample_texts["prose"], "x", sample_texts["code"], sample_texts["cjk"] * 3, sample_texts["csv"]]
@@ -84,7 +84,7 @@ def test_every_token_and_eos_is_scored_exactly_once(tokenizer, sample_texts, con
 
 
 def test_eval_budget_keeps_whole_documents_spread_over_the_split(tokenizer, sample_texts):
-    from segsllm.data.windows import eval_windows, pick_documents
+    from segsllm.data.token_windows import eval_windows, pick_documents
 
     assert pick_documents(np.array([3, 3, 3]), None).tolist() == [0, 1, 2]
     picked = pick_documents(np.ones(10, dtype=int), 3)
@@ -99,7 +99,7 @@ def test_eval_budget_keeps_whole_documents_spread_over_the_split(tokenizer, samp
 
 def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_texts):
     from segsllm.data.segments import ConcatTables
-    from segsllm.data.windows import WindowBatches, train_windows
+    from segsllm.data.token_windows import WindowBatches, train_windows
 
     big = train_windows(_table([sample_texts["csv"]] * 12, tokenizer), 8, 1, 2)
     small = train_windows(_table([sample_texts["prose"]], tokenizer), 8, 1, 2)
@@ -127,7 +127,7 @@ def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_tex
 def test_bits_per_byte_equals_a_hand_computation(tokenizer, sample_texts, context_len, stride):
     import torch
 
-    from segsllm.data.windows import eval_windows, window_bounds
+    from segsllm.data.token_windows import eval_windows, window_bounds
     from segsllm.segment.vocab import vocab_bytes
     from segsllm.train.lm_stage import evaluate_windows
 

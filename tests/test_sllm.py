@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segsllm.data.documents import (  # noqa: E402
+from segsllm.data.segment_windows import (  # noqa: E402
     DocumentWindows,
     collate_windows,
     document_bounds,
@@ -274,7 +274,7 @@ def test_documents_are_cut_into_windows_that_partition_them():
 
 
 def test_window_batches_are_single_domain_balanced_and_resumable():
-    from segsllm.data.documents import WindowBatches, eval_windows
+    from segsllm.data.segment_windows import WindowBatches, eval_windows
 
     small, big = FakeTable([4, 4]), FakeTable([8] * 10, first_id=100)  # 2 vs 10 windows of 4 segments
     src = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)

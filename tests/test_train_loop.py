@@ -10,11 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from segsllm.data.batches import SequentialBatches, ShuffledBatches
 from segsllm.errors import ArtifactError
 from segsllm.train import checkpoint as ckpt
 from segsllm.train.loop import (
-    SequentialBatches,
-    ShuffledBatches,
     TrainingDivergedError,
     param_groups,
     train,

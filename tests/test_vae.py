@@ -14,13 +14,12 @@ import torch.nn.functional as F
 
 from segsllm.config import ConfigError
 from segsllm.errors import ArtifactError
+from segsllm.metrics import bits_per_byte, exact_match_count
 from segsllm.models.artifact import MANIFEST_NAME, WEIGHTS_NAME, save_artifact
 from segsllm.models.vae import (
     IGNORE_INDEX,
     SentenceVAE,
     SentenceVAEConfig,
-    bits_per_byte,
-    exact_match_count,
     reconstruction_loss,
 )
 

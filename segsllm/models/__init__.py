@@ -12,8 +12,6 @@ _EXPORTS = {
     "SentenceVAE": "segsllm.models.vae",
     "SentenceVAEConfig": "segsllm.models.vae_config",
     "reconstruction_loss": "segsllm.models.vae",
-    "bits_per_byte": "segsllm.models.vae",
-    "exact_match_count": "segsllm.models.vae",
     "BackboneConfig": "segsllm.models.backbone",
     "Backbone": "segsllm.models.backbone",
     "load_backbone": "segsllm.models.backbone",

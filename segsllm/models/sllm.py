@@ -61,7 +61,7 @@ class SLLM(nn.Module):
     """SentenceVAE + causal backbone + projections, start vector and stop head.
 
     ``backbone`` is a Hugging Face ``*ForCausalLM`` (only its body is run). ``forward`` on a
-    batch of windows (:mod:`segsllm.data.documents`) returns the loss and summable
+    batch of windows (:mod:`segsllm.data.segment_windows`) returns the loss and summable
     statistics; generation lives in :mod:`segsllm.generate`.
     """
 

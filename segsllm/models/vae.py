@@ -29,7 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segsllm.bench.metrics import bits_per_byte, exact_match_count  # re-exported for callers
 from segsllm.config import ConfigError
 from segsllm.errors import ArtifactError
 from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
@@ -491,7 +490,7 @@ class SentenceVAE(nn.Module):
     def reconstruct(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     lengths: torch.Tensor | None = None, max_len: int | None = None) -> list[list[int]]:
         """Encode, then greedy-decode (eval mode, restored afterwards). Pair with
-        :func:`exact_match_count` for the exact-match rate under generation."""
+        :func:`segsllm.metrics.exact_match_count` for the exact-match rate under generation."""
         was_training = self.training
         self.eval()
         try:
@@ -568,8 +567,6 @@ __all__ = [
     "SentenceEncoder",
     "SentenceVAE",
     "SentenceVAEConfig",
-    "bits_per_byte",
-    "exact_match_count",
     "lengths_to_mask",
     "reconstruction_loss",
 ]

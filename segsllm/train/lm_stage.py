@@ -2,7 +2,7 @@
 
 Pre-trains a ``tiny`` backbone from scratch on our tokenizer, or fine-tunes a pretrained one
 (a folder, ``smollm2-135m``, a GGUF file, a hub id) on its own tokenizer, with the shared
-loop, on per-document windows of the train splits (:mod:`segsllm.data.windows`). Token ids
+loop, on per-document windows of the train splits (:mod:`segsllm.data.token_windows`). Token ids
 come from the same cached segment tables the SLLM reads, so both model the same tokens.
 
 Evaluation per domain on the validation split: bits/byte = NLL (nats) of every evaluated
@@ -28,12 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ArtifactError, ConfigError
+from segsllm.models.token_lm import is_from_scratch, lm_loss, max_positions, special_ids
 
 KIND = "token_lm"
 FORMAT_VERSION = 1
-# The LM needs documents' token streams, not segments; any segmenter gives the same tokens.
-# A cheap fixed one keys the shared segment-table cache.
-LM_SEGMENTER = "fixed:k=256"
 
 
 @dataclass
@@ -60,31 +58,9 @@ class LMStageResult:
 # --------------------------------------------------------------------------- objective
 
 
-def lm_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, float]]:
-    """Next-token CE for the loop, through ``model(...)`` (DDP-safe), + summable statistics.
-
-    ``labels`` are already aligned with ``input_ids`` (``labels[:, p]`` is the token after
-    ``input_ids[:, p]``), so no shift here; ``-100`` marks context and padding. Windows are
-    right-padded, so the causal mask alone keeps pads out of every real token's view and
-    positions count from 0 as without padding: no attention mask is passed, which keeps
-    the fast causal attention path (a padded batch gives the same real-token logits).
-    """
-    import torch.nn.functional as F
-
-    out = model(input_ids=batch["input_ids"], use_cache=False)
-    logits = out.logits  # (B, T, V)
-    labels = batch["labels"]  # (B, T)
-    nll = F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100, reduction="sum"
-    )  # summed over scored tokens, in nats
-    n = (labels != -100).sum()
-    stats = {"nll_sum": float(nll.detach()), "n_tokens": float(n), "n_bytes": float(batch["n_bytes"].sum())}
-    return nll / n.clamp(min=1), stats
-
-
 def reduce_lm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Summed statistics -> DESIGN.md §7 metrics; ``loss`` is the token-weighted mean NLL."""
-    from segsllm.bench.metrics import bits_per_byte, token_perplexity
+    from segsllm.metrics import bits_per_byte, token_perplexity
 
     nll, n_tok, n_bytes = sums.get("nll_sum", 0.0), sums.get("n_tokens", 0.0), sums.get("n_bytes", 0.0)
     return {
@@ -113,18 +89,13 @@ def eval_source(windows: Any, batch_size: int, pad_id: int) -> Any:
     """Finite, re-iterable batches of eval windows, sharded over ranks."""
     from functools import partial
 
-    from segsllm.data.windows import collate_windows
-    from segsllm.train.loop import SequentialBatches
+    from segsllm.data.batches import SequentialBatches
+    from segsllm.data.token_windows import collate_windows
 
     return SequentialBatches(windows, batch_size, partial(collate_windows, pad_id=pad_id))
 
 
 # --------------------------------------------------------------------------- model + tokenizer
-
-
-def is_tiny(spec: str) -> bool:
-    spec = (spec or "").strip()
-    return spec == "tiny" or spec.startswith("tiny:")
 
 
 def load_lm(cfg: Any, tokenizer_dir: str | Path | None) -> tuple[Any, Any, dict[str, Any]]:
@@ -138,7 +109,7 @@ def load_lm(cfg: Any, tokenizer_dir: str | Path | None) -> tuple[Any, Any, dict[
     from segsllm.models.backbone import load_backbone
 
     spec = cfg.backbone.spec
-    if is_tiny(spec):
+    if is_from_scratch(spec):
         path = tokenizer_dir or cfg.tokenizer.path
         if not path:
             raise ConfigError(
@@ -180,27 +151,6 @@ def load_lm(cfg: Any, tokenizer_dir: str | Path | None) -> tuple[Any, Any, dict[
         "size": len(tokenizer),
     }
     return backbone, tokenizer, lineage
-
-
-def special_ids(tokenizer: Any) -> tuple[int, int, int]:
-    """(bos, eos, pad) for document streams: BOS falls back to EOS (GPT-2 style end-of-text
-    separator), PAD to EOS (padded positions are never scored)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise ArtifactError("the tokenizer has no EOS token: the LM must predict each document's end")
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    return int(bos), int(eos), int(pad)
-
-
-def max_positions(model: Any) -> int | None:
-    """The longest input the model's position scheme was built for (None if unknown)."""
-    c = model.config
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(c, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
 
 
 # --------------------------------------------------------------------------- artifact
@@ -298,15 +248,21 @@ def train_lm(
 
     import numpy as np
 
-    from segsllm.data.segments import ConcatTables, load_segments
+    from segsllm.data.segments import ConcatTables
     from segsllm.data.store import load_manifest
-    from segsllm.data.windows import IGNORE, WindowBatches, eval_windows, train_windows
+    from segsllm.data.token_windows import (
+        IGNORE,
+        WindowBatches,
+        eval_windows,
+        token_streams,
+        train_windows,
+    )
     from segsllm.models.backbone import count_parameters, freeze_layers
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
-    from segsllm.segment import build_segmenter
     from segsllm.segment.vocab import vocab_bytes
     from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+    from segsllm.train.distributed import maybe_init_distributed
+    from segsllm.train.loop import train
 
     if not cfg.run.out:
         raise ConfigError("train-lm needs an output folder: --out DIR (or run.out)")
@@ -323,7 +279,7 @@ def train_lm(
     seed_everything(cfg.run.seed)
     device = pick_device(cfg.run.device)
     backbone, tokenizer, tok_lineage = load_lm(cfg, tokenizer_dir)
-    pretrained = not is_tiny(cfg.backbone.spec)
+    pretrained = not is_from_scratch(cfg.backbone.spec)
     model = backbone.model
     bos, eos, pad = special_ids(tokenizer)
     limit = max_positions(model)
@@ -335,17 +291,16 @@ def train_lm(
     # Record what was actually used, so config.yaml reproduces the run.
     cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, path=tok_lineage["path"]))
 
-    segmenter = build_segmenter(LM_SEGMENTER)
     token_bytes = vocab_bytes(tokenizer).lengths.copy()  # (V,) UTF-8 bytes per token id
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
     train_sets = [
-        train_windows(load_segments(data_dir, d, "train", tokenizer, segmenter, **caps), ctx, bos, eos, token_bytes)
+        train_windows(token_streams(data_dir, d, "train", tokenizer, **caps), ctx, bos, eos, token_bytes)
         for d in cfg.data.domains
     ]
     eval_bs = lm_cfg.eval_batch_size or train_base.batch_size
     eval_sets = {}
     for d in cfg.data.domains:
-        table = load_segments(data_dir, d, "validation", tokenizer, segmenter, **caps)
+        table = token_streams(data_dir, d, "validation", tokenizer, **caps)
         if len(table) == 0:
             warnings.warn(f"{d}: the validation split is empty; not evaluated", stacklevel=2)
             continue

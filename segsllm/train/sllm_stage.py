@@ -83,7 +83,7 @@ def sllm_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, floa
 
 def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Summed statistics -> the metrics of the module docstring."""
-    from segsllm.bench.metrics import bits_per_byte, token_perplexity
+    from segsllm.metrics import bits_per_byte, token_perplexity
 
     g = sums.get
     nll = g("nll_tokens", 0.0) + g("nll_seg_eos", 0.0) + g("nll_stop", 0.0)
@@ -171,7 +171,7 @@ def check_backbone_tokenizer(backbone: Any, tokenizer: Any, vae_dir: str | Path)
 def sample_continuation(model: Any, tokenizer: Any, segmenter: Any, table: Any, max_new_tokens: int = 48,
                         prompt_segments: int = 2) -> tuple[str, str]:
     """(prompt, greedy continuation): the first segments of the first validation document."""
-    from segsllm.data.documents import document_bounds
+    from segsllm.data.segment_windows import document_bounds
     from segsllm.data.tokenizer import decode
     from segsllm.generate import generate_sllm
 
@@ -206,7 +206,7 @@ def finetune_sllm(
     import torch
 
     from segsllm.config import save_config
-    from segsllm.data.documents import document_bounds, eval_windows, train_windows
+    from segsllm.data.segment_windows import document_bounds, eval_windows, train_windows
     from segsllm.data.segments import load_segments
     from segsllm.data.store import load_manifest
     from segsllm.data.tokenizer import tokenizer_fingerprint
@@ -215,7 +215,8 @@ def finetune_sllm(
     from segsllm.models.sllm import SLLM
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+    from segsllm.train.distributed import maybe_init_distributed
+    from segsllm.train.loop import train
 
     if not cfg.run.out:
         raise ConfigError("finetune needs an output folder: --out DIR (or run.out)")

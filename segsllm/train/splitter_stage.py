@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segsllm.data.batches import EpochBatches
 from segsllm.errors import ConfigError, DataError
 
 KIND = "boundary_predictor"
@@ -71,7 +72,7 @@ def collate_chunks(items: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) 
             "labels": torch.from_numpy(labels), "loss_mask": torch.from_numpy(loss_mask)}
 
 
-class ChunkBatches:
+class ChunkBatches(EpochBatches):
     """Endless, resumable shuffled batches of labelled chunks (the loop's ``BatchSource``).
 
     With ``balanced``, each epoch draws as many chunks from every domain (the largest
@@ -79,51 +80,33 @@ class ChunkBatches:
     the predictor learns. State: (epoch, batches consumed).
     """
 
+    what = "chunks"
+
     def __init__(self, items: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], batch_size: int,
                  pad_id: int, seed: int = 0, balanced: bool = True) -> None:
-        from segsllm.runtime import dist_info
-
-        self.items = {d: list(v) for d, v in items.items() if len(v)}
-        if not self.items:
+        groups = [list(v) for v in items.values() if len(v)]
+        if not groups:
             raise DataError("no labelled chunks to train the splitter on")
-        self.batch_size, self.pad_id, self.seed, self.balanced = int(batch_size), int(pad_id), int(seed), balanced
-        self.rank, _, self.world = dist_info()
-        self.epoch, self.position = 0, 0
-        if len(self) == 0:
-            raise DataError(f"{sum(map(len, self.items.values()))} chunks give no batch of {self.batch_size}; "
-                            "use a smaller train.batch_size")
+        self.sizes = [len(g) for g in groups]  # chunks per domain, in the items' order
+        self.pad_id, self.balanced = int(pad_id), balanced
+        super().__init__([c for g in groups for c in g], batch_size, seed)
 
-    def _order(self, epoch: int) -> list[tuple[str, int]]:
+    def _epoch_items(self) -> int:
+        return max(self.sizes) * len(self.sizes) if self.balanced else sum(self.sizes)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        per = max(len(v) for v in self.items.values())
-        pairs: list[tuple[str, int]] = []
-        for d, v in self.items.items():
-            n = per if self.balanced else len(v)
-            idx = np.resize(rng.permutation(len(v)), n)
-            pairs += [(d, int(i)) for i in idx]
-        return [pairs[i] for i in rng.permutation(len(pairs))]
+        per, start, picks = max(self.sizes), 0, []
+        for n in self.sizes:
+            picks.append(start + np.resize(rng.permutation(n), per if self.balanced else n))
+            start += n
+        pairs = np.concatenate(picks)
+        order = pairs[rng.permutation(len(pairs))]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        return batches[self.rank :: self.world_size][: len(self)]
 
-    def __len__(self) -> int:
-        per = max(len(v) for v in self.items.values())
-        n = per * len(self.items) if self.balanced else sum(len(v) for v in self.items.values())
-        return (n // self.batch_size) // self.world
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            order = self._order(self.epoch)
-            batches = [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1,
-                                                                     self.batch_size)]
-            mine = batches[self.rank :: self.world][: len(self)]
-            for b in range(self.position, len(mine)):
-                self.position = b + 1
-                yield collate_chunks([self.items[d][i] for d, i in mine[b]], self.pad_id)
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seed, self.epoch, self.position = int(state.get("seed", self.seed)), int(state["epoch"]), int(state["position"])
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
+        return collate_chunks(items, self.pad_id)
 
 
 def eval_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int, pad_id: int) -> list[dict[str, Any]]:
@@ -281,17 +264,18 @@ def train_splitter(
     log: Callable[[str], None] | None = None,
 ) -> SplitterStageResult:
     """Train a learned segmenter on ``cfg.data.domains`` from ``cfg.splitter.teacher``; save to ``cfg.run.out``."""
-    from segsllm.bench.metrics import length_stats
     from segsllm.config import save_config
     from segsllm.data.store import load_manifest
     from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from segsllm.io import atomic_write_json
+    from segsllm.metrics import length_stats
     from segsllm.models.boundary import BoundaryPredictor
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
     from segsllm.segment.learned import mean_length
     from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+    from segsllm.train.distributed import maybe_init_distributed
+    from segsllm.train.loop import train
     from segsllm.train.teachers import DEFAULT_BUDGETS, build_teacher, make_chunks, teacher_labels
 
     say = log or (lambda msg: None)

@@ -63,11 +63,9 @@ DEFAULT_BUDGETS = {
 def load_documents(data_dir: str | Path, domain: str, split: str, tokenizer: Any, *,
                    max_docs: int | None = None, max_doc_bytes: int | None = None) -> list[np.ndarray]:
     """Token ids of every document of one split (through the shared segment-table cache)."""
-    from segsllm.data.segments import load_segments
-    from segsllm.segment import build_segmenter
+    from segsllm.data.token_windows import token_streams
 
-    table = load_segments(data_dir, domain, split, tokenizer, build_segmenter("fixed:k=256"),
-                          max_docs=max_docs, max_doc_bytes=max_doc_bytes)
+    table = token_streams(data_dir, domain, split, tokenizer, max_docs=max_docs, max_doc_bytes=max_doc_bytes)
     ids = np.asarray(table.ids, dtype=np.int64)
     doc_index = np.asarray(table.doc_index)
     first_seg = np.flatnonzero(np.diff(doc_index, prepend=-1))  # first segment of each document

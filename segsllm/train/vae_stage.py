@@ -48,7 +48,7 @@ def vae_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, float
 
 def reduce_vae_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Summed statistics -> DESIGN.md §7 metrics (token accuracy, exact match, bits/byte)."""
-    from segsllm.bench.metrics import bits_per_byte
+    from segsllm.metrics import bits_per_byte
 
     n_tok = max(sums.get("n_tokens", 0.0), 1.0)
     n_seg = max(sums.get("n_segments", 0.0), 1.0)
@@ -135,9 +135,9 @@ def sample_reconstructions(model: Any, table: Any, tokenizer: Any, n: int, devic
     import numpy as np
     import torch
 
-    from segsllm.bench.metrics import exact_match_count
     from segsllm.data.segments import collate_segments
     from segsllm.data.tokenizer import decode
+    from segsllm.metrics import exact_match_count
 
     if len(table) == 0 or n <= 0:
         return [], float("nan")
@@ -175,7 +175,8 @@ def train_vae(
     from segsllm.runtime import is_rank_zero, pick_device, seed_everything
     from segsllm.segment import build_segmenter
     from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+    from segsllm.train.distributed import maybe_init_distributed
+    from segsllm.train.loop import train
 
     if not cfg.run.out:
         raise ConfigError("train-vae needs an output folder: --out DIR (or run.out)")
