@@ -129,9 +129,13 @@ def test_random_span_segmenter_conforms():
     from segsllm.segment import build_segmenter
     from segsllm.segment.testing import check_segmenter
 
-    seg = build_segmenter("segsllm.train.teachers:RandomSpanSegmenter:max_len=5", max_len=48)
+    seg = build_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:max_len=5", max_len=48)
     assert seg.max_len == 5 and build_segmenter(seg.spec(), max_len=48).max_len == 5
     check_segmenter(seg, max_examples=15)
+    # Specs recorded before the move (segsllm.train.teachers) still build the same cut.
+    old = build_segmenter("segsllm.train.teachers:RandomSpanSegmenter:max_len=5", max_len=48)
+    ids = list(range(40))
+    assert list(old.segment(ids)) == list(seg.segment(ids))
 
 
 def test_teacher_building_errors(tokenizer, tmp_path):

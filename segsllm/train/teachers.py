@@ -30,7 +30,6 @@ import hashlib
 import json
 import shutil
 import tempfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +38,13 @@ from typing import Any
 import numpy as np
 
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids
 from segsllm.segment.learned import (
     best_segmentation,
     bisect_parameter,
     mean_length,
     threshold_decode,
 )
+from segsllm.segment.random_span import RandomSpanSegmenter  # old spec strings name it here
 
 CACHE_VERSION = 1
 DEFAULT_TARGET_LEN = 8.0
@@ -509,37 +508,6 @@ def teacher_labels(
             out[split][domain] = LabelSet(domain, split, list(cs), list(ends), param, mean,
                                           {"fit_on_train": split != "train"})
     return out
-
-
-# --------------------------------------------------------------------------- random spans
-
-
-class RandomSpanSegmenter(Segmenter):
-    """Uniformly random segment lengths in 1..max_len, seeded by the ids themselves.
-
-    Train the ``vae`` teacher's SentenceVAE on these
-    (``--segmenter segsllm.train.teachers:RandomSpanSegmenter:max_len=24``): it then sees
-    spans of every length at every offset, so its reconstruction loss is an unbiased
-    score for any candidate span instead of favouring one segmenter's boundaries.
-    """
-
-    def __init__(self, max_len: int = 24, seed: int = 0) -> None:
-        if int(max_len) < 1:
-            raise SegmenterError(f"RandomSpanSegmenter: max_len must be >= 1, got {max_len}")
-        self.max_len, self.seed = int(max_len), int(seed)
-
-    def spec(self) -> str:
-        # max_len always: a command's segmenter.max_len must not replace it on rebuild.
-        return f"{type(self).__module__}:{type(self).__qualname__}:max_len={self.max_len},seed={self.seed}"
-
-    def segment(self, ids: Any) -> np.ndarray:
-        arr = as_ids(ids)
-        if arr.size == 0:
-            return EMPTY
-        rng = np.random.default_rng([self.seed, zlib.crc32(arr.tobytes()), arr.size])
-        ends = np.cumsum(rng.integers(1, self.max_len + 1, size=arr.size))
-        ends = ends[ends < arr.size]
-        return np.append(ends, arr.size).astype(np.int64)
 
 
 __all__ = [
