@@ -7,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_backbone
 
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["backbone.spec=tiny", "backbone.hidden_size=64", "backbone.num_layers=2", "backbone.num_heads=4",
         "backbone.max_positions=128", "lm.context_len=64"]
@@ -39,11 +42,8 @@ def _table(texts, tokenizer):
 def _tiny_model(tokenizer, **kw):
     import torch
 
-    from segsllm.models.backbone import BackboneConfig, load_backbone
-
     torch.manual_seed(0)
-    cfg = BackboneConfig(spec="tiny", hidden_size=32, num_layers=2, num_heads=4, max_positions=256, **kw)
-    return load_backbone(cfg, tokenizer=tokenizer).model.eval()
+    return tiny_backbone(tokenizer, max_positions=256, **kw).model.eval()
 
 
 # --------------------------------------------------------------------------- windows
@@ -159,11 +159,9 @@ def test_bits_per_byte_equals_a_hand_computation(tokenizer, sample_texts, contex
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tokenizer_dir, tmp_path_factory):
-    import torch
 
     from segsllm.train.lm_stage import train_lm
 
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("lm") / "run"
     cfg = _cfg(tiny_data_dir, out)
     return cfg, train_lm(cfg, tokenizer_dir, progress=False)

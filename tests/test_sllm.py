@@ -14,6 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.data.segment_windows import (  # noqa: E402
     DocumentWindows,
     collate_windows,
@@ -22,31 +24,22 @@ from segsllm.data.segment_windows import (  # noqa: E402
     windows_from_segments,
 )
 from segsllm.models import sllm as sllm_mod  # noqa: E402
-from segsllm.models.backbone import BackboneConfig, load_backbone  # noqa: E402
 from segsllm.models.sllm import SLLM, SLLMConfig, hidden_states_cached  # noqa: E402
 from segsllm.models.vae import SentenceVAE  # noqa: E402
-from segsllm.models.vae_config import SentenceVAEConfig  # noqa: E402
 
 FAMILIES = ["llama", "opt", "gpt2"]
 V, MAX_LEN = 64, 8
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sllm(family: str = "llama", vocab: int = V, **kw) -> SLLM:
     """VAE width 32, backbone width 48 (so both projections are real), 2 layers, eval mode."""
     torch.manual_seed(0)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=vocab, d_model=32, n_heads=4, d_ff=64, max_len=MAX_LEN))
-    bb = load_backbone(BackboneConfig(spec="tiny", family=family, hidden_size=48, num_layers=2, num_heads=4,
-                                      max_positions=64), vocab_size=vocab)
+    vae = tiny_vae(vocab, MAX_LEN)
+    bb = tiny_backbone(vocab_size=vocab, family=family, hidden_size=48)
     model = SLLM(SLLMConfig(**kw), vae, bb.model).eval()
     with torch.no_grad():  # a visible stop head, so stop-logit differences are not hidden by tiny weights
         model.stop_head.weight.normal_(0, 0.5)

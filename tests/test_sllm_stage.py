@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_backbone
 
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
@@ -14,13 +15,7 @@ torch = pytest.importorskip("torch")
 BACKBONE = ["backbone.hidden_size=32", "backbone.num_layers=2", "backbone.num_heads=4", "backbone.max_positions=64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(data_dir, out, *extra):
@@ -151,10 +146,7 @@ def test_cli_finetune_errors_are_one_line(args, message, tiny_data_dir, tmp_path
 
 
 def test_cli_generate_streams_and_compares_with_a_baseline(sllm_run, tokenizer, tmp_path):
-    from segsllm.models.backbone import BackboneConfig, load_backbone
-
-    lm = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=4, max_positions=64),
-                       tokenizer=tokenizer)
+    lm = tiny_backbone(tokenizer, num_layers=1)
     lm.model.save_pretrained(tmp_path / "lm")
     save_tokenizer(tokenizer, tmp_path / "lm")
     result = _invoke(["generate", "--model", str(sllm_run.out_dir), "--prompt", "The Union is strong. ",

@@ -23,14 +23,7 @@ from segsllm.models.vae import (
     reconstruction_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared; tiny models do not gain from more threads anyway.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> SentenceVAEConfig:

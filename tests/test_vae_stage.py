@@ -9,6 +9,8 @@ import pytest
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tokenizer, tmp_path_factory):
@@ -28,12 +30,10 @@ def _cfg(data_dir, out, *extra):
 
 
 def test_train_vae_lowers_validation_loss_and_saves_a_loadable_model(tiny_data_dir, tokenizer, tokenizer_dir, tmp_path):
-    import torch
 
     from segsllm.models.vae import SentenceVAE
     from segsllm.train.vae_stage import train_vae
 
-    torch.set_num_threads(1)
     out = tmp_path / "vae"
     result = train_vae(_cfg(tiny_data_dir, out), tokenizer_dir, progress=False, exact_match_segments=16)
     assert set(result.metrics) == {"prose", "code", "csv"}
