@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 from conftest import tiny_backbone, tiny_vae  # noqa: E402
 
 from segsllm.bench import quality as q  # noqa: E402
-from segsllm.bench.run import find_artifacts, segmenter_slug  # noqa: E402
+from segsllm.bench.run import find_artifacts  # noqa: E402
 from segsllm.config import Config  # noqa: E402
+from segsllm.layout import segmenter_slug  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
