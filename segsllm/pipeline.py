@@ -251,13 +251,13 @@ def _run_lm(cfg: Any, resume: bool) -> None:
 def _run_vae(cfg: Any, resume: bool) -> None:
     from segsllm.train.vae_stage import train_vae
 
-    train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_vae(cfg, resume=resume, progress=True)
 
 
 def _run_sllm(cfg: Any, resume: bool, *, vae_dir: Path) -> None:
     from segsllm.train.sllm_stage import finetune_sllm
 
-    finetune_sllm(cfg, vae_dir, cfg.backbone.spec, segmenter=cfg.segmenter.spec, resume=resume, progress=True)
+    finetune_sllm(cfg, vae_dir, segmenter=cfg.segmenter.spec, resume=resume, progress=True)
 
 
 def _run_splitter(cfg: Any, resume: bool) -> None:

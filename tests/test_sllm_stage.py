@@ -38,9 +38,9 @@ def vae_dir(tiny_data_dir, tokenizer, tmp_path_factory):
         f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", "run.track=false", "run.device=cpu",
         "segmenter.spec=punctuation", "segmenter.max_len=16", "train.steps=40", "train.batch_size=32",
         "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=0", "train.eval_batches=1",
-        "train.ckpt_every=0", "vae.d_model=32", "vae.n_heads=4", "vae.d_ff=64",
+        "train.ckpt_every=0", "vae.d_model=32", "vae.n_heads=4", "vae.d_ff=64", f"tokenizer.path={tok_dir}",
     ])
-    train_vae(cfg, tok_dir, progress=False, exact_match_segments=2, n_samples=1)
+    train_vae(cfg, progress=False, exact_match_segments=2, n_samples=1)
     return root / "vae"
 
 
@@ -50,7 +50,7 @@ def sllm_run(vae_dir, tiny_data_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sllm_run") / "sllm"
     # The VAE is trained for 40 steps only: fine-tuning it too makes the SLLM's learning visible.
-    result = finetune_sllm(_cfg(tiny_data_dir, out, "train.steps=60", "sllm.freeze_vae=false"), vae_dir, "tiny",
+    result = finetune_sllm(_cfg(tiny_data_dir, out, "train.steps=60", "sllm.freeze_vae=false"), vae_dir,
                            progress=False, sample_tokens=12)
     return result
 
@@ -84,7 +84,7 @@ def test_existing_run_is_refused_without_resume(sllm_run, vae_dir, tiny_data_dir
     from segsllm.train.sllm_stage import finetune_sllm
 
     with pytest.raises(SegsllmError, match="resume"):
-        finetune_sllm(_cfg(tiny_data_dir, sllm_run.out_dir, "train.steps=1"), vae_dir, "tiny", progress=False)
+        finetune_sllm(_cfg(tiny_data_dir, sllm_run.out_dir, "train.steps=1"), vae_dir, progress=False)
 
 
 def test_backbone_with_another_tokenizer_is_refused(vae_dir, tiny_data_dir, tmp_path, sample_texts):
@@ -100,7 +100,8 @@ def test_backbone_with_another_tokenizer_is_refused(vae_dir, tiny_data_dir, tmp_
                                  num_attention_heads=4, max_position_embeddings=64)).save_pretrained(folder)
     save_tokenizer(other, folder)
     with pytest.raises(ArtifactError, match="another tokenizer") as exc:
-        finetune_sllm(_cfg(tiny_data_dir, tmp_path / "o", "train.steps=1"), vae_dir, str(folder), progress=False)
+        finetune_sllm(_cfg(tiny_data_dir, tmp_path / "o", "train.steps=1", f"backbone.spec={folder}"), vae_dir,
+                      progress=False)
     assert "\n" not in str(exc.value)
 
 

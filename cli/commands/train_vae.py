@@ -60,7 +60,7 @@ def train_vae_command(
     )
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
-    result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    result = train_vae(cfg, resume=resume, progress=True)
 
     table = Table(title=f"SentenceVAE validation ({cfg.segmenter.spec}, {result.steps} steps)")
     for col in ("domain", "loss start→end", "token acc", "exact (greedy)", "bits/byte", "mean len"):
