@@ -245,7 +245,7 @@ def _run_backbone_tokenizer(cfg: Any, resume: bool) -> None:
 def _run_lm(cfg: Any, resume: bool) -> None:
     from segsllm.train.lm_stage import train_lm
 
-    train_lm(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_lm(cfg, resume=resume, progress=True)
 
 
 def _run_vae(cfg: Any, resume: bool) -> None:
@@ -263,7 +263,7 @@ def _run_sllm(cfg: Any, resume: bool, *, vae_dir: Path) -> None:
 def _run_splitter(cfg: Any, resume: bool) -> None:
     from segsllm.train.splitter_stage import train_splitter
 
-    train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_splitter(cfg, resume=resume, progress=True)
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:

@@ -163,8 +163,8 @@ def trained(tiny_data_dir, tokenizer_dir, tmp_path_factory):
     from segsllm.train.lm_stage import train_lm
 
     out = tmp_path_factory.mktemp("lm") / "run"
-    cfg = _cfg(tiny_data_dir, out)
-    return cfg, train_lm(cfg, tokenizer_dir, progress=False)
+    cfg = _cfg(tiny_data_dir, out, f"tokenizer.path={tokenizer_dir}")
+    return cfg, train_lm(cfg, progress=False)
 
 
 def test_train_lm_lowers_bits_per_byte(trained):
@@ -213,7 +213,7 @@ def test_finetuning_the_artifact_reports_it_as_the_untouched_base(trained, tiny_
     _, first = trained
     out = tmp_path / "ft"
     cfg2 = _cfg(tiny_data_dir, out, f"backbone.spec={first.out_dir}", "train.steps=2", "data.domains=[code]")
-    result = train_lm(cfg2, None, progress=False)  # a pretrained folder brings its own tokenizer
+    result = train_lm(cfg2, progress=False)  # a pretrained folder brings its own tokenizer
     assert result.pretrained and set(result.base_metrics) == {"code"}
     # The untouched base is the first run's final model, on the same validation documents.
     assert result.base_metrics["code"]["bits_per_byte"] == pytest.approx(
@@ -226,11 +226,12 @@ def test_resume_continues_and_a_reused_folder_is_refused(trained, tiny_data_dir,
     from segsllm.train.lm_stage import train_lm
 
     out = tmp_path / "r"
-    train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]"), tokenizer_dir, progress=False)
+    tok = f"tokenizer.path={tokenizer_dir}"
+    train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]", tok), progress=False)
     with pytest.raises(ArtifactError):
-        train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]"), tokenizer_dir, progress=False)
+        train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]", tok), progress=False)
     with pytest.warns(UserWarning, match="changed train settings"):  # steps 2 -> 4
-        again = train_lm(_cfg(tiny_data_dir, out, "train.steps=4", "data.domains=[csv]"), tokenizer_dir,
+        again = train_lm(_cfg(tiny_data_dir, out, "train.steps=4", "data.domains=[csv]", tok),
                          resume=True, progress=False)
     assert again.steps == 4 and "csv" in again.start_metrics  # the start comes from the checkpoint
 
@@ -243,9 +244,9 @@ def test_a_tokenizer_that_does_not_fit_a_pretrained_backbone_is_refused(trained,
     bigger = tokenizer.__class__.from_pretrained(str(first.out_dir))
     bigger.add_tokens([f"<extra{i}>" for i in range(10)])
     bigger.save_pretrained(str(tmp_path / "big"))
-    cfg2 = load_config(None, [f"backbone.spec={first.out_dir}"])
+    cfg2 = load_config(None, [f"backbone.spec={first.out_dir}", f"tokenizer.path={tmp_path / 'big'}"])
     with pytest.raises(ArtifactError, match="does not fit") as exc, pytest.warns(UserWarning, match="differs"):
-        load_lm(cfg2, tmp_path / "big")
+        load_lm(cfg2)
     assert "\n" not in str(exc.value)
 
 

@@ -32,8 +32,9 @@ def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tok
     from segsllm.train.splitter_stage import train_splitter
 
     out = tmp_path / "spl"
-    cfg = load_config(None, [f"data.dir={tiny_data_dir}", f"run.out={out}", "segmenter.max_len=16", *SMALL])
-    result = train_splitter(cfg, tokenizer_dir, progress=False)
+    cfg = load_config(None, [f"data.dir={tiny_data_dir}", f"run.out={out}", "segmenter.max_len=16",
+                             f"tokenizer.path={tokenizer_dir}", *SMALL])
+    result = train_splitter(cfg, progress=False)
     assert set(result.metrics) == {"prose", "code", "csv"} and result.max_len == 16
     for d, m in result.metrics.items():
         for key in ("mean_len", "p95_len", "teacher_f1", "teacher_precision", "tokens_per_s", "mean_len_stream"):

@@ -62,12 +62,13 @@ def train_lm_command(
     extra = {
         "data.domains": split_list(domains),
         "backbone.spec": backbone,
+        "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
     cfg = resolve_config(
         config, set_, data_dir=data_dir, out=out, seed=seed, device=device,
         tracking_uri=tracking_uri, no_track=no_track, extra_flags=extra,
     )
-    result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
+    result = train_lm(cfg, resume=resume, progress=True)
 
     # DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
     # beside the fine-tuned baseline; for tiny it is the random initialisation.

@@ -61,13 +61,15 @@ def flat_metrics(prefix: str, metrics: Mapping[str, Mapping[str, float]]) -> dic
     return {f"{prefix}/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()}
 
 
-def finish_stage(run: Any, out_dir: Path, cfg: Any, result: Any, *, save_model: Callable[[Path], Any],
+def finish_stage(run: Any, out_dir: Path, cfg: Any, result: Any, *, save_model: Callable[[Path], Any] | None,
                  metrics_doc: Mapping[str, Any], logged: Mapping[str, float],
                  dicts: Mapping[str, Any] | None = None) -> None:
     """On rank 0: write ``config.yaml`` and ``metrics.json``, then the model with
     ``save_model(out_dir)`` (weights, then the manifest, last: a crash leaves a folder that
     reads as incomplete); log the final metrics, the artifact/checkpoint tags, ``dicts``
-    (name -> JSON-able object) and the manifest to the tracker."""
+    (name -> JSON-able object) and the manifest to the tracker. ``save_model=None``: the
+    stage saved the model itself (the splitter measures its saved folder); the manifest then
+    stays in place."""
     from segsllm.config import save_config
     from segsllm.io import atomic_write_json
     from segsllm.runtime import is_rank_zero
@@ -75,9 +77,12 @@ def finish_stage(run: Any, out_dir: Path, cfg: Any, result: Any, *, save_model: 
     if not is_rank_zero():
         return
     out_dir.mkdir(parents=True, exist_ok=True)
+    if save_model is not None:
+        (out_dir / "manifest.json").unlink(missing_ok=True)  # incomplete until the new one lands
     save_config(cfg, out_dir / "config.yaml")
     atomic_write_json(out_dir / "metrics.json", dict(metrics_doc))
-    save_model(out_dir)
+    if save_model is not None:
+        save_model(out_dir)
     run.log_metrics(dict(logged), step=result.step)
     run.set_tags({"artifact": str(out_dir.resolve()),
                   "checkpoint": str(result.checkpoint) if result.checkpoint else None})
