@@ -44,15 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.train.stage import (
-    check_inputs,
-    data_lineage,
-    finish_stage,
-    first_losses,
-    flat_metrics,
-    per_domain,
-    start_compute,
-)
+from segsllm.train import stage
 
 KIND = "sllm"
 SUMMED = ("nll_tokens", "nll_seg_eos", "nll_stop", "n_tokens", "n_segments", "n_targets", "n_stop",
@@ -251,7 +243,7 @@ def _sllm_lineage(vae: Any, vae_dir: str | Path, backbone: Any, tok_fp: str, seg
         "backbone": backbone.source,
         "tokenizer": {"path": str(Path(vae_dir).resolve()), "fingerprint": tok_fp},
         "segmenter": seg.spec(),
-        "data": data_lineage(manifests),
+        "data": stage.data_lineage(manifests),
     }
 
 
@@ -263,7 +255,7 @@ def _sllm_report(model: Any, result: Any, tables: Any, eval_sources: Mapping[str
 
     from segsllm.data.segment_windows import document_bounds
 
-    metrics = per_domain(result.final_eval, eval_sources)
+    metrics = stage.per_domain(result.final_eval, eval_sources)
     samples: dict[str, tuple[str, str]] = {}
     model.eval()
     for d in eval_sources:
@@ -288,12 +280,12 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
     from segsllm.train.loop import train
 
     started = time.perf_counter()
-    manifests = check_inputs(cfg, "finetune")
+    manifests = stage.check_inputs(cfg, "finetune")
     sllm_cfg = cfg.sllm.validate()
     out_dir = Path(cfg.run.out)
     vae, tokenizer = load_vae_dir(vae_dir)
     seg = resolve_segmenter(vae, tokenizer, segmenter, cfg.segmenter.spec)
-    device = start_compute(cfg)
+    device = stage.start_compute(cfg)
     model, backbone = _build_sllm(cfg, sllm_cfg, vae, tokenizer, vae_dir)
     # Record what was actually used, so config.yaml reproduces the run.
     cfg = dataclasses.replace(
@@ -317,15 +309,15 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
                              "vae": lineage["vae"]["weights_sha256"], "max_segments": sllm_cfg.max_segments})
         model = model.to(device)
         metrics, samples = _sllm_report(model, result, tables, eval_sources, tokenizer, seg, sample_tokens)
-        start_loss = first_losses(result.eval_history, eval_sources)
+        start_loss = stage.first_losses(result.eval_history, eval_sources)
         windows = f"max_segments={sllm_cfg.max_segments}, each window restarts from the start vector"
-        finish_stage(
+        stage.finish_stage(
             run, out_dir, cfg, result,
             save_model=lambda d: model.to("cpu").save_pretrained(d, tokenizer=tokenizer, lineage=lineage, extra_manifest={
                 "metrics": metrics, "steps": result.step, "run_id": run.run_id}),
             metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step,
                          "definitions": {**DEFINITIONS, "windows": windows}},
-            logged=flat_metrics("final", metrics),
+            logged=stage.flat_metrics("final", metrics),
             dicts={"samples.json": {d: {"prompt": p, "continuation": c} for d, (p, c) in samples.items()}},
         )
     return SLLMStageResult(out_dir=out_dir, metrics=metrics, start_loss=start_loss, samples=samples, steps=result.step,

@@ -14,15 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ConfigError
-from segsllm.train.stage import (
-    check_inputs,
-    data_lineage,
-    finish_stage,
-    first_losses,
-    flat_metrics,
-    per_domain,
-    start_compute,
-)
+from segsllm.train import stage
 
 KIND = "sentence_vae"
 SUMMED = ("nll_sum", "n_tokens", "n_correct", "n_exact", "n_segments", "n_bytes")
@@ -194,7 +186,7 @@ def _vae_report(model: Any, result: Any, tables: Mapping[tuple[str, str], Any], 
                 ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, str]]]]:
     """Final metrics per domain (the loop's last evaluation + the greedy exact-match rate)
     and a few sample reconstructions."""
-    metrics = per_domain(result.final_eval, domains)
+    metrics = stage.per_domain(result.final_eval, domains)
     samples: dict[str, list[tuple[str, str]]] = {}
     model.eval()
     for d in domains:
@@ -217,11 +209,11 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
     from segsllm.train.loop import train
 
     started = time.perf_counter()
-    manifests = check_inputs(cfg, "train-vae")
+    manifests = stage.check_inputs(cfg, "train-vae")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`) or set tokenizer.path")
     out_dir = Path(cfg.run.out)
-    device = start_compute(cfg)
+    device = stage.start_compute(cfg)
     tokenizer, segmenter, tables = _vae_inputs(cfg)
     model = SentenceVAE(build_vae_config(cfg, tokenizer, segmenter.max_len))
     if model.config.embeddings_from_backbone:
@@ -230,7 +222,7 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
     lineage = {
         "tokenizer": {"path": str(Path(cfg.tokenizer.path).resolve()), "fingerprint": tokenizer_fingerprint(tokenizer)},
         "segmenter": segmenter.spec(),
-        "data": data_lineage(manifests),
+        "data": stage.data_lineage(manifests),
     }
     tags = {"segmenter": segmenter.spec(), "domain": ",".join(cfg.data.domains), "backbone": "none"}
     with start_run(cfg, "vae", tags=tags, manifests=manifests) as run:
@@ -245,13 +237,13 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
         # per domain, spread evenly over segment lengths): those are the final metrics.
         metrics, samples = _vae_report(model, result, tables, tokenizer, device, list(eval_sources), n_samples,
                                        exact_match_segments)
-        start_loss = first_losses(result.eval_history, eval_sources)
-        finish_stage(
+        start_loss = stage.first_losses(result.eval_history, eval_sources)
+        stage.finish_stage(
             run, out_dir, cfg, result,
             save_model=lambda d: model.to("cpu").save_pretrained(
                 d, tokenizer=tokenizer, lineage=lineage, extra_manifest={"metrics": metrics, "steps": result.step}),
             metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step},
-            logged=flat_metrics("final", metrics),
+            logged=stage.flat_metrics("final", metrics),
             dicts={"samples.json": {d: [{"segment": a, "reconstruction": b} for a, b in s]
                                     for d, s in samples.items()}},
         )
