@@ -99,12 +99,12 @@ def test_eval_budget_keeps_whole_documents_spread_over_the_split(tokenizer, samp
 
 def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_texts):
     from segsllm.data.segments import ConcatTables
-    from segsllm.data.token_windows import WindowBatches, train_windows
+    from segsllm.data.token_windows import TokenWindowBatches, train_windows
 
     big = train_windows(_table([sample_texts["csv"]] * 12, tokenizer), 8, 1, 2)
     small = train_windows(_table([sample_texts["prose"]], tokenizer), 8, 1, 2)
     data = ConcatTables([big, small])
-    src = WindowBatches(data, 4, 0, seed=3, balanced=True)
+    src = TokenWindowBatches(data, 4, 0, seed=3, balanced=True)
     assert len(src) == (2 * len(small)) // 4 < len(data) // 4
     order = src._order(np.random.default_rng([3, 0]))
     assert (order < len(big)).sum() == (order >= len(big)).sum() == len(small)  # balanced
@@ -114,7 +114,7 @@ def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_tex
     assert all(b["input_ids"].shape[1] <= max(widths) for b in first)
     state = src.state_dict()
     ahead = [next(it)["input_ids"].tolist() for _ in range(3)]
-    again = WindowBatches(data, 4, 0, seed=3, balanced=True)
+    again = TokenWindowBatches(data, 4, 0, seed=3, balanced=True)
     again.load_state_dict(state)
     it2 = iter(again)
     assert [next(it2)["input_ids"].tolist() for _ in range(3)] == ahead

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from conftest import tiny_backbone, tiny_vae  # noqa: E402
 
 from segsllm.data.segment_windows import (  # noqa: E402
-    DocumentWindows,
+    SegmentWindows,
     collate_windows,
     document_bounds,
     window_index,
@@ -256,7 +256,7 @@ def test_documents_are_cut_into_windows_that_partition_them():
     assert w[:, 1:3].tolist() == [[0, 3], [3, 5], [5, 6], [6, 9], [9, 12], [12, 13]]
     assert w[:, 3].tolist() == [1, 0, 1, 1, 0, 0]  # first of its document
     assert w[:, 4].tolist() == [0, 1, 1, 0, 0, 1]  # last of its document
-    data = DocumentWindows([table], 3)
+    data = SegmentWindows([table], 3)
     assert data.n_docs == 3 and data.n_segments == 13
     assert sum(data[i]["n_bytes"] for i in range(len(data))) == int(table.n_bytes.sum())
     b = collate_windows([data[0], data[2]], pad_id=0)
@@ -267,16 +267,16 @@ def test_documents_are_cut_into_windows_that_partition_them():
 
 
 def test_window_batches_are_single_domain_balanced_and_resumable():
-    from segsllm.data.segment_windows import WindowBatches, eval_windows
+    from segsllm.data.segment_windows import SegmentWindowBatches, eval_windows
 
     small, big = FakeTable([4, 4]), FakeTable([8] * 10, first_id=100)  # 2 vs 10 windows of 4 segments
-    src = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    src = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     assert len(src) == 2  # 2 windows per domain per epoch, 2 per batch
     it = iter(src)
     seen = [next(it) for _ in range(5)]
     state = src.state_dict()
     rest = [next(it)["ids"] for _ in range(3)]
-    again = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    again = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     again.load_state_dict(state)
     it2 = iter(again)
     assert all(torch.equal(a, next(it2)["ids"]) for a in rest)

@@ -129,7 +129,7 @@ def score_lm(model: Any, tokenizer: Any, data_dir: str | Path, docs: EvalDocs, *
 
     from segsllm.data.token_windows import (
         DocumentSpans,
-        DocumentWindows,
+        TokenWindows,
         collate_windows,
         token_streams,
     )
@@ -144,7 +144,7 @@ def score_lm(model: Any, tokenizer: Any, data_dir: str | Path, docs: EvalDocs, *
     spans = spans.subset(rows)
     _check_same_docs(spans.doc_index, docs, name)
     bos, eos, pad = special_ids(tokenizer)
-    windows = DocumentWindows(spans, context_len=context_len, bos_id=bos, eos_id=eos, stride=stride,
+    windows = TokenWindows(spans, context_len=context_len, bos_id=bos, eos_id=eos, stride=stride,
                               token_bytes=vocab_bytes(tokenizer).lengths.copy(), doc_bytes=docs.split_bytes,
                               domain=docs.domain)
     if int(windows.n_bytes.sum()) != docs.total_bytes:  # exact per-document bytes by construction
@@ -192,11 +192,11 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, batch_size: int = 4, d
     (``table``: the split cut by the SLLM's segmenter, see :func:`sllm_table`)."""
     import torch
 
-    from segsllm.data.segment_windows import DocumentWindows, collate_windows
+    from segsllm.data.segment_windows import SegmentWindows, collate_windows
     from segsllm.metrics import bits_per_byte, token_perplexity
     from segsllm.train.loop import move_to
 
-    data = DocumentWindows([table], model.config.max_segments)
+    data = SegmentWindows([table], model.config.max_segments)
     window_doc = np.asarray(table.doc_index)[data.index[:, 1]]  # (W,) document of each window
     keep = np.isin(window_doc, docs.doc_index)
     data.index = data.index[keep]

@@ -15,7 +15,7 @@ A batch of windows is a dict of tensors::
     is_last    (B,)       the window ends its document (the stop head's "stop" target lives here)
     n_bytes    (B,)       UTF-8 bytes of the window's segments (windows partition the documents)
 
-Training uses :class:`WindowBatches` (one domain per batch, domains balanced, resumable);
+Training uses :class:`SegmentWindowBatches` (one domain per batch, domains balanced, resumable);
 evaluation uses :func:`eval_windows` (whole documents, an evenly spread subset when capped).
 """
 
@@ -64,7 +64,7 @@ def window_index(table: Any, max_segments: int, table_id: int = 0) -> np.ndarray
     return np.stack([np.full_like(lo, table_id), lo, hi, is_first, is_last], axis=1).astype(np.int64)
 
 
-class DocumentWindows:
+class SegmentWindows:
     """The windows of one or more segment tables as one indexable dataset.
 
     ``dataset[i]`` is a dict: ``ids`` (the window's tokens, flat), ``lengths`` (tokens per
@@ -154,7 +154,7 @@ def windows_from_segments(segments: Sequence[Sequence[int]], pad_id: int, *, is_
     return collate_windows([item], pad_id)
 
 
-class WindowBatches(EpochBatches):
+class SegmentWindowBatches(EpochBatches):
     """Endless, resumable batches of document windows (the loop's ``BatchSource``).
 
     Every batch holds windows of **one** table (domain): the decoder pads segments to the
@@ -170,7 +170,7 @@ class WindowBatches(EpochBatches):
 
     def __init__(self, tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
                  *, balanced: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
-        data = DocumentWindows(tables, max_segments)
+        data = SegmentWindows(tables, max_segments)
         self.collate = WindowCollator(pad_id)
         self.balanced = balanced
         # Window ids of each non-empty table.
@@ -200,9 +200,9 @@ class WindowBatches(EpochBatches):
 
 
 def train_windows(tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
-                  balanced: bool = True) -> WindowBatches:
-    """Endless, shuffled, resumable batches of windows (see :class:`WindowBatches`)."""
-    return WindowBatches(tables, max_segments, batch_size, pad_id, seed, balanced=balanced)
+                  balanced: bool = True) -> SegmentWindowBatches:
+    """Endless, shuffled, resumable batches of windows (see :class:`SegmentWindowBatches`)."""
+    return SegmentWindowBatches(tables, max_segments, batch_size, pad_id, seed, balanced=balanced)
 
 
 def spread_documents(n_windows_per_doc: np.ndarray, max_windows: int | None) -> np.ndarray:
@@ -227,7 +227,7 @@ def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int,
     With ``max_windows``, an evenly spread subset of **whole documents** whose windows fit
     (at least one document), so every evaluated document's end is scored too.
     """
-    data = DocumentWindows([table], max_segments)
+    data = SegmentWindows([table], max_segments)
     doc_of = np.cumsum(data.index[:, _FIRST]) - 1  # (W,) document of each window
     keep = spread_documents(np.bincount(doc_of), max_windows)
     data.index = data.index[np.isin(doc_of, keep)]
@@ -235,8 +235,8 @@ def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int,
 
 
 __all__ = [
-    "DocumentWindows",
-    "WindowBatches",
+    "SegmentWindowBatches",
+    "SegmentWindows",
     "WindowCollator",
     "collate_windows",
     "document_bounds",

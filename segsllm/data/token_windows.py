@@ -90,7 +90,7 @@ def window_bounds(n_targets: int, context_len: int, stride: int) -> list[tuple[i
         b, e = e, min(e + stride, n_targets)
 
 
-class DocumentWindows:
+class TokenWindows:
     """An indexable dataset of windows over documents (items for :func:`collate_windows`).
 
     Item ``i`` is ``{"input_ids", "labels", "n_bytes", "n_targets"}`` built on the fly from
@@ -205,7 +205,7 @@ def collate_windows(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
     }
 
 
-class WindowBatches(EpochBatches):
+class TokenWindowBatches(EpochBatches):
     """Endless, resumable, shuffled batches of windows (the loop's ``BatchSource``).
 
     Each epoch is a seeded permutation; with ``balanced=True`` over a
@@ -250,9 +250,9 @@ def token_streams(data_dir: Any, domain: str, split: str, tokenizer: Any, *, max
 
 
 def train_windows(table: Any, context_len: int, bos_id: int, eos_id: int,
-                  token_bytes: np.ndarray | None = None) -> DocumentWindows:
+                  token_bytes: np.ndarray | None = None) -> TokenWindows:
     """Non-overlapping per-document training windows of one segment table."""
-    return DocumentWindows(DocumentSpans.from_table(table), context_len=context_len, bos_id=bos_id,
+    return TokenWindows(DocumentSpans.from_table(table), context_len=context_len, bos_id=bos_id,
                            eos_id=eos_id, token_bytes=token_bytes, domain=getattr(table, "domain", ""))
 
 
@@ -301,8 +301,8 @@ def eval_windows(
     token_bytes: np.ndarray | None = None,
     doc_bytes: Mapping[int, int] | np.ndarray | None = None,
     max_bytes: int | None = None,
-) -> DocumentWindows:
+) -> TokenWindows:
     """Evaluation windows over whole documents of one table (see :func:`select_eval_documents`)."""
     docs = select_eval_documents(table, doc_bytes, max_bytes)
-    return DocumentWindows(docs, context_len=context_len, bos_id=bos_id, eos_id=eos_id, stride=stride,
+    return TokenWindows(docs, context_len=context_len, bos_id=bos_id, eos_id=eos_id, stride=stride,
                            token_bytes=token_bytes, doc_bytes=doc_bytes, domain=getattr(table, "domain", ""))

@@ -295,7 +295,7 @@ def train_lm(cfg: Any, *, resume: bool = False, progress: bool = True) -> LMStag
     import time
 
     from segsllm.data.segments import ConcatTables
-    from segsllm.data.token_windows import IGNORE, WindowBatches
+    from segsllm.data.token_windows import IGNORE, TokenWindowBatches
     from segsllm.models.backbone import count_parameters
     from segsllm.tracking import start_run
     from segsllm.train.loop import train
@@ -312,7 +312,7 @@ def train_lm(cfg: Any, *, resume: bool = False, progress: bool = True) -> LMStag
     # Record what was actually used, so config.yaml reproduces the run.
     cfg = dataclasses.replace(cfg, tokenizer=dataclasses.replace(cfg.tokenizer, path=tok_lineage["path"]))
     train_sets, eval_sets = _lm_windows(cfg, lm_cfg, tokenizer, ctx, bos, eos)
-    train_source = WindowBatches(ConcatTables(train_sets), train_base.batch_size, pad, seed=cfg.run.seed,
+    train_source = TokenWindowBatches(ConcatTables(train_sets), train_base.batch_size, pad, seed=cfg.run.seed,
                                  balanced=cfg.data.balance_domains)
     eval_bs = lm_cfg.eval_batch_size or train_base.batch_size
     eval_sources = {d: eval_source(w, eval_bs, pad) for d, w in eval_sets.items()}
