@@ -106,9 +106,11 @@ def test_backbone_with_another_tokenizer_is_refused(vae_dir, tiny_data_dir, tmp_
 
 
 def test_different_segmenter_is_allowed_with_a_warning(vae_dir, tokenizer):
-    from segsllm.train.sllm_stage import load_vae_dir, resolve_segmenter
+    from segsllm.models.loading import load_artifact
+    from segsllm.train.sllm_stage import resolve_segmenter
 
-    vae, tok = load_vae_dir(vae_dir)
+    loaded = load_artifact("sentence_vae", vae_dir)
+    vae, tok = loaded.model, loaded.tokenizer
     with pytest.warns(UserWarning, match="differs"):
         seg = resolve_segmenter(vae, tok, "fixed:k=4", "punctuation")
     assert seg.max_len <= vae.config.max_len

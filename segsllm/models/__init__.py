@@ -22,7 +22,8 @@ _EXPORTS = {
     "SLLM": "segsllm.models.sllm",
     "SLLMConfig": "segsllm.models.sllm_config",
     "save_artifact": "segsllm.models.artifact",
-    "load_artifact": "segsllm.models.artifact",
+    "read_artifact": "segsllm.models.artifact",
+    "load_artifact": "segsllm.models.loading",
     "read_manifest": "segsllm.models.artifact",
     "check_state_dict": "segsllm.models.artifact",
 }

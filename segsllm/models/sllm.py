@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from segsllm.config import ConfigError
 from segsllm.errors import ArtifactError
-from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
+from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
 from segsllm.models.backbone import body_forward, freeze_layers
 from segsllm.models.sllm_config import SLLMConfig
 from segsllm.models.vae import IGNORE_INDEX, SentenceVAE, lengths_to_mask
@@ -307,7 +307,7 @@ class SLLM(nn.Module):
         """Load a folder written by :meth:`save_pretrained` (one-line ArtifactError if not)."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        art = load_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
+        art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
         try:
             sllm_cfg = SLLMConfig.from_dict(art.config["sllm"])
             vae_cfg = SentenceVAEConfig.from_dict(art.config["vae"])

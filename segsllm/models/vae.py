@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from segsllm.config import ConfigError
 from segsllm.errors import ArtifactError
-from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
+from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
 from segsllm.models.vae_config import LOSSES, SentenceVAEConfig
 
 KIND = "sentence_vae"
@@ -540,12 +540,12 @@ class SentenceVAE(nn.Module):
                         verify_checksums: bool = True) -> SentenceVAE:
         """Load a folder written by :meth:`save_pretrained`; ArtifactError (one line) if it is
         missing, corrupted, shaped unlike its config, or built with another tokenizer."""
-        art = load_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
+        art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
         try:
             config = SentenceVAEConfig.from_dict(art.config)
         except (ConfigError, TypeError) as exc:
             raise ArtifactError(f"{path}: invalid SentenceVAE config.json: {exc}") from None
-        # No fingerprint recorded (load_artifact compared it otherwise): the least we can
+        # No fingerprint recorded (read_artifact compared it otherwise): the least we can
         # check is that every token id of the given tokenizer fits the model.
         unchecked = art.manifest.get("tokenizer_fingerprint") is None
         tok_size = len(tokenizer) if tokenizer is not None and not isinstance(tokenizer, str) else 0

@@ -107,25 +107,6 @@ def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- inputs
 
 
-def load_vae_dir(vae_dir: str | Path) -> tuple[Any, Any]:
-    """(SentenceVAE, its tokenizer) from a ``train-vae`` folder; one-line errors otherwise."""
-    from segsllm.data.tokenizer import load_tokenizer
-    from segsllm.models.artifact import read_manifest
-    from segsllm.models.vae import KIND as VAE_KIND
-    from segsllm.models.vae import SentenceVAE
-
-    root = Path(vae_dir)
-    if not root.is_dir():
-        raise ArtifactError(f"no SentenceVAE folder at {root} (train one with `segsllm train-vae`)")
-    kind = read_manifest(root).get("kind")
-    if kind != VAE_KIND:
-        raise ArtifactError(f"{root} holds a {kind!r} artifact, not a SentenceVAE (`segsllm train-vae` output)")
-    if not (root / "tokenizer.json").is_file():
-        raise ArtifactError(f"{root} has no tokenizer files: the SLLM needs the tokenizer the VAE was trained with")
-    tokenizer = load_tokenizer(root)
-    return SentenceVAE.from_pretrained(root, tokenizer=tokenizer), tokenizer
-
-
 def resolve_segmenter(vae: Any, tokenizer: Any, requested: str | None, fallback: str) -> Any:
     """The segmenter the VAE was trained with (its manifest's lineage) unless ``requested``
     names another — allowed, with a warning: the encoder then sees segments unlike its
@@ -276,6 +257,7 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
     save it to ``cfg.run.out``. ``segmenter`` defaults to the VAE's own (another one is
     allowed with a warning)."""
     from segsllm.data.tokenizer import tokenizer_fingerprint
+    from segsllm.models.loading import load_artifact
     from segsllm.tracking import start_run
     from segsllm.train.loop import train
 
@@ -283,7 +265,8 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
     manifests = stage.check_inputs(cfg, "finetune")
     sllm_cfg = cfg.sllm.validate()
     out_dir = Path(cfg.run.out)
-    vae, tokenizer = load_vae_dir(vae_dir)
+    loaded = load_artifact("sentence_vae", vae_dir)
+    vae, tokenizer = loaded.model, loaded.tokenizer
     seg = resolve_segmenter(vae, tokenizer, segmenter, cfg.segmenter.spec)
     device = stage.start_compute(cfg)
     model, backbone = _build_sllm(cfg, sllm_cfg, vae, tokenizer, vae_dir)
