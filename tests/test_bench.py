@@ -12,37 +12,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.bench import quality as q  # noqa: E402
-from segsllm.bench.run import find_artifacts, segmenter_slug  # noqa: E402
+from segsllm.bench.run import find_artifacts  # noqa: E402
 from segsllm.config import Config  # noqa: E402
+from segsllm.layout import segmenter_slug  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one thread is much faster than several."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_backbone(tokenizer, seed: int):
-    from segsllm.config.backbone import BackboneConfig
-    from segsllm.models.backbone import load_backbone
-
     torch.manual_seed(seed)
-    return load_backbone(BackboneConfig(spec="tiny", family="llama", hidden_size=32, num_layers=2, num_heads=4,
-                                        max_positions=256), tokenizer=tokenizer)
+    return tiny_backbone(tokenizer, max_positions=256)
 
 
 def _save_sllm(tokenizer, path, spec: str, seed: int):
     from segsllm.config.sllm import SLLMConfig
-    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.models.sllm import SLLM
-    from segsllm.models.vae import SentenceVAE
 
     torch.manual_seed(seed)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=16))
+    vae = tiny_vae(len(tokenizer), 16)
     model = SLLM(SLLMConfig(max_segments=32), vae, _tiny_backbone(tokenizer, seed).model)
     model.save_pretrained(path, tokenizer=tokenizer, lineage={"segmenter": spec, "backbone": {"spec": "tiny"}},
                           extra_manifest={"run_id": f"sllm-run-{seed}"})
@@ -96,10 +86,8 @@ def test_slug_and_pipeline_layout(pipeline_dir):
 def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     """Uniform predictions make bits/byte computable by hand; both models see the same bytes."""
     from segsllm.config.sllm import SLLMConfig
-    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.data.tokenizer import encode
     from segsllm.models.sllm import SLLM
-    from segsllm.models.vae import SentenceVAE
     from segsllm.segment import build_segmenter
 
     split_bytes, texts = q.split_doc_bytes(tiny_data_dir, "prose", "test")
@@ -121,7 +109,7 @@ def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     # SLLM with a zeroed decoder norm and a zero stop head: each decoder target costs ln V,
     # each stop decision ln 2: one after every segment but a window's last, and after each
     # document's last segment (the start vector's decision counts as the first of those).
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=16))
+    vae = tiny_vae(len(tokenizer), 16)
     model = SLLM(SLLMConfig(max_segments=8), vae, _tiny_backbone(tokenizer, 0).model).eval()
     with torch.no_grad():
         vae.decoder.ln_f.weight.zero_()

@@ -15,18 +15,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segsllm.config.backbone import BackboneConfig  # noqa: E402
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.config.sllm import SLLMConfig  # noqa: E402
-from segsllm.config.vae import SentenceVAEConfig  # noqa: E402
-from segsllm.data.documents import (  # noqa: E402
-    DocumentWindows,
+from segsllm.data.segment_windows import (  # noqa: E402
+    SegmentWindows,
     collate_windows,
     document_bounds,
     window_index,
     windows_from_segments,
 )
 from segsllm.models import sllm as sllm_mod  # noqa: E402
-from segsllm.models.backbone import load_backbone  # noqa: E402
 from segsllm.models.sllm import SLLM, hidden_states_cached  # noqa: E402
 from segsllm.models.vae import SentenceVAE  # noqa: E402
 
@@ -35,21 +34,14 @@ V, MAX_LEN = 64, 8
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sllm(family: str = "llama", vocab: int = V, **kw) -> SLLM:
     """VAE width 32, backbone width 48 (so both projections are real), 2 layers, eval mode."""
     torch.manual_seed(0)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=vocab, d_model=32, n_heads=4, d_ff=64, max_len=MAX_LEN))
-    bb = load_backbone(BackboneConfig(spec="tiny", family=family, hidden_size=48, num_layers=2, num_heads=4,
-                                      max_positions=64), vocab_size=vocab)
+    vae = tiny_vae(vocab, MAX_LEN)
+    bb = tiny_backbone(vocab_size=vocab, family=family, hidden_size=48)
     model = SLLM(SLLMConfig(**kw), vae, bb.model).eval()
     with torch.no_grad():  # a visible stop head, so stop-logit differences are not hidden by tiny weights
         model.stop_head.weight.normal_(0, 0.5)
@@ -332,7 +324,7 @@ def test_documents_are_cut_into_windows_that_partition_them():
     assert w[:, 1:3].tolist() == [[0, 3], [3, 5], [5, 6], [6, 9], [9, 12], [12, 13]]
     assert w[:, 3].tolist() == [1, 0, 1, 1, 0, 0]  # first of its document
     assert w[:, 4].tolist() == [0, 1, 1, 0, 0, 1]  # last of its document
-    data = DocumentWindows([table], 3)
+    data = SegmentWindows([table], 3)
     assert data.n_docs == 3 and data.n_segments == 13
     assert sum(data[i]["n_bytes"] for i in range(len(data))) == int(table.n_bytes.sum())
     b = collate_windows([data[0], data[2]], pad_id=0)
@@ -343,16 +335,16 @@ def test_documents_are_cut_into_windows_that_partition_them():
 
 
 def test_window_batches_are_single_domain_balanced_and_resumable():
-    from segsllm.data.documents import WindowBatches, eval_windows
+    from segsllm.data.segment_windows import SegmentWindowBatches, eval_windows
 
     small, big = FakeTable([4, 4]), FakeTable([8] * 10, first_id=100)  # 2 vs 10 windows of 4 segments
-    src = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    src = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     assert len(src) == 2  # 2 windows per domain per epoch, 2 per batch
     it = iter(src)
     seen = [next(it) for _ in range(5)]
     state = src.state_dict()
     rest = [next(it)["ids"] for _ in range(3)]
-    again = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    again = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     again.load_state_dict(state)
     it2 = iter(again)
     assert all(torch.equal(a, next(it2)["ids"]) for a in rest)

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from segsllm.config.train import TrainConfig
+from segsllm.data.batches import SequentialBatches, ShuffledBatches
 from segsllm.errors import ArtifactError
 from segsllm.train import checkpoint as ckpt
 from segsllm.train.loop import (
-    SequentialBatches,
-    ShuffledBatches,
     TrainingDivergedError,
     param_groups,
     train,

@@ -14,7 +14,8 @@ Each file is written atomically (temp + rename). The manifest is removed first a
 last, and it carries checksums of the files it describes, so a crash mid-save or a
 mixture of two saves is refused on load instead of silently loading the wrong weights.
 
-Loading refuses, with a one-line :class:`~segsllm.errors.ArtifactError`: a missing folder
+Reading (:func:`read_artifact`; :func:`segsllm.models.loading.load_artifact` builds the
+model) refuses, with a one-line :class:`~segsllm.errors.ArtifactError`: a missing folder
 or file, unreadable JSON, another kind of artifact, a checksum mismatch, a corrupted or
 truncated safetensors file, and a tokenizer whose fingerprint differs from the one the
 model was trained with. :func:`check_state_dict` refuses weights whose names or shapes do
@@ -45,7 +46,7 @@ _RESERVED = ("kind", "format_version", "segsllm_version", "created", "tokenizer_
 
 @dataclass
 class LoadedArtifact:
-    """What :func:`load_artifact` read: the config dict, the tensors and the manifest."""
+    """What :func:`read_artifact` read: the config dict, the tensors and the manifest."""
 
     path: Path
     config: dict[str, Any]
@@ -192,7 +193,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(
+def read_artifact(
     path: str | Path,
     *,
     kind: str,

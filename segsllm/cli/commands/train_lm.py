@@ -46,9 +46,10 @@ def train_lm_command(
     extra = {
         "data.domains": split_list(domains),
         "backbone.spec": backbone,
+        "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
     cfg = opts.resolve(extra, stage="lm")
-    result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
+    result = train_lm(cfg, resume=resume, progress=True)
 
     # docs/DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
     # beside the fine-tuned baseline; for tiny it is the random initialisation.

@@ -68,7 +68,7 @@ def train_splitter_command(
     def log(msg: str) -> None:
         err_console.print(f"[dim]{msg}[/]")
 
-    result = train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True, log=log)
+    result = train_splitter(cfg, resume=resume, progress=True, log=log)
 
     cal = result.calibration
     table = Table(title=(f"learned segmenter: {result.teacher} teacher, target {result.target_len:.1f}, "

@@ -46,7 +46,7 @@ def train_vae_command(
     cfg = opts.resolve(extra, segmenter=segmenter, stage="vae")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
-    result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    result = train_vae(cfg, resume=resume, progress=True)
 
     table = Table(title=f"SentenceVAE validation ({cfg.segmenter.spec}, {result.steps} steps)")
     for col in ("domain", "loss start→end", "token acc", "exact (greedy)", "bits/byte", "mean len"):
