@@ -154,7 +154,7 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
     return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
 
 
-def _decoder_cache_bytes(vae: Any, max_len: int) -> int:
+def decoder_cache_bytes(vae: Any, max_len: int) -> int:
     """Bytes of the VAE decoder's preallocated KV cache for one segment of ``max_len`` tokens
     (self-attention K/V for BOS + tokens, cross-attention K/V of the memory slots)."""
     c = vae.config
@@ -252,7 +252,7 @@ def generate_sllm(
             seg = vae.generate(latent, max_len=budget, greedy=not sampling, temperature=temperature,
                                top_p=top_p, generator=gen, min_len=1 if ignore_stop else 0, info=info)[0]
             result.calls.append(Call("decoder", info["steps"], seconds=clock.stop()))
-            result.decoder_cache_bytes = max(result.decoder_cache_bytes, _decoder_cache_bytes(vae, budget))
+            result.decoder_cache_bytes = max(result.decoder_cache_bytes, decoder_cache_bytes(vae, budget))
             if not seg:
                 reason = "empty_segment"
                 break
@@ -427,4 +427,5 @@ def load_sllm(path: str | Path, device: Any = "cpu") -> tuple[Any, Any, Any]:
     return model.eval(), tokenizer, segmenter
 
 
-__all__ = ["SEGMENT_ENDS", "STOP_REASONS", "Call", "GenerationResult", "TextStream", "generate_lm", "generate_sllm", "load_sllm"]
+__all__ = ["SEGMENT_ENDS", "STOP_REASONS", "Call", "GenerationResult", "TextStream", "decoder_cache_bytes", "generate_lm",
+           "generate_sllm", "load_sllm"]
