@@ -76,6 +76,7 @@ class GenerationResult:
     stop_reason: str = "max_new_tokens"
     calls: list[Call] = field(default_factory=list)  # every model call, in order
     segment_ends: list[str] = field(default_factory=list)  # SLLM: one of SEGMENT_ENDS per segment
+    empty_masked: int = 0  # SLLM, ignore_stop: segments whose decoder chose EOS before any token (masked)
 
     @property
     def new_tokens(self) -> int:
@@ -256,6 +257,7 @@ def generate_sllm(
             if not seg:
                 reason = "empty_segment"
                 break
+            result.empty_masked += int(info["eos_masked"][0])
             result.segment_ends.append("eos" if info["eos"][0] else ("budget" if budget < max_len else "max_len"))
             result.token_ids += seg
             text = stream.push(seg)

@@ -97,7 +97,7 @@ def test_forced_eos_after_k_gives_length_k(tokenizer, monkeypatch, k):
     st = spd.generation_stats(runs)
     assert runs[0].new_tokens == 6 * k and st["gen_segments"] == 6
     assert st["gen_segment_len"] == k and st["backbone_steps_per_token"] == pytest.approx(1 / k)
-    assert st["gen_eos_share"] == 1.0 and st["speed_note"] is None
+    assert st["gen_eos_share"] == 1.0 and st["speed_note"] is None and st["gen_empty_masked_share"] == 0
     acc = Pricer(model).account(runs[0])
     assert acc.decoder_steps == 6 * (k + 1)  # k tokens + the EOS step per segment
     assert acc.backbone_steps == acc.encoder_calls == 5  # the last segment is never fed back
@@ -122,6 +122,8 @@ def test_empty_segments_do_not_end_a_speed_run(tokenizer, monkeypatch):
     assert generate_sllm(model, tokenizer, seg, PROMPT, 10).stop_reason == "empty_segment"  # as generation does
     r = generate_sllm(model, tokenizer, seg, PROMPT, 10, ignore_stop=True)
     assert r.new_tokens == 10 and len(r.segment_ends) == 10 and r.stop_reason == "max_new_tokens"
+    st = spd.generation_stats([r])
+    assert st["gen_empty_masked_share"] == 1.0 and "L is forced" in st["speed_note"]
 
 
 def test_short_budget_is_na_never_zero(tokenizer, monkeypatch):
@@ -178,9 +180,10 @@ def test_analytic_bound_from_call_times():
     sllm = [SimpleNamespace(new_tokens=8, segment_ends=["eos", "eos"], calls=[
         Call("backbone", 3, prefill=True, seconds=9.0), Call("decoder", 5, seconds=0.5), Call("encoder", 4, seconds=0.2),
         Call("backbone", 1, context=3, seconds=1.0), Call("decoder", 5, seconds=0.5)])]
-    b = timing.analytic_bound(lm, sllm)
+    slow = [SimpleNamespace(calls=[Call("lm", 1, seconds=5.0)] * 4)]  # a run preempted throughout
+    b = timing.analytic_bound(lm + slow, sllm)
     # L = 4, d = 5 decoder steps per segment at 0.1 s, t_e = 0.2, t_b = 1: 4*1 / (1 + 0.5 + 0.2)
-    assert b["bound_L"] == 4 and b["t_d_s"] == pytest.approx(0.1)
+    assert b["bound_L"] == 4 and b["t_d_s"] == pytest.approx(0.1) and b["t_b_lm_s"] == 1.0
     assert b["bound"] == pytest.approx(4 / 1.7)
 
 

@@ -35,7 +35,8 @@ DEFINITIONS = {
                "when the IQR reaches beyond ±25 % of the median (machine load in meta)",
     "gen_segment_len": "mean generated segment length L (generated tokens per SLLM backbone step), beside the "
                        "test set's mean len; EOS % = share of generated segments ended by the decoder's EOS "
-                       "(the rest hit max_len or the token budget)",
+                       "(the rest hit max_len or the token budget); gen_empty_masked_share (results.json) = share of "
+                       "segments whose decoder chose EOS before any token, masked so the run keeps its budget",
     "backbone_steps_per_token": "backbone outputs consumed per generated token: 1/L for the SLLM, 1 for the LM",
     "bound": "analytic bound L*t_b,LM / (t_b + d*t_d + t_e) from measured per-call times (t_b,LM one LM step, "
              "t_b one SLLM backbone step, t_d one decoder token step, t_e one encoder call; d decoder steps "

@@ -464,7 +464,8 @@ class SentenceVAE(nn.Module):
         At most ``max_len`` tokens per segment (default and cap: config.max_len); a segment
         that reaches it without EOS is returned as is. EOS is masked for the first
         ``min_len`` tokens (a speed run asks for non-empty segments). ``info``, if given,
-        receives ``steps`` (decoder forward steps run) and ``eos`` (per row: ended by EOS).
+        receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS) and
+        ``eos_masked`` (per row: EOS was the top choice at a masked step).
         Does not change train/eval mode.
         """
         cfg = self.config
@@ -476,9 +477,11 @@ class SentenceVAE(nn.Module):
         tok = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=latent.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=latent.device)
         steps = []
+        masked = torch.zeros(B, dtype=torch.bool, device=latent.device)
         for _ in range(max_len + 1):
             logits = self.decoder(tok, latent, cache=cache)[:, -1]  # (B, V)
             if len(steps) < min_len:
+                masked |= logits.argmax(dim=-1) == cfg.eos_id
                 logits[:, cfg.eos_id] = float("-inf")
             nxt = _sample(logits, greedy, temperature, top_p, generator)  # (B,)
             steps.append(nxt)
@@ -494,6 +497,7 @@ class SentenceVAE(nn.Module):
         if info is not None:
             info["steps"] = len(steps)
             info["eos"] = [cfg.eos_id in row for row in out_ids]
+            info["eos_masked"] = masked.tolist()
         return result
 
     @torch.no_grad()
