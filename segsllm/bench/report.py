@@ -266,16 +266,16 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
     for ax, (domain, rs) in zip(axes[0], groups.items(), strict=True):
         for r in rs:
             x, c = r["sllm_bits_per_byte"], colors[r["segmenter"]]
+            name = _short(r["segmenter"])
             if _finite(r.get("speedup_flops")):
-                ax.scatter(x, r["speedup_flops"], s=60, color=c, label=r["segmenter"], zorder=3)
-                ax.annotate(r["segmenter"], (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5),
-                            fontsize=8)
+                ax.scatter(x, r["speedup_flops"], s=60, color=c, label=name, zorder=3)
+                ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             if _finite(r.get("speedup")):
                 lo, hi = r.get("speedup_q25", r["speedup"]), r.get("speedup_q75", r["speedup"])
                 ax.errorbar(x, r["speedup"], yerr=[[r["speedup"] - lo], [hi - r["speedup"]]], fmt="o", mfc="none",
-                            color=c, capsize=3, zorder=3, label="wall-clock median [IQR]")
+                            color=c, capsize=3, zorder=3)
             if _finite(r.get("bound")):
-                ax.scatter(x, r["bound"], marker="x", s=50, color=c, zorder=3, label="analytic bound (time)")
+                ax.scatter(x, r["bound"], marker="x", s=50, color=c, zorder=3)
         base = next((r["baseline_bits_per_byte"] for r in rs if _finite(r.get("baseline_bits_per_byte"))), None)
         if base is not None:
             ax.scatter(base, 1.0, marker="*", s=160, color="black", label="token LM (1×)", zorder=4)
@@ -283,7 +283,7 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_title(domain)
         ax.set_xlabel("bits/byte (lower is better)")
-        ax.set_ylabel("speedup vs token LM (×): ● FLOPs  ○ wall  × bound")
+        ax.set_ylabel("speedup vs token LM (×)")
         ax.grid(alpha=0.3)
         ax.margins(0.2)
     handles, labels = [], []
@@ -292,6 +292,12 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
         handles += h
         labels += lab
     uniq = dict(zip(labels, handles, strict=True))
+    from matplotlib.lines import Line2D
+
+    key = {"FLOP speedup": Line2D([], [], marker="o", ls="", color="grey"),
+           "wall-clock median [IQR]": Line2D([], [], marker="o", mfc="none", ls="-", color="grey"),
+           "analytic bound (time)": Line2D([], [], marker="x", ls="", color="grey")}
+    uniq.update(key)
     fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(len(uniq), 6), fontsize=8)
     fig.suptitle(f"Speed vs quality ({result.meta.get('device', '')}, batch 1)")
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
@@ -329,6 +335,12 @@ def plot_memory(result: Any, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _short(spec: str) -> str:
+    """A plot label: a learned splitter's folder name instead of its whole path."""
+    name, _, rest = spec.partition(":")
+    return f"learned:{Path(rest.rstrip('/')).name}" if name == "learned" and rest else spec
 
 
 def _finite(x: Any) -> bool:
