@@ -324,10 +324,11 @@ def plot_memory(result: Any, path: Path) -> Path | None:
             seg = name.removeprefix("sllm:")
             style = ({"color": colors.get(seg), "marker": "o"} if name.startswith("sllm:")
                      else {"color": "black", "marker": "*", "ls": "--"})
-            ax.plot([p["context_tokens"] for p in mp], [p["kv_bytes"] / 1024 for p in mp], label=name, **style)
+            label = f"sllm:{_short(seg)}" if name.startswith("sllm:") else name
+            ax.plot([p["context_tokens"] for p in mp], [p["kv_bytes"] / 1024 for p in mp], label=label, **style)
         ax.set_title(domain)
         ax.set_xlabel("context tokens")
-        ax.set_ylabel("KV cache (KB)")
+        ax.set_ylabel("KV cache (KB; SLLM incl. decoder)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("KV-cache memory vs context length")

@@ -36,7 +36,7 @@ SPREAD_LIMIT = 0.25  # flag a pair-ratio IQR reaching beyond ±25 % of the media
 def load_average() -> float | None:
     """1-minute load average of this machine (None where the OS has none)."""
     try:
-        return float(os.getloadavg()[0])
+        return round(float(os.getloadavg()[0]), 2)
     except (AttributeError, OSError):
         return None
 
