@@ -455,11 +455,16 @@ class SentenceVAE(nn.Module):
     @torch.no_grad()
     def generate(self, latent: torch.Tensor, max_len: int | None = None, greedy: bool = True,
                  temperature: float = 1.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> list[list[int]]:
+                 generator: torch.Generator | None = None, min_len: int = 0,
+                 info: dict[str, Any] | None = None) -> list[list[int]]:
         """Decode latents (B, D) with a KV cache; token id lists without BOS/EOS.
 
         At most ``max_len`` tokens per segment (default and cap: config.max_len); a segment
-        that reaches it without EOS is returned as is. Does not change train/eval mode.
+        that reaches it without EOS is returned as is. EOS is masked for the first
+        ``min_len`` tokens (a speed run asks for non-empty segments). ``info``, if given,
+        receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS) and
+        ``eos_masked`` (per row: EOS was the top choice at a masked step).
+        Does not change train/eval mode.
         """
         cfg = self.config
         max_len = cfg.max_len if max_len is None else int(max_len)
@@ -470,8 +475,12 @@ class SentenceVAE(nn.Module):
         tok = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=latent.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=latent.device)
         steps = []
+        masked = torch.zeros(B, dtype=torch.bool, device=latent.device)
         for _ in range(max_len + 1):
             logits = self.decoder(tok, latent, cache=cache)[:, -1]  # (B, V)
+            if len(steps) < min_len:
+                masked |= logits.argmax(dim=-1) == cfg.eos_id
+                logits[:, cfg.eos_id] = float("-inf")
             nxt = _sample(logits, greedy, temperature, top_p, generator)  # (B,)
             steps.append(nxt)
             done |= nxt == cfg.eos_id
@@ -483,6 +492,10 @@ class SentenceVAE(nn.Module):
         for row in out_ids:
             cut = row.index(cfg.eos_id) if cfg.eos_id in row else len(row)
             result.append(row[: min(cut, max_len)])
+        if info is not None:
+            info["steps"] = len(steps)
+            info["eos"] = [cfg.eos_id in row for row in out_ids]
+            info["eos_masked"] = masked.tolist()
         return result
 
     @torch.no_grad()
