@@ -47,6 +47,9 @@ def root(
     ] = False,
 ) -> None:
     """segsllm: how does the way text is cut into segments change a sentence-level LLM?"""
+    from segsllm.cli.common import warnings_as_lines
+
+    warnings_as_lines()
 
 
 app.add_typer(data_cmd.app, name="data")

@@ -24,6 +24,20 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def warnings_as_lines() -> None:
+    """Show Python warnings as one ``warning: ...`` line on stderr, not ``file:line: Category``
+    plus a source line: a warning is for the person at the terminal (e.g. tracking is off)."""
+    import warnings
+
+    from rich.text import Text
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        err_console.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def handle_errors(func: F) -> F:
     """Turn expected mistakes (bad config, bad input, missing artifacts) into one line."""
 

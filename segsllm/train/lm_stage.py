@@ -367,7 +367,7 @@ def train_lm(
     }
     tags = {"backbone": cfg.backbone.spec, "domain": ",".join(cfg.data.domains), "segmenter": "none",
             "pretrained": str(pretrained).lower()}
-    with start_run(cfg, "lm", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "lm", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"lm.num_parameters": count_parameters(model),
                         "lm.trainable_parameters": count_parameters(model, trainable_only=True)})
         result = train(

@@ -223,7 +223,7 @@ def train_vae(
     }
     tags = {"segmenter": segmenter.spec(), "domain": ",".join(cfg.data.domains), "backbone": "none"}
 
-    with start_run(cfg, "vae", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "vae", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"vae.num_parameters": sum(p.numel() for p in model.parameters())})
         result = train(
             model,
