@@ -265,7 +265,10 @@ class Run(NullRun):
         """Rows (one dict each) as an MLflow table artifact, viewable and comparable in the UI."""
         if not rows:
             return
-        self._safe("table", self.client.log_table, self.run_id, _columns(rows), artifact_file)
+        with warnings.catch_warnings():  # pandas' deprecation notes from inside MLflow
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            self._safe("table", self.client.log_table, self.run_id, _columns(rows), artifact_file)
 
     def start_system_metrics(self) -> None:
         """CPU/GPU/memory sampled in the background (needs psutil); best effort."""
