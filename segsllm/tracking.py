@@ -186,11 +186,12 @@ class Run(NullRun):
     """A live MLflow run driven through ``MlflowClient`` (no global fluent state)."""
 
     def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str,
-                 params: Mapping[str, str] | None = None) -> None:
+                 params: Mapping[str, str] | None = None, inherited: Mapping[str, str] | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.uri = uri
+        self.inherited = dict(inherited or {})  # tags every child carries too (the pipeline's run id)
         self._params = dict(params or {})  # already logged (a continued run)
         self._monitor: Any = None
         limit_http_retries(uri)
@@ -234,9 +235,9 @@ class Run(NullRun):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
+        items = [  # sorted: the UI lists a run's metrics in the order they were first logged
             Metric(_metric_key(k), float(v), now, int(step or 0))
-            for k, v in metrics.items()
+            for k, v in sorted(metrics.items())
             if v is not None
         ]
         for i in range(0, len(items), 1000):
@@ -262,7 +263,10 @@ class Run(NullRun):
             self._safe("artifact", self.client.log_artifact, self.run_id, str(p), artifact_path)
 
     def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
-        """Rows (one dict each) as an MLflow table artifact, viewable and comparable in the UI."""
+        """Rows (one dict each) as an MLflow table artifact, viewable and comparable in the UI.
+
+        The runs page's artifact view groups by the first column and shows the second.
+        """
         if not rows:
             return
         with warnings.catch_warnings():  # pandas' deprecation notes from inside MLflow
@@ -302,9 +306,10 @@ class Run(NullRun):
             yield NullRun()
             return
         try:
-            tags_all = {"mlflow.parentRunId": self.run_id, "mlflow.runName": name, **_segmenter_tags(tags or {})}
+            tags_all = {**self.inherited, "mlflow.parentRunId": self.run_id, "mlflow.runName": name,
+                        **_segmenter_tags(tags or {})}
             info = self.client.create_run(self.experiment_id, tags=tags_all, run_name=name).info
-            child = Run(self.client, info.run_id, self.experiment_id, self.uri)
+            child = Run(self.client, info.run_id, self.experiment_id, self.uri, inherited=self.inherited)
         except Exception as exc:
             tracking_failed(self.uri, "child run", exc)
             yield NullRun()
@@ -317,6 +322,26 @@ class Run(NullRun):
             raise
         finally:
             child.finish(status)
+
+
+def bench_table(rows: list[Mapping[str, Any]], metric: str = "sllm_bits_per_byte") -> list[dict[str, Any]]:
+    """Bench result rows shaped for MLflow's artifact view: the first column names the cell
+    (``csv · fixed:k=8``), the second is ``metric``; rows sorted by domain, best first.
+
+    So the runs page's table view answers "which segmenter wins on CSV" without settings.
+    """
+    import math
+
+    def order(r: Mapping[str, Any]) -> tuple[str, float]:
+        v = r.get(metric)
+        return str(r.get("domain")), v if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
+
+    out = []
+    for r in sorted(rows, key=order):
+        seg = short_segmenter(str(r.get("segmenter")))
+        out.append({"domain · segmenter": f"{r.get('domain')} · {seg}", metric: r.get(metric),
+                    **{k: v for k, v in r.items() if k != metric}, "segmenter": seg})
+    return out
 
 
 def _columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
@@ -443,10 +468,14 @@ def _open(uri: str, experiment: str, name: str, stage: str, tags: Mapping[str, A
         for i in range(0, len(items), 100):
             client.log_batch(run_id, tags=items[i : i + 100])
         _close(client, previous[1:], run_id)
-        return Run(client, run_id, experiment_id, uri, params=previous[0].data.params)
+        return Run(client, run_id, experiment_id, uri, params=previous[0].data.params, inherited=_inherited(all_tags))
     info = client.create_run(experiment_id, tags=all_tags, run_name=name).info
     _close(client, previous, info.run_id)
-    return Run(client, info.run_id, experiment_id, uri)
+    return Run(client, info.run_id, experiment_id, uri, inherited=_inherited(all_tags))
+
+
+def _inherited(tags: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k.startswith("pipeline.")}
 
 
 def _experiment(client: Any, name: str) -> str:

@@ -190,7 +190,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     from segsllm.generate import load_sllm
     from segsllm.runtime import pick_device, seed_everything
     from segsllm.segment import build_segmenter
-    from segsllm.tracking import run_name, short_segmenter, start_run
+    from segsllm.tracking import bench_table, run_name, short_segmenter, start_run
 
     say = log or (lambda _m: None)
     started = time.perf_counter()
@@ -360,7 +360,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                          for k in ("sllm_bits_per_byte", "speedup", "mean_segment_len")
                          if isinstance(r.get(k), float) and not math.isnan(r[k])})
         run.set_tags({"out_dir": str(out_dir.resolve())})
-        run.log_table(rows, "results_table.json")
+        run.log_table(bench_table(rows), "results_table.json")
         for p in result.files.values():
             run.log_artifact(p)
     return result
