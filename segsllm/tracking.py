@@ -176,6 +176,9 @@ class NullRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Ignored."""
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Ignored."""
+
     @contextmanager
     def child(self, name: str, tags: Mapping[str, Any] | None = None) -> Iterator[NullRun]:
         """A nested run; here another NullRun."""

@@ -15,6 +15,12 @@ def test_no_track_gives_null_run(tmp_path):
     with start_run(cfg, "unit") as run:
         assert isinstance(run, NullRun) and not run.active
         run.log_metrics({"x": 1.0}, step=1)  # no-op, no error
+        # Every call a live run takes, a NullRun takes too.
+        from segsllm.tracking import Run
+
+        live = {n for n in vars(Run) if not n.startswith("_") and callable(getattr(Run, n))}
+        assert live - {"start_system_metrics", "finish"} <= {n for n in dir(run) if not n.startswith("_")}
+        run.log_table([{"a": 1}], "t.json")
 
 
 def test_run_records_params_metrics_tags_artifacts_and_children(tmp_path):
