@@ -504,9 +504,14 @@ def _unfinished_runs(client: Any, experiment_id: str, out_dir: str | None) -> li
 def _close(client: Any, runs: list[Any], by: str) -> None:
     """Mark runs a killed process left RUNNING as KILLED (they will never finish themselves)."""
     for r in runs:
-        if r.info.status == "RUNNING":
-            client.set_tag(r.info.run_id, "superseded_by", by)
-            client.set_terminated(r.info.run_id, "KILLED")
+        if r.info.status != "RUNNING":
+            continue
+        children = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'",
+                                      max_results=1000)
+        for run in [r, *children]:
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "superseded_by", by)
+                client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _log_config(run: Run, cfg: Any) -> None:

@@ -174,11 +174,15 @@ def test_a_fresh_start_closes_the_stale_running_run(tmp_path):
     cfg = load_config(None, [f"run.tracking_uri={uri}", f"run.out={tmp_path / 'o'}"])
     other = load_config(None, [f"run.tracking_uri={uri}", f"run.out={tmp_path / 'other'}"])
     old, elsewhere = _killed_run(cfg), _killed_run(other)
+    cell_ctx = old.child("csv · punctuation")  # a bench cell killed with its parent (kept open)
+    cell = cell_ctx.__enter__()
     with start_run(cfg, "unit", system_metrics=False) as run:
         pass
     client = MlflowClient(uri)
     stale = client.get_run(old.run_id)
     assert stale.info.status == "KILLED" and stale.data.tags["superseded_by"] == run.run_id
+    assert client.get_run(cell.run_id).info.status == "KILLED"
+    del cell_ctx
     assert client.get_run(run.run_id).info.status == "FINISHED"
     assert client.get_run(elsewhere.run_id).info.status == "RUNNING"  # another folder: not ours to close
 
