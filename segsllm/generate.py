@@ -348,19 +348,13 @@ def load_sllm(path: str | Path, device: Any = "cpu") -> tuple[Any, Any, Any]:
 
     The segmenter is the one recorded in the folder's lineage, capped at the VAE's max_len.
     """
-    from segsllm.data.tokenizer import load_tokenizer
     from segsllm.errors import ArtifactError
-    from segsllm.models.artifact import read_manifest
-    from segsllm.models.sllm import SLLM
+    from segsllm.models.loading import load_artifact
     from segsllm.segment import build_segmenter
 
     root = Path(path)
-    manifest = read_manifest(root)  # a missing or incomplete folder is a one-line error
-    if manifest.get("kind") != "sllm":
-        raise ArtifactError(f"{root} holds a {manifest.get('kind')!r} artifact, expected 'sllm' "
-                            "(a folder written by `segsllm finetune`)")
-    tokenizer = load_tokenizer(root)
-    model = SLLM.from_pretrained(root, tokenizer=tokenizer, map_location=device)
+    loaded = load_artifact("sllm", root, device=device)
+    model, tokenizer, manifest = loaded.model, loaded.tokenizer, loaded.manifest
     spec = (manifest.get("lineage") or {}).get("segmenter")
     if not spec:
         raise ArtifactError(f"{root}/manifest.json names no segmenter in its lineage")

@@ -17,19 +17,15 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from segsllm.errors import SegsllmError
+from segsllm.layout import PipelineLayout, sllm_name, splitter_name, vae_name
+from segsllm.models.token_lm import is_from_scratch
 
 MARKER = "pipeline.json"
-
-
-def slug(spec: str) -> str:
-    """A segmenter spec's folder name: the bench's convention, so ``bench --from`` finds it."""
-    from segsllm.bench.run import segmenter_slug
-
-    return segmenter_slug(spec)
 
 
 @dataclass
@@ -109,34 +105,36 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
         return dataclasses.replace(cfg, run=dataclasses.replace(base.run, out=str(out / name)))
 
     stages: list[Stage] = [Stage("data", "data", stage_cfg("data", "data"), _run_data)]
-    pretrained = base.backbone.spec not in ("tiny",) and not base.backbone.spec.startswith("tiny:")
+    pretrained = not is_from_scratch(base.backbone.spec)
     stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", "tokenizer"),
                         _run_backbone_tokenizer if pretrained else _run_tokenizer, ["data"]))
-    tok_dir = str(out / "tokenizer")
+    layout = PipelineLayout(out)
+    tok_dir = str(layout.tokenizer)
     stages.append(Stage("lm", "lm", stage_cfg("lm", "lm", [f"tokenizer.path={tok_dir}"]), _run_lm,
                         ["tokenizer"]))
 
     def model_stages(spec: str, after: list[str]) -> list[Stage]:
-        s = slug(spec)
-        vae = Stage(f"vae-{s}", "vae",
-                    stage_cfg("vae", f"vae-{s}", [f"segmenter.spec={spec}", f"tokenizer.path={tok_dir}"]),
+        vae_dir = layout.vae(spec)
+        vae = Stage(vae_dir.name, "vae",
+                    stage_cfg("vae", vae_dir.name, [f"segmenter.spec={spec}", f"tokenizer.path={tok_dir}"]),
                     _run_vae, ["tokenizer", *after])
-        sllm = Stage(f"sllm-{s}", "sllm",
-                     stage_cfg("sllm", f"sllm-{s}", [f"segmenter.spec={spec}", f"backbone.spec={out / 'lm'}",
-                                                     f"tokenizer.path={tok_dir}"]),
-                     _run_sllm, [vae.name, "lm"])
+        sllm_dir = layout.sllm(spec)
+        sllm = Stage(sllm_dir.name, "sllm",
+                     stage_cfg("sllm", sllm_dir.name, [f"segmenter.spec={spec}", f"backbone.spec={layout.lm}",
+                                                       f"tokenizer.path={tok_dir}"]),
+                     partial(_run_sllm, vae_dir=vae_dir), [vae.name, "lm"])
         return [vae, sllm]
 
     for spec in base.pipeline.segmenters:
         stages += model_stages(spec, [])
     learned: list[str] = []
-    first_vae = f"vae-{slug(base.pipeline.segmenters[0])}" if base.pipeline.segmenters else None
+    first_vae = vae_name(base.pipeline.segmenters[0]) if base.pipeline.segmenters else None
     for teacher in base.pipeline.teachers:
-        name = f"splitter-{teacher}"
+        name = splitter_name(teacher)
         extra = [f"tokenizer.path={tok_dir}"]
         after = ["tokenizer"]
         if teacher == "entropy":
-            extra.append(f"splitter.base_lm={out / 'lm'}")
+            extra.append(f"splitter.base_lm={layout.lm}")
             after.append("lm")
         if teacher == "vae":
             if first_vae is None:
@@ -145,11 +143,11 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
             after.append(first_vae)
         stages.append(Stage(name, "splitter", stage_cfg("splitter", name, [*extra, f"splitter.teacher={teacher}"]),
                             _run_splitter, after))
-        learned.append(f"learned:{out / name}")
+        learned.append(f"learned:{layout.splitter(teacher)}")
     for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
-        stages += model_stages(spec, [f"splitter-{teacher}"])
+        stages += model_stages(spec, [splitter_name(teacher)])
     segs = [*base.pipeline.segmenters, *learned]
-    bench_after = ["lm", *[f"sllm-{slug(s)}" for s in segs]]
+    bench_after = ["lm", *[sllm_name(s) for s in segs]]
     seg_list = "[" + ",".join(json.dumps(x) for x in segs) + "]"
     stages.append(Stage("bench", "bench",
                         stage_cfg("bench", "bench", [f"bench.from_dir={out}", f"bench.segmenters={seg_list}"]),
@@ -203,7 +201,7 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
             parent.log_metrics({f"stage_seconds/{st.name}": seconds})
             outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
         parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
-        bench_dir = out / "bench"
+        bench_dir = PipelineLayout(out).bench
         for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
             if (bench_dir / name).is_file():
                 parent.log_artifact(bench_dir / name)
@@ -252,26 +250,25 @@ def _run_backbone_tokenizer(cfg: Any, resume: bool) -> None:
 def _run_lm(cfg: Any, resume: bool) -> None:
     from segsllm.train.lm_stage import train_lm
 
-    train_lm(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_lm(cfg, resume=resume, progress=True)
 
 
 def _run_vae(cfg: Any, resume: bool) -> None:
     from segsllm.train.vae_stage import train_vae
 
-    train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_vae(cfg, resume=resume, progress=True)
 
 
-def _run_sllm(cfg: Any, resume: bool) -> None:
+def _run_sllm(cfg: Any, resume: bool, *, vae_dir: Path) -> None:
     from segsllm.train.sllm_stage import finetune_sllm
 
-    vae_dir = Path(cfg.run.out).parent / Path(cfg.run.out).name.replace("sllm-", "vae-", 1)
-    finetune_sllm(cfg, vae_dir, cfg.backbone.spec, segmenter=cfg.segmenter.spec, resume=resume, progress=True)
+    finetune_sllm(cfg, vae_dir, segmenter=cfg.segmenter.spec, resume=resume, progress=True)
 
 
 def _run_splitter(cfg: Any, resume: bool) -> None:
     from segsllm.train.splitter_stage import train_splitter
 
-    train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    train_splitter(cfg, resume=resume, progress=True)
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:

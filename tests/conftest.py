@@ -56,6 +56,7 @@ def _variants(base: str, n: int, domain: str) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
     """A data folder with small prepared prose, code and csv corpora (real store format)."""
+    from segsllm.data.dedup import DedupConfig
     from segsllm.data.store import RawDoc, write_corpus
 
     class ListSource:
@@ -71,5 +72,46 @@ def tiny_data_dir(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("data")
     for domain, base in (("prose", PROSE), ("code", CODE), ("csv", CSV)):
-        write_corpus(root, ListSource(domain, _variants(base, 60, domain)), 0.15, 0.15)
+        # The documents are variants of one template: near-duplicate grouping would put them
+        # all in one split, so only exact duplicates are collapsed here.
+        write_corpus(root, ListSource(domain, _variants(base, 60, domain)), 0.15, 0.15,
+                     dedup=DedupConfig(near_duplicates=False))
     return root
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared, busy CPU: one thread is much faster than several fighting.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``; restored after the module.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny_vae(vocab_size: int, max_len: int = 16, *, d_model: int = 32, n_heads: int = 4, **kw):
+    """A small SentenceVAE (d_ff = 2 x d_model) drawn from torch's current RNG state."""
+    from segsllm.config.vae import SentenceVAEConfig
+    from segsllm.models.vae import SentenceVAE
+
+    return SentenceVAE(SentenceVAEConfig(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads,
+                                         d_ff=2 * d_model, max_len=max_len, **kw))
+
+
+def tiny_backbone(tokenizer=None, *, vocab_size: int | None = None, family: str = "llama", hidden_size: int = 32,
+                  num_layers: int = 2, num_heads: int = 4, max_positions: int = 64, **kw):
+    """A from-scratch ``tiny`` backbone sized by ``tokenizer`` (or ``vocab_size``), from
+    torch's current RNG state; returns the :class:`Backbone` (``.model`` is the LM)."""
+    from segsllm.config.backbone import BackboneConfig
+    from segsllm.models.backbone import load_backbone
+
+    cfg = BackboneConfig(spec="tiny", family=family, hidden_size=hidden_size, num_layers=num_layers,
+                         num_heads=num_heads, max_positions=max_positions, **kw)
+    return load_backbone(cfg, tokenizer=tokenizer) if vocab_size is None else load_backbone(cfg, vocab_size=vocab_size)

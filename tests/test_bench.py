@@ -13,37 +13,27 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.bench import quality as q  # noqa: E402
-from segsllm.bench.run import find_artifacts, segmenter_slug  # noqa: E402
+from segsllm.bench.run import find_artifacts  # noqa: E402
 from segsllm.config import Config  # noqa: E402
+from segsllm.layout import segmenter_slug  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors on a shared CPU: one thread is much faster than several."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_backbone(tokenizer, seed: int):
-    from segsllm.config.backbone import BackboneConfig
-    from segsllm.models.backbone import load_backbone
-
     torch.manual_seed(seed)
-    return load_backbone(BackboneConfig(spec="tiny", family="llama", hidden_size=32, num_layers=2, num_heads=4,
-                                        max_positions=256), tokenizer=tokenizer)
+    return tiny_backbone(tokenizer, max_positions=256)
 
 
 def _save_sllm(tokenizer, path, spec: str, seed: int):
     from segsllm.config.sllm import SLLMConfig
-    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.models.sllm import SLLM
-    from segsllm.models.vae import SentenceVAE
 
     torch.manual_seed(seed)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=16))
+    vae = tiny_vae(len(tokenizer), 16)
     model = SLLM(SLLMConfig(max_segments=32), vae, _tiny_backbone(tokenizer, seed).model)
     model.save_pretrained(path, tokenizer=tokenizer, lineage={"segmenter": spec, "backbone": {"spec": "tiny"}},
                           extra_manifest={"run_id": f"sllm-run-{seed}"})
@@ -97,10 +87,8 @@ def test_slug_and_pipeline_layout(pipeline_dir):
 def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     """Uniform predictions make bits/byte computable by hand; both models see the same bytes."""
     from segsllm.config.sllm import SLLMConfig
-    from segsllm.config.vae import SentenceVAEConfig
     from segsllm.data.tokenizer import encode
     from segsllm.models.sllm import SLLM
-    from segsllm.models.vae import SentenceVAE
     from segsllm.segment import build_segmenter
 
     split_bytes, texts = q.split_doc_bytes(tiny_data_dir, "prose", "test")
@@ -122,7 +110,7 @@ def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     # SLLM with a zeroed decoder norm and a zero stop head: each decoder target costs ln V,
     # each stop decision ln 2: one after every segment but a window's last, and after each
     # document's last segment (the start vector's decision counts as the first of those).
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=16))
+    vae = tiny_vae(len(tokenizer), 16)
     model = SLLM(SLLMConfig(max_segments=8), vae, _tiny_backbone(tokenizer, 0).model).eval()
     with torch.no_grad():
         vae.decoder.ln_f.weight.zero_()
@@ -238,3 +226,53 @@ def test_mlflow_parent_and_child_runs(tiny_data_dir, pipeline_dir, tmp_path):
     # The runs page's artifact view groups by the first column and shows the second.
     assert table["columns"][:2] == ["domain · segmenter", "sllm_bits_per_byte"] and "segmenter" in table["columns"]
     assert [r[0] for r in table["data"]] == ["csv · fixed:k=8"]
+
+
+def test_baseline_on_another_tokenizer_warns_and_drops_token_unit_columns(tiny_data_dir, pipeline_dir, tmp_path):
+    from segsllm.bench.run import run_bench
+    from segsllm.data.tokenizer import train_bpe
+
+    other = train_bpe(["Another tokenizer, trained on other text: 1, 2, 3.\n"] * 30, vocab_size=300, min_frequency=2)
+    lm = _save_lm(other, tmp_path / "other-lm", seed=4)
+    cfg = _cfg(tiny_data_dir, pipeline_dir, tmp_path / "out", segmenters=["punctuation"], baseline=str(lm),
+               plots=False)
+    cfg.data.domains = ["prose"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_bench(cfg)
+    messages = [str(w.message) for w in caught if "another tokenizer" in str(w.message)]
+    assert len(messages) == 1 and "bits/byte still compares" in messages[0]
+    (row,) = result.rows
+    for col in ("baseline_token_perplexity", "baseline_tokens_per_s", "speedup", "kv_ratio",
+                "baseline_kv_bytes_per_token"):
+        assert math.isnan(row[col]), col
+    assert math.isfinite(row["sllm_bits_per_byte"]) and math.isfinite(row["baseline_bits_per_byte"])
+    assert math.isfinite(row["sllm_token_perplexity"]) and math.isfinite(row["sllm_tokens_per_s"])
+
+
+def test_same_tokenizer_keeps_token_unit_columns(tokenizer):
+    from segsllm.bench.units import drop_token_units, same_tokenizer, token_unit_columns
+
+    assert same_tokenizer(tokenizer, tokenizer)
+    row = {"baseline_token_perplexity": 3.0, "base_lm_token_perplexity": 4.0, "speedup": 2.0}
+    assert drop_token_units(row, "base_lm", speed_ref=False) == ["base_lm_token_perplexity"]
+    assert row["speedup"] == 2.0 and row["baseline_token_perplexity"] == 3.0
+    assert "speedup" in token_unit_columns("baseline", speed_ref=True)
+
+
+def test_generate_with_a_baseline_on_another_tokenizer_warns_and_gives_no_ratio(pipeline_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from segsllm.cli.app import app
+    from segsllm.data.tokenizer import train_bpe
+
+    other = train_bpe(["Another tokenizer, trained on other text: 1, 2, 3.\n"] * 30, vocab_size=300, min_frequency=2)
+    lm = _save_lm(other, tmp_path / "other-lm", seed=4)
+    args = ["generate", "--model", str(pipeline_dir / "sllm-punctuation"), "--prompt", "Hello there. ",
+            "--max-new-tokens", "6", "--device", "cpu", "--ignore-stop"]
+    r = CliRunner().invoke(app, [*args, "--baseline", str(lm)])
+    assert r.exit_code == 0, r.output
+    assert "warning: the baseline" in " ".join(r.stderr.split()) and "another tokenizer" in r.stderr
+    assert "speed ratio" not in r.stdout
+    same = CliRunner().invoke(app, [*args, "--baseline", str(pipeline_dir / "lm")])
+    assert same.exit_code == 0 and "speed ratio SLLM / baseline" in same.stdout and "warning" not in same.stderr

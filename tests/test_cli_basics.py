@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from segsllm.cli.app import app
@@ -58,3 +59,60 @@ def test_unknown_preset_exit_2():
 def test_presets_command_lists_presets():
     result = runner.invoke(app, ["presets"])
     assert result.exit_code == 0 and "tiny" in result.output and "smoke" in result.output
+
+
+@pytest.mark.parametrize(("command", "hint"), [
+    (["train-vae", "--tokenizer", "tok"], "interrupted: rerun the same command with --resume"),
+    (["pipeline", "--config", "smoke"], "interrupted: rerun the same command to resume"),
+])
+def test_ctrl_c_prints_a_resume_hint(monkeypatch, tmp_path, command, hint):
+    from typer.testing import CliRunner
+
+    import segsllm.pipeline
+    import segsllm.train.vae_stage
+    from segsllm.cli.app import app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(segsllm.train.vae_stage, "train_vae", interrupted)
+    monkeypatch.setattr(segsllm.pipeline, "run_pipeline", interrupted)
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, [*command, "--no-track"])
+    assert r.exit_code == 130
+    assert hint in " ".join(r.stderr.split()) and "Traceback" not in r.output
+
+
+def test_transformers_progress_bars_are_silenced(monkeypatch):
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(hf_logging, "_tqdm_active", True)  # bars on, put back after the test
+    assert runner.invoke(app, ["presets"]).exit_code == 0
+    assert not hf_logging.is_progress_bar_enabled()
+    import os
+
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+
+
+def test_help_has_examples_flags_and_plain_usage():
+    import re
+
+    wide = {"COLUMNS": "200", "TERMINAL_WIDTH": "200"}
+    for command in [*STAGES, "presets"]:
+        args = [command, "prepare", "--help"] if command == "data" else [command, "--help"]
+        out = runner.invoke(app, args, env=wide).stdout
+        assert "Examples" in out and "$ segsllm " in out, command
+        assert "<bool>" not in out, command  # flags are shown as flags
+    seg = runner.invoke(app, ["segment", "--help"], env=wide).stdout
+    assert "[OPTIONS] FILE" in seg and "{file}" not in seg
+    assert "Tokenizer folder (default: tokenizer.path of the config)." in seg
+    assert re.search(r"--json\s+Print", seg)
+
+
+def test_presets_have_one_line_descriptions():
+    out = runner.invoke(app, ["presets"], env={"COLUMNS": "300"}).stdout
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.strip()}
+    assert "every stage for a few steps on a sliver of the built-in corpora (a few minutes on 2 CPU cores)." \
+        in lines["smoke"]
+    assert "the main job on the built-in corpora" in lines["tiny"]

@@ -213,3 +213,77 @@ def test_section_validation_names_the_key():
     with pytest.raises(ConfigError, match=r"backbone\.num_heads"):
         BackboneConfig(num_heads=0).validate()
     assert BackboneConfig(spec="org/model", family="other").validate().family == "other"  # tiny only
+
+
+# Every section is validated when the config is loaded: (override, key named, what is wanted).
+BAD_VALUES = [
+    ("train.batch_size=0", "train.batch_size", ">= 1"),
+    ("train.steps=0", "train.steps", ">= 1"),
+    ("train.lr=0", "train.lr", "> 0"),
+    ("train.betas=[0.9,1.5]", "train.betas", "[0, 1)"),
+    ("train.eval_batches=0", "train.eval_batches", ">= 1"),
+    ("data.validation_fraction=1.5", "data.validation_fraction", "[0, 1)"),
+    ("data.max_docs=0", "data.max_docs", ">= 1"),
+    ("data.domains=[]", "data.domains", "at least one"),
+    ("tokenizer.vocab_size=100", "tokenizer.vocab_size", ">= 259"),
+    ("segmenter.max_len=0", "segmenter.max_len", ">= 1"),
+    ("vae.max_len=0", "vae.max_len", ">= 1"),
+    ("vae.encoder_layers=0", "vae.encoder_layers", ">= 1"),
+    ("vae.dropout=1.0", "vae.dropout", "[0, 1)"),
+    ("backbone.num_layers=0", "backbone.num_layers", ">= 1"),
+    ("lm.context_len=1", "lm.context_len", ">= 2"),
+    ("sllm.max_segments=0", "sllm.max_segments", ">= 1"),
+    ("splitter.chunk_tokens=1", "splitter.chunk_tokens", ">= 2"),
+    ("bench.prompts=0", "bench.prompts", ">= 1"),
+    ("run.device=gpu", "run.device", "cuda:N"),
+    ("run.seed=-1", "run.seed", ">= 0"),
+]
+
+
+@pytest.mark.parametrize(("override", "key", "want"), BAD_VALUES)
+def test_bad_values_are_refused_when_loading(override, key, want):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    message = str(info.value)
+    assert message.startswith(key) and want in message and "\n" not in message
+
+
+@pytest.mark.parametrize(("override", "key", "want"), BAD_VALUES[:4] + BAD_VALUES[-2:])
+def test_bad_values_on_the_command_line_are_one_line_no_traceback(override, key, want, tmp_path):
+    from typer.testing import CliRunner
+
+    from segsllm.cli.app import app
+
+    r = CliRunner().invoke(app, ["train-vae", "--tokenizer", str(tmp_path), "--no-track", "--set", override])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), r.stderr
+
+
+def test_depth_outside_the_papers_variants_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from segsllm.cli.app import app
+
+    r = CliRunner().invoke(app, ["train-vae", "--tokenizer", str(tmp_path), "--no-track", "--depth", "3"])
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert r.stderr.strip().startswith("error: --depth must be 1, 2 or 4")
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_folder_or_file_named_like_a_preset_does_not_shadow_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "smoke").mkdir()  # ./smoke/ (say, a run folder)
+    (tmp_path / "tiny").write_text("not yaml: [")  # ./tiny, a stray file
+    assert resolve_preset("smoke").name == "smoke.yaml" and resolve_preset("smoke").parent != tmp_path
+    assert resolve_preset("tiny").name == "tiny.yaml"
+    assert load_config("smoke").train.steps == load_config(str(resolve_preset("smoke"))).train.steps
+    with pytest.raises(ConfigError, match="is a folder"):
+        resolve_preset("./smoke")
+    (tmp_path / "mine.yaml").write_text("train:\n  steps: 7\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "conf").write_text("train:\n  steps: 9\n")
+    assert load_config("mine.yaml").train.steps == 7  # a .yaml name is a file
+    assert load_config("sub/conf").train.steps == 9  # so is a path with a separator
+    with pytest.raises(ConfigError, match=r"config file not found: other\.yml"):
+        resolve_preset("other.yml")

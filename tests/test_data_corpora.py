@@ -260,7 +260,7 @@ def test_csv_from_the_real_pydataset(tmp_path):
         "import sys, json\n"
         "from segsllm.data import corpora\n"
         f"m = corpora.prepare_builtin({str(tmp_path / 'data')!r}, 'csv').manifest\n"
-        "print(json.dumps([m['total_documents'], m['sha256'], 'pydataset' in sys.modules]))\n"
+        "print(json.dumps([m['total_documents'] + m['dedup']['collapsed'], m['sha256'], 'pydataset' in sys.modules]))\n"
     )
     env = {**os.environ, "HOME": str(tmp_path / "home")}
     out = subprocess.run(

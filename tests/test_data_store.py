@@ -97,6 +97,7 @@ def test_write_corpus_layout_and_manifest(tmp_path):
     m = store.write_corpus(tmp_path, ListSource("demo", docs), 0.1, 0.1)
     folder = tmp_path / "demo"
     assert sorted(p.name for p in folder.iterdir()) == [
+        "duplicates.json",
         "manifest.json",
         "test.jsonl",
         "train.jsonl",
@@ -247,7 +248,7 @@ def test_truncation_cuts_at_a_line_end_and_never_mid_character():
 
 
 def test_balanced_mix_is_balanced_interleaved_and_deterministic(tmp_path):
-    store.write_corpus(tmp_path, ListSource("a", [(f"a{i}", b"a" * 100) for i in range(200)]), 0, 0)
+    store.write_corpus(tmp_path, ListSource("a", [(f"a{i}", (f"{i:04d}" + "a" * 96).encode()) for i in range(200)]), 0, 0)
     b_docs = [(f"b{i}", (f"{i:04d}" + "b" * 996).encode()) for i in range(200)]
     store.write_corpus(tmp_path, ListSource("b", b_docs), 0, 0)
     mix = list(store.balanced_mix(tmp_path, ["a", "b"], 5000, seed=1))

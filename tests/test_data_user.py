@@ -26,6 +26,7 @@ def files(tmp_path) -> Path:
     (root / "table.csv").write_bytes(b"a,b\r\n1,2\r\n")
     (root / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     (root / "latin1.txt").write_bytes(b"caf\xe9\n")
+    (root / "broken.txt").write_bytes("über ".encode() + b"\xff\n")  # UTF-8 with one bad byte
     (root / "empty.txt").write_bytes(b"")
     (root / ".hidden.txt").write_bytes(b"secret")
     (root / ".git" / "config").write_bytes(b"[core]")
@@ -47,14 +48,75 @@ def test_folder_recursion_binary_invalid_utf8_crlf(tmp_path, files):
         "sub/b.md": "# Título\n\nüñíçødé 🙂\n",
         "sub/c.py": "def f():\n\treturn 1\n",
         "table.csv": "a,b\r\n1,2\r\n",
-        "latin1.txt": "caf\ufffd\n",
+        "latin1.txt": "café\n",  # the documented legacy fallback, not "caf\ufffd"
+        "broken.txt": "über \ufffd\n",  # UTF-8 with a corrupt byte stays UTF-8
         "records.jsonl:1": "first\r\nrecord",
         "records.jsonl:3": "second\trecord ✓",
     }
     assert m["skipped_binary"] == 1 and m["skipped_empty"] == 1
     assert m["replaced_invalid_utf8"] == 1 and m["replacement_chars"] == 1
     assert m["source"] == f"files:{files}" and len(m["sha256"]) == 64
-    assert m["source_files"] == 8  # hidden files and folders are not walked
+    assert m["source_files"] == 9  # hidden files and folders are not walked
+    assert m["named_files"] == {
+        "binary": {"count": 1, "first": ["image.png"]},
+        "empty": {"count": 1, "first": ["empty.txt"]},
+        "decoded_cp1252": {"count": 1, "first": ["latin1.txt"]},
+        "replaced_invalid_utf8": {"count": 1, "first": ["broken.txt"]},
+    }
+
+
+def test_skipped_files_are_named_first_few_plus_count(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    (folder / "ok.txt").write_text("fine\n")
+    for i in range(8):
+        (folder / f"blob{i}.bin").write_bytes(b"\x00" * 4)
+    m = user.prepare_files(tmp_path / "d", "many", str(folder)).manifest
+    entry = m["named_files"]["binary"]
+    assert entry == {"count": 8, "first": [f"blob{i}.bin" for i in range(user.NAMED)]}
+    assert user.describe_notes(m["named_files"]) == [
+        "skipped 8 binary file(s): blob0.bin, blob1.bin, blob2.bin, blob3.bin, blob4.bin and 3 more"
+    ]
+
+
+@pytest.mark.parametrize("how", ["folder", "glob"])
+def test_dangling_symlinks_are_skipped_and_named(tmp_path, how):
+    folder = tmp_path / "src"
+    folder.mkdir()
+    (folder / "a.txt").write_text("alpha\n")
+    (folder / "gone.txt").symlink_to(tmp_path / "nowhere.txt")
+    pattern = str(folder) if how == "folder" else str(folder / "*.txt")
+    m = user.prepare_files(tmp_path / "d", "links", pattern).manifest
+    assert _texts(tmp_path / "d", "links") == {"a.txt": "alpha\n"}
+    assert m["named_files"]["dangling_symlink"] == {"count": 1, "first": ["gone.txt"]}
+
+
+@pytest.mark.parametrize(
+    ("data", "encoding", "text"),
+    [
+        (b"na\xefve \x93quoted\x94\n", "auto", "naïve “quoted”\n"),  # Windows-1252
+        ("naïve\n".encode(), "auto", "naïve\n"),
+        (b"caf\xe9\n", "utf-8", "caf\ufffd\n"),  # asked for: replace
+        (b"caf\xe9\n", "latin-1", "café\n"),
+        ("été".encode("utf-16"), "utf-16", "été"),
+    ],
+)
+def test_encodings(tmp_path, data, encoding, text):
+    f = tmp_path / "doc.txt"
+    f.write_bytes(data)
+    res = user.prepare_files(tmp_path / "d", "enc", str(f), encoding=encoding)
+    assert _texts(tmp_path / "d", "enc") == {"doc.txt": text}
+    assert res.manifest["encoding"] == encoding
+
+
+def test_strict_encoding_refuses_latin1_and_unknown_codecs_are_errors(tmp_path):
+    f = tmp_path / "doc.txt"
+    f.write_bytes(b"caf\xe9\n")
+    with pytest.raises(DataError, match=r"doc\.txt: not valid UTF-8 \(byte 3\)"):
+        user.prepare_files(tmp_path / "d", "s", str(f), encoding="strict")
+    with pytest.raises(DataError, match="unknown --encoding 'klingon'"):
+        user.prepare_files(tmp_path / "d", "s", str(f), encoding="klingon")
+    assert not store.is_prepared(tmp_path / "d", "s")
 
 
 def test_glob_and_single_file(tmp_path, files):

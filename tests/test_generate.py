@@ -9,33 +9,24 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segsllm.config.backbone import BackboneConfig  # noqa: E402
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.config.sllm import SLLMConfig  # noqa: E402
-from segsllm.config.vae import SentenceVAEConfig  # noqa: E402
 from segsllm.generate import TextStream, generate_lm, generate_sllm  # noqa: E402
-from segsllm.models.backbone import load_backbone  # noqa: E402
 from segsllm.models.sllm import SLLM  # noqa: E402
-from segsllm.models.vae import SentenceVAE  # noqa: E402
 from segsllm.segment import build_segmenter  # noqa: E402
 
 PROMPT = "The Union is strong. We hold these truths, he said; "
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def setup(tokenizer):
     torch.manual_seed(0)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=32, n_heads=4, d_ff=64, max_len=8))
-    bb = load_backbone(BackboneConfig(spec="tiny", family="llama", hidden_size=48, num_layers=2, num_heads=4,
-                                      max_positions=64), tokenizer=tokenizer)
+    vae = tiny_vae(len(tokenizer), 8)
+    bb = tiny_backbone(tokenizer, hidden_size=48)
     model = SLLM(SLLMConfig(), vae, bb.model).eval()
     with torch.no_grad():
         model.stop_head.bias.fill_(-10.0)  # never stop unless a test says so
@@ -78,7 +69,7 @@ def test_sllm_cached_generation_equals_the_full_forward(setup, tokenizer):
 
 
 def _window(segs):
-    from segsllm.data.documents import windows_from_segments
+    from segsllm.data.segment_windows import windows_from_segments
 
     return windows_from_segments(segs, pad_id=0)
 
@@ -108,8 +99,7 @@ def test_sllm_sampling_is_seeded_and_works_without_a_prompt(setup, tokenizer):
 @pytest.mark.parametrize("family", ["llama", "opt"])
 def test_lm_cached_generation_equals_the_full_forward(family, tokenizer):
     torch.manual_seed(0)
-    bb = load_backbone(BackboneConfig(spec="tiny", family=family, hidden_size=32, num_layers=2, num_heads=4,
-                                      max_positions=64), tokenizer=tokenizer)
+    bb = tiny_backbone(tokenizer, family=family)
     model = bb.model.eval()
     pieces: list[str] = []
     r = generate_lm(bb, tokenizer, PROMPT, max_new_tokens=12, ignore_eos=True, on_text=pieces.append)
@@ -125,8 +115,7 @@ def test_lm_cached_generation_equals_the_full_forward(family, tokenizer):
 
 def test_lm_stops_at_eos(tokenizer):
     torch.manual_seed(0)
-    bb = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=4, max_positions=64),
-                       tokenizer=tokenizer)
+    bb = tiny_backbone(tokenizer, num_layers=1)
     bias_hook = bb.model.lm_head.register_forward_hook(
         lambda m, i, o: o.index_add(-1, torch.tensor([tokenizer.eos_token_id]), torch.full_like(o[..., :1], 100.0)))
     try:

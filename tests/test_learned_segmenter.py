@@ -10,6 +10,8 @@ import pytest
 
 from segsllm.segment.samples import all_texts
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SAMPLE_TEXTS = all_texts()[:4]
 
 
@@ -22,7 +24,6 @@ def splitter_dir(tokenizer, tmp_path_factory):
     from segsllm.data.tokenizer import encode
     from segsllm.models.boundary import BoundaryPredictor
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
     cfg = BoundaryPredictorConfig(vocab_size=len(tokenizer), d_model=16, n_layers=3, kernel_size=3,
                                   dilations=[1, 2, 4], lookahead=2, dropout=0.0, pad_id=0, max_len=12,

@@ -7,9 +7,12 @@ import math
 
 import numpy as np
 import pytest
+from conftest import tiny_backbone
 
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["backbone.spec=tiny", "backbone.hidden_size=64", "backbone.num_layers=2", "backbone.num_heads=4",
         "backbone.max_positions=128", "lm.context_len=64"]
@@ -39,12 +42,8 @@ def _table(texts, tokenizer):
 def _tiny_model(tokenizer, **kw):
     import torch
 
-    from segsllm.config.backbone import BackboneConfig
-    from segsllm.models.backbone import load_backbone
-
     torch.manual_seed(0)
-    cfg = BackboneConfig(spec="tiny", hidden_size=32, num_layers=2, num_heads=4, max_positions=256, **kw)
-    return load_backbone(cfg, tokenizer=tokenizer).model.eval()
+    return tiny_backbone(tokenizer, max_positions=256, **kw).model.eval()
 
 
 # --------------------------------------------------------------------------- windows
@@ -52,8 +51,8 @@ def _tiny_model(tokenizer, **kw):
 
 @pytest.mark.parametrize(("context_len", "stride"), [(16, None), (16, 5), (7, 1), (512, None)])
 def test_every_token_and_eos_is_scored_exactly_once(tokenizer, sample_texts, context_len, stride):
+    from segsllm.data.token_windows import IGNORE, eval_windows, train_windows
     from segsllm.data.vocab import vocab_bytes
-    from segsllm.data.windows import IGNORE, eval_windows, train_windows
 
     texts = [sample_texts["prose"], "x", sample_texts["code"], sample_texts["cjk"] * 3, sample_texts["csv"]]
     table = _table(texts, tokenizer)
@@ -85,7 +84,7 @@ def test_every_token_and_eos_is_scored_exactly_once(tokenizer, sample_texts, con
 
 
 def test_eval_budget_keeps_whole_documents_spread_over_the_split(tokenizer, sample_texts):
-    from segsllm.data.windows import eval_windows, pick_documents
+    from segsllm.data.token_windows import eval_windows, pick_documents
 
     assert pick_documents(np.array([3, 3, 3]), None).tolist() == [0, 1, 2]
     picked = pick_documents(np.ones(10, dtype=int), 3)
@@ -100,12 +99,12 @@ def test_eval_budget_keeps_whole_documents_spread_over_the_split(tokenizer, samp
 
 def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_texts):
     from segsllm.data.segments import ConcatTables
-    from segsllm.data.windows import WindowBatches, train_windows
+    from segsllm.data.token_windows import TokenWindowBatches, train_windows
 
     big = train_windows(_table([sample_texts["csv"]] * 12, tokenizer), 8, 1, 2)
     small = train_windows(_table([sample_texts["prose"]], tokenizer), 8, 1, 2)
     data = ConcatTables([big, small])
-    src = WindowBatches(data, 4, 0, seed=3, balanced=True)
+    src = TokenWindowBatches(data, 4, 0, seed=3, balanced=True)
     assert len(src) == (2 * len(small)) // 4 < len(data) // 4
     order = src._order(np.random.default_rng([3, 0]))
     assert (order < len(big)).sum() == (order >= len(big)).sum() == len(small)  # balanced
@@ -115,7 +114,7 @@ def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_tex
     assert all(b["input_ids"].shape[1] <= max(widths) for b in first)
     state = src.state_dict()
     ahead = [next(it)["input_ids"].tolist() for _ in range(3)]
-    again = WindowBatches(data, 4, 0, seed=3, balanced=True)
+    again = TokenWindowBatches(data, 4, 0, seed=3, balanced=True)
     again.load_state_dict(state)
     it2 = iter(again)
     assert [next(it2)["input_ids"].tolist() for _ in range(3)] == ahead
@@ -128,8 +127,8 @@ def test_window_batches_balance_domains_and_resume_exactly(tokenizer, sample_tex
 def test_bits_per_byte_equals_a_hand_computation(tokenizer, sample_texts, context_len, stride):
     import torch
 
+    from segsllm.data.token_windows import eval_windows, window_bounds
     from segsllm.data.vocab import vocab_bytes
-    from segsllm.data.windows import eval_windows, window_bounds
     from segsllm.train.lm_stage import evaluate_windows
 
     model = _tiny_model(tokenizer)
@@ -160,14 +159,12 @@ def test_bits_per_byte_equals_a_hand_computation(tokenizer, sample_texts, contex
 
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tokenizer_dir, tmp_path_factory):
-    import torch
 
     from segsllm.train.lm_stage import train_lm
 
-    torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("lm") / "run"
-    cfg = _cfg(tiny_data_dir, out)
-    return cfg, train_lm(cfg, tokenizer_dir, progress=False)
+    cfg = _cfg(tiny_data_dir, out, f"tokenizer.path={tokenizer_dir}")
+    return cfg, train_lm(cfg, progress=False)
 
 
 def test_train_lm_lowers_bits_per_byte(trained):
@@ -198,6 +195,10 @@ def test_artifact_reloads_through_load_backbone_with_identical_logits(trained, t
         "prose", "code", "csv"}
     assert {"model.safetensors", "config.json", "tokenizer.json", "config.yaml", "metrics.json"} <= set(
         manifest["files"])
+    from segsllm.io import file_mode
+
+    for name in manifest["files"]:  # safetensors writes 0600: the artifact gets the umask's modes
+        assert (out / name).stat().st_mode & 0o777 == file_mode(), name
     assert json.loads((out / "metrics.json").read_text())["final"]["code"]["bits_per_byte"] == pytest.approx(
         result.metrics["code"]["bits_per_byte"])
 
@@ -217,7 +218,7 @@ def test_finetuning_the_artifact_reports_it_as_the_untouched_base(trained, tiny_
     _, first = trained
     out = tmp_path / "ft"
     cfg2 = _cfg(tiny_data_dir, out, f"backbone.spec={first.out_dir}", "train.steps=2", "data.domains=[code]")
-    result = train_lm(cfg2, None, progress=False)  # a pretrained folder brings its own tokenizer
+    result = train_lm(cfg2, progress=False)  # a pretrained folder brings its own tokenizer
     assert result.pretrained and set(result.base_metrics) == {"code"}
     # The untouched base is the first run's final model, on the same validation documents.
     assert result.base_metrics["code"]["bits_per_byte"] == pytest.approx(
@@ -230,11 +231,12 @@ def test_resume_continues_and_a_reused_folder_is_refused(trained, tiny_data_dir,
     from segsllm.train.lm_stage import train_lm
 
     out = tmp_path / "r"
-    train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]"), tokenizer_dir, progress=False)
+    tok = f"tokenizer.path={tokenizer_dir}"
+    train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]", tok), progress=False)
     with pytest.raises(ArtifactError):
-        train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]"), tokenizer_dir, progress=False)
+        train_lm(_cfg(tiny_data_dir, out, "train.steps=2", "data.domains=[csv]", tok), progress=False)
     with pytest.warns(UserWarning, match="changed train settings"):  # steps 2 -> 4
-        again = train_lm(_cfg(tiny_data_dir, out, "train.steps=4", "data.domains=[csv]"), tokenizer_dir,
+        again = train_lm(_cfg(tiny_data_dir, out, "train.steps=4", "data.domains=[csv]", tok),
                          resume=True, progress=False)
     assert again.steps == 4 and "csv" in again.start_metrics  # the start comes from the checkpoint
 
@@ -247,9 +249,9 @@ def test_a_tokenizer_that_does_not_fit_a_pretrained_backbone_is_refused(trained,
     bigger = tokenizer.__class__.from_pretrained(str(first.out_dir))
     bigger.add_tokens([f"<extra{i}>" for i in range(10)])
     bigger.save_pretrained(str(tmp_path / "big"))
-    cfg2 = load_config(None, [f"backbone.spec={first.out_dir}"])
+    cfg2 = load_config(None, [f"backbone.spec={first.out_dir}", f"tokenizer.path={tmp_path / 'big'}"])
     with pytest.raises(ArtifactError, match="does not fit") as exc, pytest.warns(UserWarning, match="differs"):
-        load_lm(cfg2, tmp_path / "big")
+        load_lm(cfg2)
     assert "\n" not in str(exc.value)
 
 

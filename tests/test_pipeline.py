@@ -36,6 +36,8 @@ def test_smoke_pipeline_leaves_every_artifact_and_the_bench_results(smoke_run):
     for name in ("results.md", "results.csv", "speed_quality.png", "memory.png"):
         assert (out / "bench" / name).stat().st_size > 0, name
     assert "bench" in output
+    assert "bench on the test split" in output and "## Definitions" not in output  # a rich table, not raw md
+    assert "Loading weights" not in output  # transformers' progress bars are silenced
 
 
 def test_pipeline_runs_are_linked_in_mlflow(smoke_run):

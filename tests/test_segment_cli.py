@@ -132,3 +132,17 @@ def test_segmenters_lists_builtins():
         assert word in result.stdout
     rows = json.loads(runner.invoke(app, ["segmenters", "--json"]).stdout)
     assert {r["name"] for r in rows} >= {"punctuation", "fixed", "learned"}
+
+
+def test_piped_output_separates_segments_and_shows_the_spec_as_given(tok_dir, tmp_path):
+    (tmp_path / "t.txt").write_text("Hello there. How are you?\n")
+    result = run(str(tmp_path / "t.txt"), "-t", tok_dir, "--segmenter", "fixed:k=16")
+    assert result.exit_code == 0, result.output
+    assert "│ segmenter               │            fixed:k=16 │" in result.stdout
+    plain = run(str(tmp_path / "t.txt"), "-t", tok_dir, "--show", "-1")
+    first = plain.stdout.split("\n")[0]
+    assert first == "Hello there. │How are you?"  # CliRunner is a pipe: │ between segments
+    custom = run(str(tmp_path / "t.txt"), "-t", tok_dir, "--separator", " / ")
+    assert custom.stdout.startswith("Hello there.  / How are you?")
+    stats = as_json(run(str(tmp_path / "t.txt"), "-t", tok_dir, "--segmenter", "fixed:k=16", "--json"))["stats"]
+    assert stats["segmenter"] == "fixed:k=16" and stats["spec"] == "fixed:k=16,max_len=64"

@@ -69,8 +69,10 @@ def test_plugin_is_discovered_listed_and_built(plugin_dist):
     assert row.source == "plugin: segplug 0.1" and row.available
     assert row.description == "Cut every n tokens (a test plug-in)."
     assert [str(p) for p in row.params] == ["n: int = 3", "max_len: int = 8"]
-    seg = build_segmenter("everyn:n=2", max_len=6)
+    with pytest.warns(UserWarning, match="default max_len=8 is above segmenter.max_len=6"):
+        seg = build_segmenter("everyn:n=2", max_len=6)
     assert seg.max_len == 6 and seg.spec() == "everyn:n=2,max_len=6"
+    assert build_segmenter("everyn:n=2", max_len=64).max_len == 8  # its own default, not the config's 64
     assert seg.segment(list(range(5))).tolist() == [2, 4, 5]
 
 

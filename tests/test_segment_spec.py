@@ -129,3 +129,59 @@ def test_registered_names_and_instances_pass_through():
     assert {"punctuation", "fixed", "learned"} <= set(registered_names())
     seg = FixedSegmenter(k=2)
     assert build_segmenter(seg) is seg
+
+
+# ---------------------------------------------------------------- max_len defaults and display
+
+
+CUSTOM = '''
+from segsllm.segment import Segmenter, enforce_max_len
+import numpy as np
+
+
+class Short(Segmenter):
+    """Cut every 3 tokens, its own max_len default 24."""
+
+    def __init__(self, max_len: int = 24) -> None:
+        self.max_len = max_len
+
+    def segment(self, ids):
+        n = len(ids)
+        return enforce_max_len(np.minimum(np.arange(3, n + 3, 3), n), self.max_len)
+
+
+class Long(Short):
+    """Its own max_len default 128."""
+
+    def __init__(self, max_len: int = 128) -> None:
+        self.max_len = max_len
+'''
+
+
+def test_a_custom_class_keeps_its_own_max_len_default_and_is_capped_loudly(tmp_path, monkeypatch):
+    import warnings
+
+    from segsllm.segment import build_segmenter
+
+    (tmp_path / "mysegs.py").write_text(CUSTOM)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert build_segmenter("mysegs:Short", max_len=64).max_len == 24  # not replaced by the config's 64
+        assert build_segmenter("mysegs:Short:max_len=40", max_len=64).max_len == 40  # the spec wins
+    with pytest.warns(UserWarning, match=r"default max_len=128 is above segmenter.max_len=64"):
+        assert build_segmenter("mysegs:Long", max_len=64).max_len == 64
+    assert build_segmenter("punctuation", max_len=48).max_len == 48  # built-ins take the config's
+
+
+@pytest.mark.parametrize(("spec", "canonical"), [
+    ("fixed:k=16", "fixed:k=16,max_len=64"),  # k=16 is the default, but it was typed: kept
+    ("fixed", "fixed:max_len=64"),
+    ("punctuation:max_len=64", "punctuation:max_len=64"),
+])
+def test_spec_keeps_what_was_typed(spec, canonical):
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(spec, max_len=64)
+    assert seg.spec() == canonical
+    assert build_segmenter(seg.spec(), max_len=64).params() == seg.params()  # still rebuilds it

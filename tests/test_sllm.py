@@ -2,7 +2,8 @@
 
 Tiny random configs of three backbone families, eval mode, float32. The causality check
 is also run against a deliberately leaky backbone call (bidirectional mask), which it must
-catch: a test that cannot fail proves nothing.
+catch: a test that cannot fail proves nothing. The self-latent check (the latent decoding
+segment k never saw s_k) is run against a forward mutated to decode s_k from h_k.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from segsllm.config.backbone import BackboneConfig  # noqa: E402
+from conftest import tiny_backbone, tiny_vae  # noqa: E402
+
 from segsllm.config.sllm import SLLMConfig  # noqa: E402
-from segsllm.config.vae import SentenceVAEConfig  # noqa: E402
-from segsllm.data.documents import (  # noqa: E402
-    DocumentWindows,
+from segsllm.data.segment_windows import (  # noqa: E402
+    SegmentWindows,
     collate_windows,
     document_bounds,
     window_index,
     windows_from_segments,
 )
 from segsllm.models import sllm as sllm_mod  # noqa: E402
-from segsllm.models.backbone import load_backbone  # noqa: E402
 from segsllm.models.sllm import SLLM, hidden_states_cached  # noqa: E402
 from segsllm.models.vae import SentenceVAE  # noqa: E402
 
@@ -34,21 +34,14 @@ V, MAX_LEN = 64, 8
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_sllm(family: str = "llama", vocab: int = V, **kw) -> SLLM:
     """VAE width 32, backbone width 48 (so both projections are real), 2 layers, eval mode."""
     torch.manual_seed(0)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=vocab, d_model=32, n_heads=4, d_ff=64, max_len=MAX_LEN))
-    bb = load_backbone(BackboneConfig(spec="tiny", family=family, hidden_size=48, num_layers=2, num_heads=4,
-                                      max_positions=64), vocab_size=vocab)
+    vae = tiny_vae(vocab, MAX_LEN)
+    bb = tiny_backbone(vocab_size=vocab, family=family, hidden_size=48)
     model = SLLM(SLLMConfig(**kw), vae, bb.model).eval()
     with torch.no_grad():  # a visible stop head, so stop-logit differences are not hidden by tiny weights
         model.stop_head.weight.normal_(0, 0.5)
@@ -127,6 +120,72 @@ def test_causality_check_catches_a_bidirectional_backbone(family, monkeypatch):
     model = tiny_sllm(family)
     monkeypatch.setattr(sllm_mod, "body_forward", leaky_body_forward)
     assert causal_violation(model) > 1e-3
+
+
+def decoder_latents(model: SLLM, docs) -> list[torch.Tensor]:
+    """Per document, the (n, D) latents the decoder was given for its n segments, in order."""
+    seen: list[torch.Tensor] = []
+    real = model.decode_nll
+
+    def spy(ids, lengths, latent):
+        seen.append(latent.detach().clone())
+        return real(ids, lengths, latent)
+
+    model.decode_nll = spy  # instance attribute: only this model, only this call
+    try:
+        details(model, docs)
+    finally:
+        del model.decode_nll
+    flat = torch.cat(seen)  # (N, D) segments of every row, row-major (the forward's seg_mask order)
+    return list(flat.split([len(d) for d in docs]))
+
+
+def self_latent_violation(model: SLLM, seed: int = 0) -> float:
+    """Largest change in the latent that decodes segment k when segment k itself (and what
+    follows) is replaced, over every k: it must come from h_{k-1}, which never saw s_k."""
+    rng = np.random.default_rng(seed)
+    doc, others = random_doc(rng, 6), [random_doc(rng, 3), random_doc(rng, 8)]
+    ref = decoder_latents(model, [doc, *others])
+    worst = 0.0
+    for k in range(len(doc)):
+        for n_new in (1, 3, 9):
+            tail = random_doc(rng, n_new)
+            while tail[0] == doc[k]:  # segment k itself must change
+                tail[0] = random_doc(rng, 1)[0]
+            got = decoder_latents(model, [doc[:k] + tail, *others])
+            worst = max(worst, float((got[0][: k + 1] - ref[0][: k + 1]).abs().max()))  # segments 1..k+1
+            for row in (1, 2):
+                worst = max(worst, float((got[row] - ref[row]).abs().max()))
+    return worst
+
+
+def self_latent_forward():
+    """SLLM.forward with the mutation the issue describes: the decoder of segment k reads
+    h_k (its own encoder vector's backbone output) instead of h_{k-1}."""
+    import inspect
+    import textwrap
+
+    src = textwrap.dedent(inspect.getsource(SLLM.forward))
+    good = "latent = self.predict_latent(h[:, :S][seg_mask])"
+    assert src.count(good) == 1, "SLLM.forward changed: update the mutation in this test"
+    namespace = dict(vars(sllm_mod))
+    exec(compile(src.replace(good, "latent = self.predict_latent(h[:, 1:][seg_mask])"), sllm_mod.__file__, "exec"),
+         namespace)
+    return namespace["forward"]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_segment_k_is_decoded_from_a_latent_that_never_saw_it(family):
+    model = tiny_sllm(family)
+    assert self_latent_violation(model) < ATOL
+
+
+def test_self_latent_check_catches_a_decoder_reading_its_own_segment(monkeypatch):
+    model = tiny_sllm("llama")
+    monkeypatch.setattr(SLLM, "forward", self_latent_forward())
+    assert self_latent_violation(model) > 1e-3
+    # The older check (later segments only) is blind to this mutation: why this test exists.
+    assert causal_violation(model) < ATOL
 
 
 def test_trainable_vae_and_train_mode_stay_causal():
@@ -265,7 +324,7 @@ def test_documents_are_cut_into_windows_that_partition_them():
     assert w[:, 1:3].tolist() == [[0, 3], [3, 5], [5, 6], [6, 9], [9, 12], [12, 13]]
     assert w[:, 3].tolist() == [1, 0, 1, 1, 0, 0]  # first of its document
     assert w[:, 4].tolist() == [0, 1, 1, 0, 0, 1]  # last of its document
-    data = DocumentWindows([table], 3)
+    data = SegmentWindows([table], 3)
     assert data.n_docs == 3 and data.n_segments == 13
     assert sum(data[i]["n_bytes"] for i in range(len(data))) == int(table.n_bytes.sum())
     b = collate_windows([data[0], data[2]], pad_id=0)
@@ -276,16 +335,16 @@ def test_documents_are_cut_into_windows_that_partition_them():
 
 
 def test_window_batches_are_single_domain_balanced_and_resumable():
-    from segsllm.data.documents import WindowBatches, eval_windows
+    from segsllm.data.segment_windows import SegmentWindowBatches, eval_windows
 
     small, big = FakeTable([4, 4]), FakeTable([8] * 10, first_id=100)  # 2 vs 10 windows of 4 segments
-    src = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    src = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     assert len(src) == 2  # 2 windows per domain per epoch, 2 per batch
     it = iter(src)
     seen = [next(it) for _ in range(5)]
     state = src.state_dict()
     rest = [next(it)["ids"] for _ in range(3)]
-    again = WindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
+    again = SegmentWindowBatches([small, big], 4, batch_size=2, pad_id=0, seed=3)
     again.load_state_dict(state)
     it2 = iter(again)
     assert all(torch.equal(a, next(it2)["ids"]) for a in rest)

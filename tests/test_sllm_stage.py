@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import tiny_backbone
 
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
@@ -14,13 +15,7 @@ torch = pytest.importorskip("torch")
 BACKBONE = ["backbone.hidden_size=32", "backbone.num_layers=2", "backbone.num_heads=4", "backbone.max_positions=64"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is much faster than two fighting over a shared, busy CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(data_dir, out, *extra):
@@ -43,9 +38,9 @@ def vae_dir(tiny_data_dir, tokenizer, tmp_path_factory):
         f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", "run.track=false", "run.device=cpu",
         "segmenter.spec=punctuation", "segmenter.max_len=16", "train.steps=40", "train.batch_size=32",
         "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=0", "train.eval_batches=1",
-        "train.ckpt_every=0", "vae.d_model=32", "vae.n_heads=4", "vae.d_ff=64",
+        "train.ckpt_every=0", "vae.d_model=32", "vae.n_heads=4", "vae.d_ff=64", f"tokenizer.path={tok_dir}",
     ])
-    train_vae(cfg, tok_dir, progress=False, exact_match_segments=2, n_samples=1)
+    train_vae(cfg, progress=False, exact_match_segments=2, n_samples=1)
     return root / "vae"
 
 
@@ -55,7 +50,7 @@ def sllm_run(vae_dir, tiny_data_dir, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("sllm_run") / "sllm"
     # The VAE is trained for 40 steps only: fine-tuning it too makes the SLLM's learning visible.
-    result = finetune_sllm(_cfg(tiny_data_dir, out, "train.steps=60", "sllm.freeze_vae=false"), vae_dir, "tiny",
+    result = finetune_sllm(_cfg(tiny_data_dir, out, "train.steps=60", "sllm.freeze_vae=false"), vae_dir,
                            progress=False, sample_tokens=12)
     return result
 
@@ -89,7 +84,7 @@ def test_existing_run_is_refused_without_resume(sllm_run, vae_dir, tiny_data_dir
     from segsllm.train.sllm_stage import finetune_sllm
 
     with pytest.raises(SegsllmError, match="resume"):
-        finetune_sllm(_cfg(tiny_data_dir, sllm_run.out_dir, "train.steps=1"), vae_dir, "tiny", progress=False)
+        finetune_sllm(_cfg(tiny_data_dir, sllm_run.out_dir, "train.steps=1"), vae_dir, progress=False)
 
 
 def test_backbone_with_another_tokenizer_is_refused(vae_dir, tiny_data_dir, tmp_path, sample_texts):
@@ -105,14 +100,17 @@ def test_backbone_with_another_tokenizer_is_refused(vae_dir, tiny_data_dir, tmp_
                                  num_attention_heads=4, max_position_embeddings=64)).save_pretrained(folder)
     save_tokenizer(other, folder)
     with pytest.raises(ArtifactError, match="another tokenizer") as exc:
-        finetune_sllm(_cfg(tiny_data_dir, tmp_path / "o", "train.steps=1"), vae_dir, str(folder), progress=False)
+        finetune_sllm(_cfg(tiny_data_dir, tmp_path / "o", "train.steps=1", f"backbone.spec={folder}"), vae_dir,
+                      progress=False)
     assert "\n" not in str(exc.value)
 
 
 def test_different_segmenter_is_allowed_with_a_warning(vae_dir, tokenizer):
-    from segsllm.train.sllm_stage import load_vae_dir, resolve_segmenter
+    from segsllm.models.loading import load_artifact
+    from segsllm.train.sllm_stage import resolve_segmenter
 
-    vae, tok = load_vae_dir(vae_dir)
+    loaded = load_artifact("sentence_vae", vae_dir)
+    vae, tok = loaded.model, loaded.tokenizer
     with pytest.warns(UserWarning, match="differs"):
         seg = resolve_segmenter(vae, tok, "fixed:k=4", "punctuation")
     assert seg.max_len <= vae.config.max_len
@@ -151,11 +149,7 @@ def test_cli_finetune_errors_are_one_line(args, message, tiny_data_dir, tmp_path
 
 
 def test_cli_generate_streams_and_compares_with_a_baseline(sllm_run, tokenizer, tmp_path):
-    from segsllm.config.backbone import BackboneConfig
-    from segsllm.models.backbone import load_backbone
-
-    lm = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=4, max_positions=64),
-                       tokenizer=tokenizer)
+    lm = tiny_backbone(tokenizer, num_layers=1)
     lm.model.save_pretrained(tmp_path / "lm")
     save_tokenizer(tokenizer, tmp_path / "lm")
     result = _invoke(["generate", "--model", str(sllm_run.out_dir), "--prompt", "The Union is strong. ",

@@ -9,6 +9,8 @@ import pytest
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tokenizer, tmp_path_factory):
@@ -25,15 +27,14 @@ SMALL = [
 
 def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tokenizer, tokenizer_dir, tmp_path):
     import numpy as np
-    import torch
 
     from segsllm.segment import build_segmenter
     from segsllm.train.splitter_stage import train_splitter
 
-    torch.set_num_threads(1)
     out = tmp_path / "spl"
-    cfg = load_config(None, [f"data.dir={tiny_data_dir}", f"run.out={out}", "segmenter.max_len=16", *SMALL])
-    result = train_splitter(cfg, tokenizer_dir, progress=False)
+    cfg = load_config(None, [f"data.dir={tiny_data_dir}", f"run.out={out}", "segmenter.max_len=16",
+                             f"tokenizer.path={tokenizer_dir}", *SMALL])
+    result = train_splitter(cfg, progress=False)
     assert set(result.metrics) == {"prose", "code", "csv"} and result.max_len == 16
     for d, m in result.metrics.items():
         for key in ("mean_len", "p95_len", "teacher_f1", "teacher_precision", "tokens_per_s", "mean_len_stream"):
@@ -42,6 +43,9 @@ def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tok
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "boundary_predictor" and manifest["lineage"]["teacher"]["name"] == "punctuation"
     assert (out / "metrics.json").is_file() and (out / "config.yaml").is_file()
+    assert {"metrics.json", "config.yaml"} <= set(manifest["files"])  # recorded: the manifest came last
+    for name in ("config.yaml", "metrics.json", "model.safetensors"):
+        assert (out / name).stat().st_mtime_ns <= (out / "manifest.json").stat().st_mtime_ns, name
     seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
     assert seg.config.threshold == pytest.approx(result.calibration["threshold"])
     assert "".join(seg.split_text("Hello there. How are you?\n")) == "Hello there. How are you?\n"

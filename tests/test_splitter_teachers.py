@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_backbone, tiny_vae
 
 from segsllm.segment.testing import check_ends
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -55,16 +58,12 @@ def test_punctuation_teacher_is_the_rule(chunks, tokenizer):
 def test_entropy_teacher_hits_the_target_and_resets_at_newlines(chunks, tokenizer, tmp_path):
     import torch
 
-    from segsllm.config.backbone import BackboneConfig
     from segsllm.data.tokenizer import encode
-    from segsllm.models.backbone import load_backbone
     from segsllm.segment.learned import mean_length
     from segsllm.train.teachers import EntropyTeacher, teacher_labels
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    lm = load_backbone(BackboneConfig(spec="tiny", hidden_size=32, num_layers=1, num_heads=2),
-                       vocab_size=len(tokenizer)).model
+    lm = tiny_backbone(vocab_size=len(tokenizer), num_layers=1, num_heads=2, max_positions=2048).model
     for mode in ("global", "monotonic"):
         teacher = EntropyTeacher(lm, tokenizer, mode=mode, context=32)
         labels = teacher_labels(teacher, chunks, target_len=6.0, max_len=16, cache_dir=tmp_path)
@@ -83,14 +82,11 @@ def test_entropy_teacher_hits_the_target_and_resets_at_newlines(chunks, tokenize
 def test_vae_teacher_dp_hits_the_target(chunks, tokenizer):
     import torch
 
-    from segsllm.config.vae import SentenceVAEConfig
-    from segsllm.models.vae import SentenceVAE
     from segsllm.segment.learned import mean_length
     from segsllm.train.teachers import VAETeacher, teacher_labels
 
-    torch.set_num_threads(1)
     torch.manual_seed(0)
-    vae = SentenceVAE(SentenceVAEConfig(vocab_size=len(tokenizer), d_model=16, n_heads=2, d_ff=32, max_len=8))
+    vae = tiny_vae(len(tokenizer), 8, d_model=16, n_heads=2)
     teacher = VAETeacher(vae, max_span=8)
     small = {s: {d: c[:4] for d, c in v.items()} for s, v in chunks.items()}
     costs = teacher.scores(small["validation"]["prose"][:1])[0]
@@ -130,9 +126,13 @@ def test_random_span_segmenter_conforms():
     from segsllm.segment import build_segmenter
     from segsllm.segment.testing import check_segmenter
 
-    seg = build_segmenter("segsllm.train.teachers:RandomSpanSegmenter:max_len=5", max_len=48)
+    seg = build_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:max_len=5", max_len=48)
     assert seg.max_len == 5 and build_segmenter(seg.spec(), max_len=48).max_len == 5
     check_segmenter(seg, max_examples=15)
+    # Specs recorded before the move (segsllm.train.teachers) still build the same cut.
+    old = build_segmenter("segsllm.train.teachers:RandomSpanSegmenter:max_len=5", max_len=48)
+    ids = list(range(40))
+    assert list(old.segment(ids)) == list(seg.segment(ids))
 
 
 def test_teacher_building_errors(tokenizer, tmp_path):

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from segsllm.config.train import TrainConfig
+from segsllm.data.batches import SequentialBatches, ShuffledBatches
 from segsllm.errors import ArtifactError
 from segsllm.train import checkpoint as ckpt
 from segsllm.train.loop import (
-    SequentialBatches,
-    ShuffledBatches,
     TrainingDivergedError,
     param_groups,
     train,
@@ -287,3 +286,17 @@ def test_shuffled_batches_shards_and_resumes() -> None:
     it2 = iter(again)
     assert [next(it2) for _ in range(5)] == tail
     assert state["epoch"] == 1 and head[0] != head[3]  # a new permutation per epoch
+
+
+def test_resume_says_where_it_picks_up(tmp_path: Path, capsys) -> None:
+    cfg = cfg_for(steps=6, ckpt_every=2, eval_every=0)
+    with pytest.raises(Crash):
+        run(tmp_path, cfg, callbacks=[CrashAt(5)])
+    torch.manual_seed(0)
+    data = ShuffledBatches(make_data(), cfg.batch_size, seed=1)
+    capsys.readouterr()
+    train(DropoutMLP(), mse_loss, data, cfg, tmp_path, progress=True, resume=True)
+    err = capsys.readouterr().err
+    assert f"resuming from step 4 of 6 ({tmp_path / 'checkpoints' / 'step-0000004'})" in err
+    train(DropoutMLP(), mse_loss, data, cfg, tmp_path / "fresh", progress=True, resume=True)
+    assert "--resume: no checkpoint in" in capsys.readouterr().err

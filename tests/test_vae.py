@@ -14,23 +14,15 @@ import torch.nn.functional as F
 
 from segsllm.config.vae import SentenceVAEConfig
 from segsllm.errors import ArtifactError, ConfigError
+from segsllm.metrics import bits_per_byte, exact_match_count
 from segsllm.models.artifact import MANIFEST_NAME, WEIGHTS_NAME, save_artifact
 from segsllm.models.vae import (
     IGNORE_INDEX,
     SentenceVAE,
-    bits_per_byte,
-    exact_match_count,
     reconstruction_loss,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The test machine is shared; tiny models do not gain from more threads anyway.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> SentenceVAEConfig:

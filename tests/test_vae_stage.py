@@ -9,6 +9,8 @@ import pytest
 from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tokenizer, tmp_path_factory):
@@ -28,14 +30,12 @@ def _cfg(data_dir, out, *extra):
 
 
 def test_train_vae_lowers_validation_loss_and_saves_a_loadable_model(tiny_data_dir, tokenizer, tokenizer_dir, tmp_path):
-    import torch
 
     from segsllm.models.vae import SentenceVAE
     from segsllm.train.vae_stage import train_vae
 
-    torch.set_num_threads(1)
     out = tmp_path / "vae"
-    result = train_vae(_cfg(tiny_data_dir, out), tokenizer_dir, progress=False, exact_match_segments=16)
+    result = train_vae(_cfg(tiny_data_dir, out, f"tokenizer.path={tokenizer_dir}"), progress=False, exact_match_segments=16)
     assert set(result.metrics) == {"prose", "code", "csv"}
     for domain, m in result.metrics.items():
         assert m["loss"] < 0.8 * result.start_loss[domain], domain
@@ -47,6 +47,14 @@ def test_train_vae_lowers_validation_loss_and_saves_a_loadable_model(tiny_data_d
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["lineage"]["segmenter"].startswith("fixed:k=8")
     assert (out / "config.yaml").is_file() and (out / "metrics.json").is_file()
+    # The completeness marker is written last; everything honours the umask (not 0600/0700).
+    from segsllm.io import dir_mode, file_mode
+
+    for name in ("config.yaml", "metrics.json", "model.safetensors", "config.json"):
+        assert (out / name).stat().st_mtime_ns <= (out / "manifest.json").stat().st_mtime_ns, name
+    for path in [out, *out.rglob("*")]:
+        want = dir_mode() if path.is_dir() else file_mode()
+        assert path.stat().st_mode & 0o777 == want, (path, oct(path.stat().st_mode & 0o777))
 
 
 def test_existing_run_without_resume_is_refused(tiny_data_dir, tokenizer_dir, tmp_path):
@@ -54,10 +62,10 @@ def test_existing_run_without_resume_is_refused(tiny_data_dir, tokenizer_dir, tm
     from segsllm.train.vae_stage import train_vae
 
     out = tmp_path / "vae"
-    cfg = _cfg(tiny_data_dir, out, "train.steps=2", "train.eval_batches=1")
-    train_vae(cfg, tokenizer_dir, progress=False, exact_match_segments=2)
+    cfg = _cfg(tiny_data_dir, out, "train.steps=2", "train.eval_batches=1", f"tokenizer.path={tokenizer_dir}")
+    train_vae(cfg, progress=False, exact_match_segments=2)
     with pytest.raises(SegsllmError):
-        train_vae(cfg, tokenizer_dir, progress=False, exact_match_segments=2)
+        train_vae(cfg, progress=False, exact_match_segments=2)
 
 
 def test_cli_train_vae_needs_a_tokenizer(tiny_data_dir, tmp_path):

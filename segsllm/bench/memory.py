@@ -95,7 +95,7 @@ def lm_curve(model: Any, ids: Sequence[int], lengths: Sequence[int], name: str =
     import torch
 
     from segsllm.models.backbone import kv_cache_bytes
-    from segsllm.train.lm_stage import max_positions
+    from segsllm.models.token_lm import max_positions
 
     dev = next(model.parameters()).device
     limit = max_positions(model)

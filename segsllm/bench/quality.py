@@ -7,7 +7,7 @@ segment table and checks that it covers exactly those documents, and bits/byte d
 every model's NLL by the same exact byte total (docs/DESIGN.md §7).
 
 - Token LM (:func:`score_lm`): each document is ``BOS d EOS``, windows of the LM's own
-  ``context_len``/stride (:mod:`segsllm.data.windows`); NLL over the document's tokens and
+  ``context_len``/stride (:mod:`segsllm.data.token_windows`); NLL over the document's tokens and
   its final EOS.
 - SLLM (:func:`score_sllm`): windows of ``max_segments`` segments, teacher-forced
   (:meth:`segsllm.models.sllm.SLLM.forward`); NLL over every segment's tokens and EOS plus
@@ -81,7 +81,7 @@ def split_doc_bytes(data_dir: str | Path, domain: str, split: str, max_docs: int
 def choose_documents(domain: str, split: str, split_bytes: np.ndarray, max_bytes: int | None) -> EvalDocs:
     """Whole non-empty documents, evenly spread over the split, about ``max_bytes`` in total
     (all when None). Deterministic; depends on byte counts only."""
-    from segsllm.data.windows import pick_documents
+    from segsllm.data.token_windows import pick_documents
 
     nonempty = np.flatnonzero(split_bytes > 0)
     if nonempty.size == 0:
@@ -104,7 +104,7 @@ def lm_eval_settings(lm_dir: str | Path | None, model: Any) -> tuple[int, int]:
     """(context_len, stride) the token LM was evaluated with by ``train-lm`` (its
     config.yaml), capped at its positions; defaults of :class:`LMConfig` otherwise."""
     from segsllm.config.lm import LMConfig
-    from segsllm.train.lm_stage import max_positions
+    from segsllm.models.token_lm import max_positions
 
     ctx, stride = LMConfig().context_len, None
     path = Path(lm_dir) / "config.yaml" if lm_dir else None
@@ -127,22 +127,24 @@ def score_lm(model: Any, tokenizer: Any, data_dir: str | Path, docs: EvalDocs, *
     """bits/byte and token perplexity of a ``*ForCausalLM`` on ``docs``."""
     import torch
 
-    from segsllm.bench.metrics import bits_per_byte, token_perplexity
-    from segsllm.data.segments import load_segments
+    from segsllm.data.batches import move_to
+    from segsllm.data.token_windows import (
+        DocumentSpans,
+        TokenWindows,
+        collate_windows,
+        token_streams,
+    )
     from segsllm.data.vocab import vocab_bytes
-    from segsllm.data.windows import DocumentSpans, DocumentWindows, collate_windows
-    from segsllm.segment import build_segmenter
-    from segsllm.train.lm_stage import LM_SEGMENTER, lm_loss, special_ids
-    from segsllm.train.loop import move_to
+    from segsllm.metrics import bits_per_byte, token_perplexity
+    from segsllm.models.token_lm import lm_loss, special_ids
 
-    seg = build_segmenter(LM_SEGMENTER, tokenizer=tokenizer)
-    table = load_segments(data_dir, docs.domain, docs.split, tokenizer, seg, **dict(caps or {}))
+    table = token_streams(data_dir, docs.domain, docs.split, tokenizer, **dict(caps or {}))
     spans = DocumentSpans.from_table(table)
     rows = np.flatnonzero(np.isin(spans.doc_index, docs.doc_index))
     spans = spans.subset(rows)
     _check_same_docs(spans.doc_index, docs, name)
     bos, eos, pad = special_ids(tokenizer)
-    windows = DocumentWindows(spans, context_len=context_len, bos_id=bos, eos_id=eos, stride=stride,
+    windows = TokenWindows(spans, context_len=context_len, bos_id=bos, eos_id=eos, stride=stride,
                               token_bytes=vocab_bytes(tokenizer).lengths.copy(), doc_bytes=docs.split_bytes,
                               domain=docs.domain)
     if int(windows.n_bytes.sum()) != docs.total_bytes:  # exact per-document bytes by construction
@@ -190,11 +192,11 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, batch_size: int = 4, d
     (``table``: the split cut by the SLLM's segmenter, see :func:`sllm_table`)."""
     import torch
 
-    from segsllm.bench.metrics import bits_per_byte, token_perplexity
-    from segsllm.data.documents import DocumentWindows, collate_windows
-    from segsllm.train.loop import move_to
+    from segsllm.data.batches import move_to
+    from segsllm.data.segment_windows import SegmentWindows, collate_windows
+    from segsllm.metrics import bits_per_byte, token_perplexity
 
-    data = DocumentWindows([table], model.config.max_segments)
+    data = SegmentWindows([table], model.config.max_segments)
     window_doc = np.asarray(table.doc_index)[data.index[:, 1]]  # (W,) document of each window
     keep = np.isin(window_doc, docs.doc_index)
     data.index = data.index[keep]
@@ -243,7 +245,7 @@ def check_same_bytes(results: list[QualityResult]) -> None:
 
 def compression(table: Any, sel: np.ndarray) -> dict[str, float]:
     """Mean, p50, p95, max tokens per segment over the selected segments."""
-    from segsllm.bench.metrics import length_stats
+    from segsllm.metrics import length_stats
 
     return length_stats(np.asarray(table.lengths)[sel])
 
@@ -254,7 +256,7 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
     evenly spread selected segments (deterministic)."""
     import torch
 
-    from segsllm.bench.metrics import exact_match_count
+    from segsllm.metrics import exact_match_count
 
     if max_segments <= 0 or sel.size == 0:
         return math.nan, 0

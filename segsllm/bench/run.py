@@ -9,16 +9,8 @@ scored on the same documents and bytes (checked). Results go to ``results.json/c
 and PNG plots (:mod:`segsllm.bench.report`), and to MLflow: one parent run (stage
 ``bench``) with one child run per cell.
 
-**Pipeline folder layout** (``--from DIR``, what ``segsllm pipeline`` writes)::
-
-    DIR/lm/                    fine-tuned token baseline (train-lm output)      -> baseline
-    DIR/base-lm/               untouched base LM, a HF folder (optional)        -> base_lm
-    DIR/sllm-<slug>/           SLLM of one segmenter (finetune output)          -> sllm[spec]
-    DIR/bench/                 default output folder of the bench
-
-``<slug>`` is :func:`segmenter_slug` of the segmenter spec as written in the list of
-segmenters (``punctuation`` -> ``punctuation``, ``fixed:k=16`` -> ``fixed-k-16``,
-``learned:runs/x/splitter-entropy`` -> ``learned-splitter-entropy``). With no segmenter
+The pipeline folder (``--from DIR``) is laid out as :mod:`segsllm.layout` says: ``DIR/lm``
+-> baseline, ``DIR/base-lm`` -> base_lm, ``DIR/sllm-<slug>`` -> sllm[spec]. With no segmenter
 list, every ``DIR/sllm-*`` folder is benched under the segmenter its manifest records.
 Explicit ``--sllm``/``--baseline``/``--base-lm`` win over the folder.
 """
@@ -27,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 import warnings
 from collections.abc import Callable
@@ -35,23 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segsllm.bench.units import drop_token_units, mismatch_message, same_tokenizer
 from segsllm.errors import ArtifactError, ConfigError
+from segsllm.layout import BASE_LM_DIR, BASELINE_DIR, SLLM_PREFIX, segmenter_slug, sllm_name
 
 STAGE = "bench"
-BASELINE_DIR, BASE_LM_DIR, SLLM_PREFIX = "lm", "base-lm", "sllm-"
-
-
-def segmenter_slug(spec: str) -> str:
-    """Folder-safe name of a segmenter spec (see the module docstring)."""
-    text = spec.strip()
-    if ":" in text:
-        name, rest = text.split(":", 1)
-        if name.strip().lower() == "learned":  # a path: keep its last component only
-            text = f"learned-{Path(rest.rstrip('/')).name}"
-    slug = re.sub(r"[^a-z0-9._]+", "-", text.lower()).strip("-.")
-    if not slug:
-        raise ConfigError(f"segmenter spec {spec!r} gives an empty folder name")
-    return slug
 
 
 @dataclass
@@ -73,7 +52,7 @@ def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifact
     sllm: dict[str, Path] = {}
     if segmenters:
         for spec in segmenters:
-            path = root / f"{SLLM_PREFIX}{segmenter_slug(spec)}"
+            path = root / sllm_name(spec)
             if path.is_dir():
                 sllm[spec] = path
     else:
@@ -110,7 +89,7 @@ def resolve_artifacts(bcfg: Any) -> tuple[list[str], BenchArtifacts]:
             raise ConfigError(f"--sllm names segmenter {spec!r}, which is not in --segmenters {segmenters}")
     missing = [s for s in segmenters if s not in sllm]
     if missing:
-        where = f" (looked for {', '.join(SLLM_PREFIX + segmenter_slug(s) for s in missing)} in {bcfg.from_dir})" \
+        where = f" (looked for {', '.join(sllm_name(s) for s in missing)} in {bcfg.from_dir})" \
             if bcfg.from_dir else ""
         raise ArtifactError(f"no SLLM for segmenter(s) {', '.join(missing)}: pass --sllm SEG=DIR{where}")
     for spec in segmenters:
@@ -233,6 +212,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     base_speed: dict[str, spd.SpeedResult] = {}
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
     prompts: dict[str, list[str]] = {}
+    lm_toks: dict[str, Any] = {}  # each baseline's tokenizer (token-unit columns need the SLLM's)
     rows: list[dict[str, Any]] = []
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
@@ -242,6 +222,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
             model, tok = _load_lm(path, device)
+            lm_toks[name] = tok
             ctx, stride = q.lm_eval_settings(path, model)
             for d in domains:
                 seed_everything(cfg.run.seed)
@@ -280,6 +261,9 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             backbone = str(((man.get("lineage") or {}).get("backbone") or {}).get("spec") or
                            model.backbone.config.model_type)
             depth = int(model.vae.config.encoder_layers)
+            other_units = [n for n, t in lm_toks.items() if not same_tokenizer(t, tok)]
+            for n in other_units:
+                warnings.warn(mismatch_message(n, lm_dirs[n], path), stacklevel=2)
             for d in domains:
                 seed_everything(cfg.run.seed)
                 table, sel = q.sllm_table(data_dir, docs[d], tok, seg, caps=caps)
@@ -323,6 +307,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     })
                 row.update({"mean_segment_len": comp["mean"], "p95_segment_len": comp["p95"],
                             "segments": comp["segments"], "vae_exact_match": em, "vae_exact_match_n": em_n})
+                for n in other_units:
+                    drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
                 say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte"
                     + (f", speedup {row['speedup']:.2f}x" if "speedup" in row else ""))
@@ -372,4 +358,4 @@ def _digest(arr: Any) -> str:
     return hashlib.sha256(arr.astype("int64").tobytes()).hexdigest()[:16]
 
 
-__all__ = ["BenchArtifacts", "BenchResult", "find_artifacts", "resolve_artifacts", "run_bench", "segmenter_slug"]
+__all__ = ["BenchArtifacts", "BenchResult", "find_artifacts", "resolve_artifacts", "run_bench"]

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from segsllm.cli import help_format
 from segsllm.cli.commands import bench as bench_cmd
 from segsllm.cli.commands import data as data_cmd
 from segsllm.cli.commands import finetune as finetune_cmd
@@ -20,6 +21,10 @@ from segsllm.cli.commands import tokenizer as tokenizer_cmd
 from segsllm.cli.commands import train_lm as train_lm_cmd
 from segsllm.cli.commands import train_splitter as train_splitter_cmd
 from segsllm.cli.commands import train_vae as train_vae_cmd
+from segsllm.cli.common import silence_library_progress_bars
+from segsllm.cli.examples import epilog
+
+help_format.install()
 
 app = typer.Typer(
     name="segsllm",
@@ -47,9 +52,7 @@ def root(
     ] = False,
 ) -> None:
     """segsllm: how does the way text is cut into segments change a sentence-level LLM?"""
-    from segsllm.cli.common import warnings_as_lines
-
-    warnings_as_lines()
+    silence_library_progress_bars()
 
 
 app.add_typer(data_cmd.app, name="data")
@@ -64,13 +67,21 @@ segment_cmd.register(app)
 bench_cmd.register(app)
 
 
-@app.command()
+@app.command(epilog=epilog("presets"))
 def presets() -> None:
-    """List the shipped config presets."""
-    from segsllm.config import list_presets
+    """List the shipped config presets, each with the first line of its description."""
+    from rich.table import Table
+    from rich.text import Text
 
+    from segsllm.cli.common import console
+    from segsllm.config import describe_preset, list_presets
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column("preset", style="bold cyan", no_wrap=True)
+    table.add_column("description")
     for name in list_presets():
-        typer.echo(name)
+        table.add_row(name, Text(describe_preset(name)))
+    console.print(table)
 
 
 def main() -> None:

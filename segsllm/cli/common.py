@@ -24,29 +24,50 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def warnings_as_lines() -> None:
-    """Show Python warnings as one ``warning: ...`` line on stderr, not ``file:line: Category``
-    plus a source line: a warning is for the person at the terminal (e.g. tracking is off)."""
-    import warnings
-
+def warn(message: str) -> None:
+    """Print one ``warning:`` line on stderr (never wrapped, markup not interpreted)."""
     from rich.text import Text
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Any = None, line: str | None = None) -> None:
-        err_console.print(Text.assemble(("warning: ", "yellow"), str(message)), soft_wrap=True)
+    err_console.print(Text.assemble(("warning: ", "yellow"), message), soft_wrap=True)
 
-    warnings.showwarning = show
+
+def _warning_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                  line: str | None = None) -> None:
+    """A ``warnings.showwarning`` that prints the message alone, as one ``warning:`` line."""
+    warn(str(message))
+
+
+RESUME_HINT = ": rerun the same command with --resume to continue from the last checkpoint"
+
+
+def _interrupt_hint(func: Callable[..., Any]) -> str:
+    """What to do after Ctrl-C: a command's own ``interrupt_hint``, else the --resume hint
+    for commands that take --resume, else nothing."""
+    import inspect
+
+    own = getattr(func, "interrupt_hint", None)
+    if own:
+        return f": {own}"
+    try:
+        return RESUME_HINT if "resume" in inspect.signature(func).parameters else ""
+    except (TypeError, ValueError):  # pragma: no cover - builtins
+        return ""
 
 
 def handle_errors(func: F) -> F:
-    """Turn expected mistakes (bad config, bad input, missing artifacts) into one line."""
+    """Turn expected mistakes (bad config, bad input, missing artifacts) into one line, and
+    library warnings into one ``warning:`` line each (not Python's ``file:line: Category``)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
         from segsllm.errors import SegsllmError
 
         try:
-            return func(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = _warning_line
+                return func(*args, **kwargs)
         except SegsllmError as exc:
             fail(str(exc))
         except FileNotFoundError as exc:
@@ -56,7 +77,7 @@ def handle_errors(func: F) -> F:
         except PermissionError as exc:
             fail(f"permission denied: {exc.filename or exc}")
         except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
+            err_console.print(f"[yellow]interrupted[/]{_interrupt_hint(wrapper)}", soft_wrap=True)
             raise typer.Exit(130) from None
         return None
 
@@ -93,6 +114,19 @@ def resolve_config(
     }
     flags.update(extra_flags or {})
     return load_config(config, overrides or [], flags, schema=schema or Config, stage=stage)
+
+
+def silence_library_progress_bars() -> None:
+    """No "Loading weights" / download bars from transformers and huggingface_hub between our
+    own output (our progress bars stay). ``HF_HUB_DISABLE_PROGRESS_BARS=0`` brings them back.
+    Nothing is imported here: the environment variable is read when those libraries load."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] not in ("0", "false", "False", ""):
+        for module, call in (("transformers.utils.logging", "disable_progress_bar"),
+                             ("huggingface_hub.utils", "disable_progress_bars")):
+            loaded = sys.modules.get(module)  # already imported (tests, notebooks): tell it directly
+            if loaded is not None:
+                getattr(loaded, call)()
 
 
 def stdout_is_terminal() -> bool:

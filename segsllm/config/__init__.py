@@ -11,6 +11,7 @@ settings). Nothing here imports torch: ``segsllm --help`` and config errors stay
 from __future__ import annotations
 
 from segsllm.config.loader import (
+    describe_preset,
     flatten,
     list_presets,
     load_config,
@@ -23,6 +24,7 @@ from segsllm.config.root import Config
 
 __all__ = [
     "Config",
+    "describe_preset",
     "flatten",
     "list_presets",
     "load_config",

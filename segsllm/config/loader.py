@@ -12,6 +12,7 @@ one-line :class:`~segsllm.errors.ConfigError` messages that name the offending k
 from __future__ import annotations
 
 import dataclasses
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,42 @@ def list_presets() -> list[str]:
     return sorted(names)
 
 
+def looks_like_path(name: str) -> bool:
+    """Whether ``--config NAME`` names a file: a path separator or a .yaml/.yml suffix.
+
+    A bare word (``smoke``) is always a preset, even when a file or folder of that name
+    sits in the current folder: ``./smoke/`` must not shadow the ``smoke`` preset.
+    """
+    seps = {"/", os.sep} | ({os.altsep} if os.altsep else set())
+    return any(s in name for s in seps) or name.startswith("~") or Path(name).suffix in PRESET_SUFFIXES
+
+
+def describe_preset(name: str) -> str:
+    """A preset's one-line description: the first sentence of the comment block that opens
+    its YAML (a comment line wraps mid-sentence), without a leading ``NAME:``."""
+    import re
+
+    lines: list[str] = []
+    for line in resolve_preset(name).read_text(encoding="utf-8").splitlines():
+        text = line.strip()
+        if not text.startswith("#"):
+            if lines or text:
+                break
+            continue
+        lines.append(text.lstrip("#").strip())
+    text = " ".join(x for x in lines if x)
+    head, sep, rest = text.partition(":")
+    if sep and head.strip().lower() == Path(name).stem.lower():
+        text = rest.strip()
+    return re.split(r"(?<=[.!?])\s+(?=[A-Z`])", text, maxsplit=1)[0]
+
+
 def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (``tiny``) or a YAML path to an existing file."""
-    candidate = Path(name_or_path).expanduser()
-    if candidate.suffix in PRESET_SUFFIXES or candidate.exists():
+    """A preset name (``tiny``) or, when it :func:`looks_like_path`, an existing YAML file."""
+    if looks_like_path(name_or_path):
+        candidate = Path(name_or_path).expanduser()
+        if candidate.is_dir():
+            raise ConfigError(f"config {name_or_path} is a folder; give a YAML file or a preset name")
         if not candidate.is_file():
             raise ConfigError(f"config file not found: {name_or_path}")
         return candidate
@@ -172,11 +205,11 @@ def load_config(
         resolved = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
+    if callable(getattr(resolved, "validate", None)):
+        resolved.validate()  # every section: bad values fail here, one line, before any work
     pipeline = getattr(resolved, "pipeline", None)
-    if pipeline is not None:
-        pipeline.validate()
-        if stage is not None:
-            pipeline.overrides.pop(stage, None)
+    if pipeline is not None and stage is not None:
+        pipeline.overrides.pop(stage, None)
     return resolved
 
 

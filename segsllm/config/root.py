@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from segsllm.config.backbone import BackboneConfig
 from segsllm.config.bench import BenchConfig
@@ -16,6 +16,7 @@ from segsllm.config.splitter import SplitterConfig
 from segsllm.config.tokenizer import TokenizerConfig
 from segsllm.config.train import TrainConfig
 from segsllm.config.vae import SentenceVAEConfig
+from segsllm.errors import ConfigError
 
 
 @dataclass
@@ -34,3 +35,22 @@ class Config:
     sllm: SLLMConfig = field(default_factory=SLLMConfig)
     splitter: SplitterConfig = field(default_factory=SplitterConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+
+    def validate(self) -> Config:
+        """Validate every section up front, so a bad value fails in milliseconds with one
+        line naming its key, not minutes later as a traceback deep inside a stage."""
+        for f in fields(self):
+            section = getattr(self, f.name)
+            try:
+                section.validate()
+            except ConfigError as exc:
+                raise ConfigError(_qualified(f.name, section, str(exc))) from None
+        return self
+
+
+def _qualified(name: str, section: object, message: str) -> str:
+    """Prefix ``name.`` to a section's message that starts with a bare key (``max_len: ...``)."""
+    first = message.split(":", 1)[0].split(" ", 1)[0]
+    if first in {f.name for f in fields(section)}:  # type: ignore[arg-type]
+        return f"{name}.{message}"
+    return message

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+
+from segsllm.errors import ConfigError
+
+DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?", re.IGNORECASE)
 
 
 @dataclass
@@ -17,3 +22,13 @@ class RunConfig:
     experiment_prefix: str = "segsllm"
     # Extra MLflow tags on this run (the pipeline links its stage runs with them).
     tags: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> RunConfig:
+        """Raise a one-line :class:`ConfigError` naming the bad ``run.*`` key."""
+        if self.seed < 0:
+            raise ConfigError(f"run.seed must be >= 0, got {self.seed}")
+        if not DEVICE_RE.fullmatch(str(self.device)):
+            raise ConfigError(f"run.device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.out is not None and not str(self.out).strip():
+            raise ConfigError("run.out is empty; give a folder or leave it unset")
+        return self

@@ -37,19 +37,22 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise a one-line :class:`ConfigError` naming the bad ``train.*`` key."""
-        checks = {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "lr": self.lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "min_lr_ratio": 0.0 <= self.min_lr_ratio <= 1.0,
-            "log_every": self.log_every >= 1,
-            "eval_every": self.eval_every >= 0,
-            "ckpt_every": self.ckpt_every >= 0,
-            "betas": len(self.betas) == 2,
+        checks = {  # key -> (valid?, what a valid value is)
+            "steps": (self.steps >= 1, ">= 1"),
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "grad_accum": (self.grad_accum >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "betas": (len(self.betas) == 2 and all(0.0 <= b < 1.0 for b in self.betas),
+                      "two values in [0, 1)"),
+            "warmup_steps": (self.warmup_steps >= 0, ">= 0"),
+            "min_lr_ratio": (0.0 <= self.min_lr_ratio <= 1.0, "in [0, 1]"),
+            "log_every": (self.log_every >= 1, ">= 1"),
+            "eval_every": (self.eval_every >= 0, ">= 0 (0: only at the end)"),
+            "eval_batches": (self.eval_batches is None or self.eval_batches >= 1, ">= 1 or null (all)"),
+            "ckpt_every": (self.ckpt_every >= 0, ">= 0 (0: only at the end)"),
         }
-        for key, ok in checks.items():
+        for key, (ok, want) in checks.items():
             if not ok:
-                raise ConfigError(f"train.{key}: invalid value {getattr(self, key)!r}")
+                raise ConfigError(f"train.{key} must be {want}, got {getattr(self, key)!r}")
         return self

@@ -341,7 +341,7 @@ def prepare_builtin(
     data_dir: str | Path,
     name: str,
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
 ) -> PrepareResult:

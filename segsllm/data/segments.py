@@ -8,21 +8,20 @@ small, and is resumable (the training loop's ``BatchSource`` protocol).
 
 from __future__ import annotations
 
-import abc
 import hashlib
-import itertools
 import json
 import math
 import shutil
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segsllm.data.batches import EpochBatches
 from segsllm.errors import DataError
+from segsllm.io import make_temp_dir
 
 ARRAYS = ("ids", "starts", "lengths", "n_bytes", "doc_index")
 CACHE_VERSION = 1
@@ -73,7 +72,7 @@ class SegmentTable:
         """Write the arrays + meta.json into ``folder`` atomically (temp folder + rename)."""
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")  # umask permissions, not 0700
         try:
             for name in ARRAYS:
                 np.save(tmp / f"{name}.npy", getattr(self, name))
@@ -175,6 +174,7 @@ def load_segments(
     from segsllm.data.tokenizer import tokenizer_fingerprint
 
     manifest = load_manifest(data_dir, domain)
+    check_split_has_documents(manifest, domain, split)
     key_parts = {
         "corpus": domain,
         "corpus_sha256": manifest.get("sha256"),
@@ -200,6 +200,19 @@ def load_segments(
     table = build_segment_table(texts, tokenizer, segmenter, domain)
     table.save(folder, meta=key_parts)
     return SegmentTable.load(folder)
+
+
+def check_split_has_documents(manifest: dict[str, Any], corpus: str, split: str) -> None:
+    """A :class:`DataError` naming the corpus and split when the split holds no documents
+    (a 10-document corpus has no validation or test documents at the default 5 %)."""
+    docs = manifest.get("documents", {})
+    if split in docs and not docs[split]:
+        fraction = manifest.get("fractions", {}).get(split)
+        raise DataError(
+            f"no tokens in the {split} split of corpus {corpus!r}: it holds no documents "
+            f"({sum(docs.values())} in all; {split}_fraction {fraction}); add documents, or raise "
+            f"--set data.{split}_fraction and rebuild it with `segsllm data prepare --force`"
+        )
 
 
 def _weights_token(segmenter: Any) -> str | None:
@@ -245,87 +258,6 @@ def collate_segments(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[st
     }
 
 
-class EpochBatches(abc.ABC):
-    """Shared core of the resumable, rank-sharded, optionally domain-balanced batch sources.
-
-    An epoch's item order comes from a generator seeded with (seed, epoch). With
-    ``balanced=True`` over a dataset with per-domain ``offsets`` (:class:`ConcatTables`),
-    every epoch draws the same number of items from each domain (the smallest domain's
-    count, a fresh random subset of the larger ones), so CSV's many tiny segments do not
-    drown prose and code. State is (epoch, batches consumed on this rank): resuming replays
-    exactly the batches that would have come next. Subclasses say how an order becomes
-    batches (:meth:`_epoch_batches`) and how a batch is collated (:meth:`_collate`).
-    """
-
-    what = "items"
-
-    def __init__(self, dataset: Any, batch_size: int, pad_id: int, seed: int = 0, *,
-                 balanced: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
-        from segsllm.runtime import dist_info
-
-        env_rank, _, env_world = dist_info()
-        self.dataset = dataset
-        self.batch_size, self.pad_id, self.seed = int(batch_size), int(pad_id), int(seed)
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-        offsets = getattr(dataset, "offsets", None)
-        self.domain_ranges = (
-            [(int(a), int(b)) for a, b in itertools.pairwise(offsets)] if balanced and offsets is not None else None
-        )
-        self.epoch = 0
-        self.position = 0
-        if len(self) == 0:
-            raise DataError(
-                f"{self._epoch_items()} {self.what} per epoch give no batch of {self.batch_size} on "
-                f"{self.world_size} rank(s); use a smaller batch size or more data"
-            )
-
-    def _epoch_items(self) -> int:
-        if self.domain_ranges:
-            return min(b - a for a, b in self.domain_ranges) * len(self.domain_ranges)
-        return len(self.dataset)
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return (self._epoch_items() // self.batch_size) // self.world_size
-
-    def _order(self, rng: np.random.Generator) -> np.ndarray:
-        """This epoch's items: a permutation (of a balanced draw when balancing)."""
-        if self.domain_ranges:
-            per = min(b - a for a, b in self.domain_ranges)
-            picks = [a + rng.choice(b - a, size=per, replace=False) for a, b in self.domain_ranges]
-            return rng.permutation(np.concatenate(picks))
-        return rng.permutation(len(self.dataset))
-
-    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        """This rank's index batches of ``epoch``: consecutive slices, rank-interleaved."""
-        order = self._order(np.random.default_rng([self.seed, epoch]))
-        return [order[(b * self.world_size + self.rank) * self.batch_size :][: self.batch_size]
-                for b in range(len(self))]
-
-    @abc.abstractmethod
-    def _collate(self, items: list[Any]) -> Any:
-        """Items of one batch -> the tensors the stage's loss reads."""
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            batches = self._epoch_batches(self.epoch)
-            for b in range(self.position, len(batches)):
-                self.position = b + 1
-                yield self._collate([self.dataset[int(i)] for i in batches[b]])
-            self.epoch += 1
-            self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size, "num_items": len(self.dataset)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
-
-
 class BucketedBatches(EpochBatches):
     """Endless, resumable batches of similar-length segments (the loop's ``BatchSource``).
 
@@ -339,8 +271,8 @@ class BucketedBatches(EpochBatches):
     def __init__(self, dataset: Any, batch_size: int, pad_id: int, seed: int = 0, pool_batches: int = 50,
                  rank: int | None = None, world_size: int | None = None, balanced: bool = False) -> None:
         self.lengths = np.asarray(dataset.lengths)
-        self.pool_batches = int(pool_batches)
-        super().__init__(dataset, batch_size, pad_id, seed, balanced=balanced, rank=rank, world_size=world_size)
+        self.pool_batches, self.pad_id = int(pool_batches), int(pad_id)
+        super().__init__(dataset, batch_size, seed, balanced=balanced, rank=rank, world_size=world_size)
 
     def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])

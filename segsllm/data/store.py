@@ -10,10 +10,15 @@ line by line whatever the text holds (CRLF, tabs, a 10 MB line). A corpus is bui
 hidden temp folder and renamed into place only once ``manifest.json`` is written, so a
 crash never leaves a half corpus that looks complete; ``manifest.json`` present means done.
 
-The split of a document depends only on its id: ``sha256(id)`` read as a number in
+Duplicates never straddle splits (:mod:`segsllm.data.dedup`): exact duplicates (same
+text after newline normalisation) are collapsed to the one with the smallest id before
+splitting, and near-duplicate families (MinHash over token shingles) are split as one.
+The split of a document depends only on its **family key**, the smallest id of its
+family (its own id when it has no near-duplicate): ``sha256(key)`` read as a number in
 [0, 1) below ``test_fraction`` is test, below ``test + validation`` is validation, the rest
-train. Adding documents never moves an existing one to another split, and the split does
-not depend on the seed, so every stage agrees on it.
+train. Adding documents moves no existing one to another split unless the new one joins
+its family with a smaller id, and the split does not depend on the seed, so every stage
+agrees on it. ``duplicates.json`` lists what was collapsed and grouped; the manifest counts it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from segsllm.data.dedup import DedupConfig, DedupPlan, MinHasher, ShingleHasher, content_key, plan
 from segsllm.data.textio import decode_utf8, is_binary
 from segsllm.errors import DataError
 from segsllm.io import atomic_write_json, read_json
@@ -39,7 +45,8 @@ from segsllm.io import atomic_write_json, read_json
 SPLITS = ("train", "validation", "test")
 BUILTIN_CORPORA = ("prose", "code", "csv")
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: exact duplicates collapsed, near-duplicate families split together
+DUPLICATES = "duplicates.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
@@ -60,7 +67,7 @@ def split_point(doc_id: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2.0**64
 
 
-def split_of(doc_id: str, validation_fraction: float = 0.05, test_fraction: float = 0.05) -> str:
+def split_of(doc_id: str, validation_fraction: float = 0.05, test_fraction: float = 0.10) -> str:
     """The split (``train`` | ``validation`` | ``test``) a document id belongs to."""
     check_fractions(validation_fraction, test_fraction)
     u = split_point(doc_id)
@@ -328,6 +335,7 @@ class _Counts:
     replaced_docs: int = 0
     replaced_chars: int = 0
     file_sha256: dict[str, str] = field(default_factory=dict)
+    dedup: DedupPlan | None = None
 
 
 def _segsllm_version() -> str:
@@ -340,14 +348,16 @@ def write_corpus(
     data_dir: str | Path,
     source: Source,
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     progress: ProgressHook | None = None,
+    dedup: DedupConfig | None = None,
 ) -> dict[str, Any]:
     """Build ``<data_dir>/<source.name>/`` from ``source`` atomically; returns the manifest.
 
     Binary records (NUL bytes) and empty ones are skipped and counted; invalid UTF-8 is
     replaced and counted; an existing corpus of that name is replaced only once the new
     one is complete. An empty result is a :class:`DataError` and leaves nothing behind.
+    ``dedup`` says how near-duplicates are found (default :class:`DedupConfig`).
     """
     check_name(source.name)
     check_fractions(validation_fraction, test_fraction)
@@ -357,14 +367,16 @@ def write_corpus(
     tmp.mkdir()
     started = time.time()
     try:
-        counts = _write_splits(tmp, source, validation_fraction, test_fraction, progress)
+        counts = _write_splits(tmp, source, validation_fraction, test_fraction, progress,
+                               dedup or DedupConfig())
         total = sum(counts.documents.values())
         if total == 0:
             raise DataError(
                 f"corpus {source.name!r} is empty: no text documents found"
                 f" ({counts.skipped_binary} binary, {counts.skipped_empty} empty skipped)"
             )
-        manifest = _manifest(tmp, source, counts, validation_fraction, test_fraction, started)
+        manifest = _manifest(tmp, source, counts, validation_fraction, test_fraction, started,
+                             dedup or DedupConfig())
         atomic_write_json(tmp / MANIFEST, manifest)
         _swap_into_place(tmp, corpus_dir(root, source.name))
     finally:
@@ -374,15 +386,21 @@ def write_corpus(
 
 
 def _write_splits(
-    tmp: Path, source: Source, vf: float, tf: float, progress: ProgressHook | None
+    tmp: Path, source: Source, vf: float, tf: float, progress: ProgressHook | None, cfg: DedupConfig
 ) -> _Counts:
+    """Two passes: decode every record into a scratch file while fingerprinting it, plan
+    the duplicates, then copy each kept document into the split of its family."""
     counts = _Counts()
+    shingle, minhash = ShingleHasher(cfg.width), MinHasher(cfg.num_perm)
     seen: set[str] = set()
-    hashes = {s: hashlib.sha256() for s in SPLITS}
+    ids: list[str] = []
+    keys: list[str] = []
+    sigs: list[Any] = []
+    sizes: list[int] = []
+    scratch = tmp / ".all.jsonl"
     if progress is not None:
         progress.start(source.name, source.total)
-    with contextlib.ExitStack() as stack:
-        files = {s: stack.enter_context(open(tmp / f"{s}.jsonl", "wb")) for s in SPLITS}
+    with open(scratch, "wb") as out:
         for raw in source.records():
             if progress is not None:
                 progress.advance(1)
@@ -395,19 +413,45 @@ def _write_splits(
             if replaced:
                 counts.replaced_docs += 1
                 counts.replaced_chars += replaced
-            split = split_of(raw.id, vf, tf)
-            line = (
-                json.dumps({"id": raw.id, "text": text}, ensure_ascii=False).encode("utf-8") + b"\n"
-            )
-            files[split].write(line)
-            hashes[split].update(line)
-            counts.documents[split] += 1
-            counts.bytes[split] += len(text.encode("utf-8"))
+            ids.append(raw.id)
+            sizes.append(len(text.encode("utf-8")))
+            keys.append(content_key(text))
+            shingles = shingle(text) if cfg.near_duplicates else None
+            sigs.append(minhash(shingles) if shingles is not None and shingles.size else None)
+            out.write(json.dumps({"id": raw.id, "text": text}, ensure_ascii=False).encode("utf-8") + b"\n")
+    del seen
+    counts.dedup = dup = plan(ids, keys, sigs, cfg)
+    del keys, sigs
+    hashes = {s: hashlib.sha256() for s in SPLITS}
+    with contextlib.ExitStack() as stack:
+        files = {s: stack.enter_context(open(tmp / f"{s}.jsonl", "wb")) for s in SPLITS}
+        with open(scratch, "rb") as fh:
+            for i, line in enumerate(fh):
+                if not dup.kept[i]:
+                    continue
+                split = split_of(dup.family_key[i], vf, tf)
+                files[split].write(line)
+                hashes[split].update(line)
+                counts.documents[split] += 1
+                counts.bytes[split] += sizes[i]
         for fh in files.values():
             fh.flush()
             os.fsync(fh.fileno())
+    scratch.unlink()
     counts.file_sha256 = {s: h.hexdigest() for s, h in hashes.items()}
+    _write_duplicates(tmp, dup, ids, vf, tf)
     return counts
+
+
+def _write_duplicates(tmp: Path, dup: DedupPlan, ids: list[str], vf: float, tf: float) -> None:
+    """``duplicates.json``: every collapsed id, and every family with the split it went to."""
+    atomic_write_json(
+        tmp / DUPLICATES,
+        {
+            "collapsed": dict(sorted(dup.collapsed.items())),
+            "families": [{"split": split_of(f[0], vf, tf), "ids": f} for f in dup.families],
+        },
+    )
 
 
 def _to_text(raw: RawDoc, counts: _Counts) -> tuple[str | None, int]:
@@ -432,7 +476,7 @@ def _to_text(raw: RawDoc, counts: _Counts) -> tuple[str | None, int]:
 
 
 def _manifest(
-    tmp: Path, source: Source, counts: _Counts, vf: float, tf: float, started: float
+    tmp: Path, source: Source, counts: _Counts, vf: float, tf: float, started: float, cfg: DedupConfig
 ) -> dict[str, Any]:
     info = dict(source.info())
     manifest: dict[str, Any] = {
@@ -451,7 +495,9 @@ def _manifest(
             "segsllm_version": _segsllm_version(),
             "format": "jsonl",
             "format_version": FORMAT_VERSION,
-            "split_rule": "sha256(id) as uniform [0,1): < test -> test, < test+validation -> validation",
+            "split_rule": "sha256(family key = smallest id of the near-duplicate family) as uniform"
+            " [0,1): < test -> test, < test+validation -> validation",
+            "dedup": _dedup_summary(counts.dedup, cfg),
             "fractions": {"validation": vf, "test": tf},
             "documents": counts.documents,
             "bytes": counts.bytes,
@@ -471,6 +517,21 @@ def _manifest(
         }
     )
     return manifest
+
+
+def _dedup_summary(dup: DedupPlan | None, cfg: DedupConfig) -> dict[str, Any]:
+    sizes = [len(f) for f in dup.families] if dup is not None else []
+    return {
+        "exact_rule": "sha256 of the text after CRLF/CR -> LF; the smallest id is kept",
+        "near_rule": f"MinHash ({cfg.num_perm} perms, {cfg.bands} LSH bands) over {cfg.width}-token"
+        f" shingles; estimated Jaccard >= {cfg.threshold} joins a family"
+        if cfg.near_duplicates else "off",
+        "collapsed": len(dup.collapsed) if dup is not None else 0,
+        "families": len(sizes),
+        "grouped": sum(sizes),
+        "largest_family": max(sizes, default=0),
+        "file": DUPLICATES,
+    }
 
 
 def _swap_into_place(tmp: Path, final: Path) -> None:
@@ -512,7 +573,7 @@ def prepare(
     name: str,
     make_source: Callable[[], Source],
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
     expected_source: str | None = None,
@@ -525,6 +586,12 @@ def prepare(
     check_fractions(validation_fraction, test_fraction)
     if is_prepared(data_dir, name) and not force:
         manifest = load_manifest(data_dir, name)
+        if manifest.get("format_version", 1) < FORMAT_VERSION:
+            raise DataError(
+                f"corpus {name!r} was prepared by an older segsllm (format"
+                f" {manifest.get('format_version', 1)}: duplicates may straddle its splits);"
+                f" rebuild it: {prepare_hint(name)} with --force"
+            )
         fr = manifest.get("fractions", {})
         if (fr.get("validation"), fr.get("test")) != (validation_fraction, test_fraction):
             raise DataError(

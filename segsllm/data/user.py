@@ -2,13 +2,19 @@
 
 Files: ``.jsonl`` / ``.ndjson`` give one document per line (a string field, ``text`` by
 default); every other file (``.txt``, ``.md``, ``.py``, ``.csv`` ...) is one document.
-Folders are walked recursively (hidden entries skipped). Binary files are skipped and
-counted by the store; invalid UTF-8 is replaced and counted. Nothing is loaded from a hub
-unless the user names a dataset with ``--hf-dataset``.
+Folders are walked recursively (hidden entries skipped, dangling symlinks skipped and
+named). Binary (NUL byte) and empty files are skipped; text is decoded by
+:func:`segsllm.data.textio.decode_text` (UTF-8; Latin-1 / Windows-1252 files are
+recognised and decoded as such, see its module; ``encoding`` can force a codec or refuse
+anything but UTF-8). Every file skipped, decoded with the fallback or with bytes replaced
+is counted and the first few are named in the manifest (``named_files``), which
+``segsllm data prepare`` prints. Nothing is loaded from a hub unless the user names a
+dataset with ``--hf-dataset``.
 """
 
 from __future__ import annotations
 
+import codecs
 import glob
 import json
 import os
@@ -17,36 +23,85 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.data.store import PrepareResult, ProgressHook, RawDoc, check_name, prepare
-from segsllm.data.textio import decode_utf8, is_binary, sha256_of_pairs
+from segsllm.data.textio import ENCODING_MODES, decode_text, decode_utf8, is_binary, sha256_of_pairs
 from segsllm.errors import DataError
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 _MAGIC = "*?["
+NAMED = 5  # files named per kind of note (skipped, replaced ...); the rest are counted
+
+
+class FileNotes:
+    """Files that were skipped or altered, by kind: a count and the first :data:`NAMED` names."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, dict[str, Any]] = {}
+
+    def add(self, kind: str, name: str) -> None:
+        entry = self.kinds.setdefault(kind, {"count": 0, "first": []})
+        entry["count"] += 1
+        if len(entry["first"]) < NAMED:
+            entry["first"].append(name)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return {k: {"count": v["count"], "first": list(v["first"])} for k, v in self.kinds.items()}
+
+
+def describe_notes(notes: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per kind: ``skipped 3 binary file(s): a.png, b.bin, c.o`` (+ ``and N more``)."""
+    what = {
+        "dangling_symlink": "skipped {n} dangling symlink(s)",
+        "unreadable": "skipped {n} unreadable file(s)",
+        "binary": "skipped {n} binary file(s)",
+        "empty": "skipped {n} empty file(s)",
+        "replaced_invalid_utf8": "replaced invalid UTF-8 with U+FFFD in {n} document(s)",
+        "decoded_cp1252": "decoded {n} non-UTF-8 file(s) as Windows-1252 (Latin-1)",
+        "decoded_latin-1": "decoded {n} non-UTF-8 file(s) as Latin-1",
+    }
+    lines = []
+    for kind, entry in notes.items():
+        n, first = entry["count"], entry["first"]
+        head = what.get(kind, f"{kind}: {{n}} file(s)").format(n=n)
+        more = f" and {n - len(first)} more" if n > len(first) else ""
+        lines.append(f"{head}: {', '.join(first)}{more}")
+    return lines
 
 
 # --------------------------------------------------------------------------- local files
 
 
-def _walk(folder: Path) -> Iterator[Path]:
-    """Files under ``folder``, sorted, hidden files and folders skipped, links not followed."""
+def _dangling(path: Path) -> bool:
+    """A symlink whose target does not exist."""
+    return path.is_symlink() and not path.exists()
+
+
+def _walk(folder: Path, dangling: list[Path] | None = None) -> Iterator[Path]:
+    """Files under ``folder``, sorted, hidden files and folders skipped, folder links not
+    followed; dangling symlinks are left out (appended to ``dangling``)."""
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for fname in sorted(filenames):
             if not fname.startswith("."):
-                yield Path(dirpath) / fname
+                p = Path(dirpath) / fname
+                if _dangling(p):
+                    if dangling is not None:
+                        dangling.append(p)
+                    continue
+                yield p
 
 
-def expand_paths(pattern: str) -> tuple[Path, list[Path]]:
+def expand_paths(pattern: str, dangling: list[Path] | None = None) -> tuple[Path, list[Path]]:
     """``(root, files)`` for a file, a folder (recursive) or a glob (``**`` allowed).
 
     Document ids are paths relative to ``root``: the folder given, the folder of the file
-    given, or the part of a glob before its first wildcard.
+    given, or the part of a glob before its first wildcard. Dangling symlinks are skipped
+    and appended to ``dangling``.
     """
     path = Path(pattern).expanduser()
     if path.is_file():
         return path.parent, [path]
     if path.is_dir():
-        return path, list(_walk(path))
+        return path, list(_walk(path, dangling))
     if not any(c in pattern for c in _MAGIC):
         raise DataError(f"no such file or folder: {pattern}")
     parts = Path(pattern).expanduser().parts
@@ -62,7 +117,9 @@ def expand_paths(pattern: str) -> tuple[Path, list[Path]]:
         if m.is_file():
             files.append(m)
         elif m.is_dir():
-            files.extend(_walk(m))
+            files.extend(_walk(m, dangling))
+        elif _dangling(m) and dangling is not None:
+            dangling.append(m)
     unique = list(dict.fromkeys(files))  # a file matched twice is one document
     if not unique:
         raise DataError(f"no files match {pattern}")
@@ -72,14 +129,19 @@ def expand_paths(pattern: str) -> tuple[Path, list[Path]]:
 class UserFilesSource:
     """Documents from local files; sha256 over sorted (relative path, file sha256)."""
 
-    def __init__(self, name: str, pattern: str, text_field: str = "text") -> None:
+    def __init__(self, name: str, pattern: str, text_field: str = "text", encoding: str = "auto") -> None:
         self.name = check_name(name, allow_builtin=False)
         self.pattern = pattern
         self.text_field = text_field
-        self.root, self.files = expand_paths(pattern)
+        self.encoding = check_encoding(encoding)
+        dangling: list[Path] = []
+        self.root, self.files = expand_paths(pattern, dangling)
+        # relpath, not resolve(): a dangling link resolves to its missing target
+        self.dangling = [Path(os.path.relpath(p, self.root)).as_posix() for p in dangling]
         has_jsonl = any(f.suffix.lower() in JSONL_SUFFIXES for f in self.files)
         self.total: int | None = None if has_jsonl else len(self.files)
         self._pairs: list[tuple[str, str]] = []
+        self.notes = FileNotes()
 
     def _rel(self, path: Path) -> str:
         try:
@@ -91,16 +153,44 @@ class UserFilesSource:
         import hashlib
 
         self._pairs = []
+        self.notes = FileNotes()
+        for rel in self.dangling:
+            self.notes.add("dangling_symlink", rel)
         for path in self.files:
             rel = self._rel(path)
             if path.suffix.lower() in JSONL_SUFFIXES:
                 h = hashlib.sha256()
                 yield from self._jsonl(path, rel, h)
                 self._pairs.append((rel, h.hexdigest()))
-            else:
+                continue
+            try:
                 data = path.read_bytes()
-                self._pairs.append((rel, hashlib.sha256(data).hexdigest()))
-                yield RawDoc(rel, data)
+            except FileNotFoundError:  # removed (or its link target removed) since the walk
+                self.notes.add("unreadable", rel)
+                continue
+            self._pairs.append((rel, hashlib.sha256(data).hexdigest()))
+            # A named codec (utf-16 ...) may hold NUL bytes: then NUL *characters* mark binary.
+            codec = self.encoding not in ENCODING_MODES
+            if not data or (not codec and is_binary(data)):
+                self.notes.add("binary" if data else "empty", rel)
+                yield RawDoc(rel, data)  # the store counts it as skipped
+                continue
+            try:
+                decoded = decode_text(data, self.encoding)
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{path}: not valid UTF-8 (byte {exc.start}); --encoding strict refuses it:"
+                    " use --encoding auto (Latin-1 fallback) or name the codec, e.g. --encoding latin-1"
+                ) from None
+            if codec and "\x00" in decoded.text:
+                self.notes.add("binary", rel)
+                yield RawDoc(rel, b"\x00")  # the store counts it as binary
+                continue
+            if decoded.replaced:
+                self.notes.add("replaced_invalid_utf8", rel)
+            elif decoded.encoding != "utf-8" and self.encoding == "auto":
+                self.notes.add(f"decoded_{decoded.encoding}", rel)
+            yield RawDoc(rel, decoded.text, decoded.replaced)
 
     def _jsonl(self, path: Path, rel: str, h: Any) -> Iterator[RawDoc]:
         """One document per line; bad JSON or a missing field names the file and line."""
@@ -116,6 +206,8 @@ class UserFilesSource:
                 if not line.strip():
                     continue
                 decoded = decode_utf8(line)
+                if decoded.replaced:
+                    self.notes.add("replaced_invalid_utf8", f"{rel}:{lineno}")
                 try:
                     rec = json.loads(decoded.text)
                 except ValueError as exc:
@@ -141,7 +233,22 @@ class UserFilesSource:
             "origin": str(self.root.resolve()),
             "source_files": len(self._pairs),
             "text_field": self.text_field,
+            "encoding": self.encoding,
+            "named_files": self.notes.as_dict(),
         }
+
+
+def check_encoding(encoding: str) -> str:
+    """``auto`` / ``utf-8`` / ``strict`` or a codec Python knows; DataError otherwise."""
+    if encoding in ENCODING_MODES:
+        return encoding
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise DataError(
+            f"unknown --encoding {encoding!r}; use auto, utf-8, strict or a codec name such as latin-1"
+        ) from None
+    return encoding
 
 
 # --------------------------------------------------------------------------- datasets
@@ -244,16 +351,19 @@ def prepare_files(
     pattern: str,
     text_field: str = "text",
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
+    encoding: str = "auto",
 ) -> PrepareResult:
-    """Prepare corpus ``name`` from local files (a no-op when done, unless ``force``)."""
+    """Prepare corpus ``name`` from local files (a no-op when done, unless ``force``);
+    ``encoding``: see :func:`segsllm.data.textio.decode_text`."""
     check_name(name, allow_builtin=False)
+    check_encoding(encoding)
     return prepare(
         data_dir,
         name,
-        lambda: UserFilesSource(name, pattern, text_field),
+        lambda: UserFilesSource(name, pattern, text_field, encoding),
         validation_fraction,
         test_fraction,
         force=force,
@@ -270,7 +380,7 @@ def prepare_hf(
     split: str | None = None,
     text_field: str = "text",
     validation_fraction: float = 0.05,
-    test_fraction: float = 0.05,
+    test_fraction: float = 0.10,
     force: bool = False,
     progress: ProgressHook | None = None,
 ) -> PrepareResult:

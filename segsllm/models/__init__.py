@@ -13,8 +13,6 @@ from typing import Any
 _EXPORTS = {
     "SentenceVAE": "segsllm.models.vae",
     "reconstruction_loss": "segsllm.models.vae",
-    "bits_per_byte": "segsllm.models.vae",
-    "exact_match_count": "segsllm.models.vae",
     "Backbone": "segsllm.models.backbone",
     "load_backbone": "segsllm.models.backbone",
     "body_forward": "segsllm.models.backbone",
@@ -23,7 +21,8 @@ _EXPORTS = {
     "count_parameters": "segsllm.models.backbone",
     "SLLM": "segsllm.models.sllm",
     "save_artifact": "segsllm.models.artifact",
-    "load_artifact": "segsllm.models.artifact",
+    "read_artifact": "segsllm.models.artifact",
+    "load_artifact": "segsllm.models.loading",
     "read_manifest": "segsllm.models.artifact",
     "check_state_dict": "segsllm.models.artifact",
 }

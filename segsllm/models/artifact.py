@@ -14,7 +14,8 @@ Each file is written atomically (temp + rename). The manifest is removed first a
 last, and it carries checksums of the files it describes, so a crash mid-save or a
 mixture of two saves is refused on load instead of silently loading the wrong weights.
 
-Loading refuses, with a one-line :class:`~segsllm.errors.ArtifactError`: a missing folder
+Reading (:func:`read_artifact`; :func:`segsllm.models.loading.load_artifact` builds the
+model) refuses, with a one-line :class:`~segsllm.errors.ArtifactError`: a missing folder
 or file, unreadable JSON, another kind of artifact, a checksum mismatch, a corrupted or
 truncated safetensors file, and a tokenizer whose fingerprint differs from the one the
 model was trained with. :func:`check_state_dict` refuses weights whose names or shapes do
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -45,7 +46,7 @@ _RESERVED = ("kind", "format_version", "segsllm_version", "created", "tokenizer_
 
 @dataclass
 class LoadedArtifact:
-    """What :func:`load_artifact` read: the config dict, the tensors and the manifest."""
+    """What :func:`read_artifact` read: the config dict, the tensors and the manifest."""
 
     path: Path
     config: dict[str, Any]
@@ -154,6 +155,23 @@ def save_artifact(
     return out
 
 
+def mark_incomplete(out_dir: str | Path) -> None:
+    """Remove the manifest before writing a folder's other files (``config.yaml``,
+    ``metrics.json``): until :func:`save_artifact` writes it last, the folder reads as incomplete."""
+    (Path(out_dir) / MANIFEST_NAME).unlink(missing_ok=True)
+
+
+def record_files(out_dir: str | Path, names: Sequence[str]) -> None:
+    """Add size + sha256 of files written after the weights to the manifest, rewriting it
+    (atomically) so the completeness marker is again the last file written."""
+    out = Path(out_dir)
+    manifest = read_manifest(out)
+    files = dict(manifest.get("files") or {})
+    files.update({n: _file_entry(out / n) for n in names if (out / n).is_file()})
+    manifest["files"] = files
+    atomic_write_json(out / MANIFEST_NAME, manifest)
+
+
 # --------------------------------------------------------------------------- load
 
 
@@ -175,7 +193,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_artifact(
+def read_artifact(
     path: str | Path,
     *,
     kind: str,

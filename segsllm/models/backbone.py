@@ -44,6 +44,7 @@ from segsllm.models.gguf import (
     find_smollm2_gguf,
     read_source,
 )
+from segsllm.models.token_lm import is_from_scratch
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ def load_backbone(
     dtype = _resolve_dtype(cfg.dtype)
     cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
 
-    if spec == "tiny" or spec.startswith("tiny:"):
+    if is_from_scratch(spec):
         family = spec.split(":", 1)[1] if ":" in spec else cfg.family
         return _build_tiny(cfg, family, vocab_size, tokenizer, dtype)
     if spec.lower() == SMOLLM2_ALIAS:

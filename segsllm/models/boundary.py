@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from segsllm.config.splitter import BoundaryPredictorConfig
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
+from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
 
 KIND = "boundary_predictor"
 
@@ -183,7 +183,7 @@ class BoundaryPredictor(nn.Module):
     def from_pretrained(cls, path: str | Path, tokenizer: Any = None, map_location: Any = "cpu",
                         verify_checksums: bool = True) -> BoundaryPredictor:
         """Load a folder written by :meth:`save_pretrained`; one-line ArtifactError otherwise."""
-        art = load_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
+        art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
         try:
             config = BoundaryPredictorConfig.from_dict(art.config)
         except (ConfigError, TypeError) as exc:

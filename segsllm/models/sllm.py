@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from segsllm.config.sllm import SLLMConfig
 from segsllm.config.vae import SentenceVAEConfig
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
+from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
 from segsllm.models.backbone import body_forward, freeze_layers
 from segsllm.models.vae import IGNORE_INDEX, SentenceVAE, lengths_to_mask
 
@@ -60,7 +60,7 @@ class SLLM(nn.Module):
     """SentenceVAE + causal backbone + projections, start vector and stop head.
 
     ``backbone`` is a Hugging Face ``*ForCausalLM`` (only its body is run). ``forward`` on a
-    batch of windows (:mod:`segsllm.data.documents`) returns the loss and summable
+    batch of windows (:mod:`segsllm.data.segment_windows`) returns the loss and summable
     statistics; generation lives in :mod:`segsllm.generate`.
     """
 
@@ -306,7 +306,7 @@ class SLLM(nn.Module):
         """Load a folder written by :meth:`save_pretrained` (one-line ArtifactError if not)."""
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        art = load_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
+        art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
         try:
             sllm_cfg = SLLMConfig.from_dict(art.config["sllm"])
             vae_cfg = SentenceVAEConfig.from_dict(art.config["vae"])

@@ -29,10 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from segsllm.bench.metrics import bits_per_byte, exact_match_count  # re-exported for callers
 from segsllm.config.vae import LOSSES, SentenceVAEConfig
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, load_artifact, save_artifact
+from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
 
 KIND = "sentence_vae"
 IGNORE_INDEX = -100
@@ -490,7 +489,7 @@ class SentenceVAE(nn.Module):
     def reconstruct(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                     lengths: torch.Tensor | None = None, max_len: int | None = None) -> list[list[int]]:
         """Encode, then greedy-decode (eval mode, restored afterwards). Pair with
-        :func:`exact_match_count` for the exact-match rate under generation."""
+        :func:`segsllm.metrics.exact_match_count` for the exact-match rate under generation."""
         was_training = self.training
         self.eval()
         try:
@@ -540,12 +539,12 @@ class SentenceVAE(nn.Module):
                         verify_checksums: bool = True) -> SentenceVAE:
         """Load a folder written by :meth:`save_pretrained`; ArtifactError (one line) if it is
         missing, corrupted, shaped unlike its config, or built with another tokenizer."""
-        art = load_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
+        art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
         try:
             config = SentenceVAEConfig.from_dict(art.config)
         except (ConfigError, TypeError) as exc:
             raise ArtifactError(f"{path}: invalid SentenceVAE config.json: {exc}") from None
-        # No fingerprint recorded (load_artifact compared it otherwise): the least we can
+        # No fingerprint recorded (read_artifact compared it otherwise): the least we can
         # check is that every token id of the given tokenizer fits the model.
         unchecked = art.manifest.get("tokenizer_fingerprint") is None
         tok_size = len(tokenizer) if tokenizer is not None and not isinstance(tokenizer, str) else 0
@@ -567,8 +566,6 @@ __all__ = [
     "SentenceEncoder",
     "SentenceVAE",
     "SentenceVAEConfig",
-    "bits_per_byte",
-    "exact_match_count",
     "lengths_to_mask",
     "reconstruction_loss",
 ]

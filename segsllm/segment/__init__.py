@@ -5,7 +5,7 @@
 >>> texts = seg.split_text(text)       # "".join(texts) == text
 
 Modules: :mod:`base` (contract, ``enforce_max_len``), :mod:`punctuation`, :mod:`fixed`,
-:mod:`spec` (spec strings), :mod:`registry` (built-ins, plug-ins, ``module:Class``),
+:mod:`random_span` (random lengths, for teacher training), :mod:`spec` (spec strings), :mod:`registry` (built-ins, plug-ins, ``module:Class``),
 :mod:`text` (exact text segments), :mod:`stats`, and :mod:`testing` (the conformance kit
 for plug-in authors; needs ``hypothesis``).
 """

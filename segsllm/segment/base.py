@@ -133,7 +133,8 @@ class Segmenter(abc.ABC):
             for p in inspect.signature(type(self).__init__).parameters.values()
             if p.default is not inspect.Parameter.empty
         }
-        changed = {k: v for k, v in self.params().items() if k not in defaults or defaults[k] != v}
+        given = getattr(self, "given_params", frozenset())  # as typed in the spec: shown as given
+        changed = {k: v for k, v in self.params().items() if k in given or k not in defaults or defaults[k] != v}
         return format_spec(self.name or f"{type(self).__module__}:{type(self).__qualname__}", changed)
 
     def describe(self) -> dict[str, Any]:

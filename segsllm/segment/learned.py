@@ -398,13 +398,10 @@ class StreamingSplitter:
 
 def _load_predictor(path: str, device: str) -> Any:
     from segsllm.errors import ArtifactError
+    from segsllm.models.loading import load_artifact
 
-    if not Path(path).is_dir():
-        raise SegmenterError(f"learned: no splitter folder at {path} (train one with `segsllm train-splitter`)")
     try:
-        from segsllm.models.boundary import BoundaryPredictor
-
-        return BoundaryPredictor.from_pretrained(path, map_location=device)
+        return load_artifact("boundary_predictor", path, device=device).model
     except ArtifactError as exc:
         raise SegmenterError(f"learned: {exc}") from None
 

@@ -198,14 +198,27 @@ def build_segmenter(
     ``tokenizer`` is bound when given (rule-based segmenters need the vocabulary).
     ``max_len`` is the default for a ``max_len`` parameter the spec leaves out (an explicit
     ``max_len=`` in the spec wins); a segmenter without that parameter whose own
-    ``max_len`` is larger is wrapped so that its segments are split at ``max_len``.
+    ``max_len`` is larger is wrapped so that its segments are split at ``max_len``. A
+    plug-in or ``module:Class`` whose ``max_len`` parameter has its own default keeps that
+    default when it fits under ``max_len``, and is lowered to ``max_len`` with a warning
+    when it does not (the built-ins take ``max_len`` as given).
     """
     if isinstance(spec, Segmenter):
         return spec.bind(tokenizer) if tokenizer is not None else spec
     names = _Names()
     parsed = parse_spec(spec, names)
     factory = _factory(parsed, names)
-    defaults = {"max_len": int(max_len)} if max_len is not None else None
+    explicit = set(bind_params(factory, parsed.name, parsed.positional, parsed.kwargs, None, check_missing=False))
+    defaults = None
+    if max_len is not None:
+        cap = int(max_len)
+        own_default = None if parsed.name in BUILTINS else _int_default(factory, "max_len")
+        if own_default is not None and "max_len" not in explicit:
+            if own_default > cap:
+                warnings.warn(f"segmenter {parsed.name!r}: its default max_len={own_default} is above "
+                              f"segmenter.max_len={cap}, so max_len={cap} is used", stacklevel=2)
+            cap = min(own_default, cap)
+        defaults = {"max_len": cap}
     kwargs = bind_params(factory, parsed.name, parsed.positional, parsed.kwargs, defaults)
     try:
         seg = factory(**kwargs)
@@ -219,6 +232,7 @@ def build_segmenter(
             "(subclass segsllm.segment.Segmenter)"
         )
     seg.name = parsed.name  # type: ignore[misc]  # the spec name round-trips through .spec()
+    seg.given_params = frozenset(explicit)  # .spec() keeps them even when equal to a default
     own = getattr(seg, "max_len", None)
     if not isinstance(own, int) or own < 1:
         raise SegmenterError(f"segmenter {parsed.name!r} has no valid max_len (got {own!r})")
@@ -232,6 +246,16 @@ def build_segmenter(
         except Exception as exc:
             raise SegmenterError(f"segmenter {parsed.name!r} cannot use this tokenizer: {exc}") from None
     return seg
+
+
+def _int_default(factory: Callable[..., Any], name: str) -> int | None:
+    """The integer default of ``factory``'s parameter ``name`` (None: absent or not an int)."""
+    try:
+        p = inspect.signature(factory).parameters.get(name)
+    except (TypeError, ValueError):
+        return None
+    ok = p is not None and isinstance(p.default, int) and not isinstance(p.default, bool)
+    return int(p.default) if ok else None
 
 
 def _description(obj: Any) -> str:

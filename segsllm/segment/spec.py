@@ -200,8 +200,10 @@ def bind_params(
     positional: str | None,
     kwargs: dict[str, str],
     defaults: dict[str, Any] | None = None,
+    check_missing: bool = True,
 ) -> dict[str, Any]:
-    """Typed keyword arguments for ``factory`` from spec strings (+ ``defaults`` if accepted)."""
+    """Typed keyword arguments for ``factory`` from spec strings (+ ``defaults`` if accepted);
+    ``check_missing=False`` returns what the spec gives even when a required one is absent."""
     params = _parameters(factory)
     named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     takes_any = any(p.kind == p.VAR_KEYWORD for p in params)
@@ -229,7 +231,7 @@ def bind_params(
         if key in by_name and key not in out and value is not None:
             out[key] = value
     missing = [p.name for p in named if p.default is REQUIRED and p.name not in out]
-    if missing:
+    if missing and check_missing:
         raise SegmenterError(f"segmenter {display!r} needs {', '.join(missing)}; parameters: {accepted}")
     return out
 

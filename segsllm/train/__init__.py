@@ -14,16 +14,16 @@ _EXPORTS = {
     "lr_multiplier": "schedule",
     "BatchSource": "loop",
     "Callback": "loop",
-    "SequentialBatches": "loop",
-    "ShuffledBatches": "loop",
+    "SequentialBatches": "segsllm.data.batches",
+    "ShuffledBatches": "segsllm.data.batches",
     "TrainResult": "loop",
     "TrainState": "loop",
     "TrainingDivergedError": "loop",
     "evaluate": "loop",
-    "maybe_init_distributed": "loop",
+    "maybe_init_distributed": "distributed",
     "move_to": "loop",
     "train": "loop",
-    "unwrap_model": "loop",
+    "unwrap_model": "distributed",
     "latest_checkpoint": "checkpoint",
     "list_checkpoints": "checkpoint",
     "load_model_weights": "checkpoint",
@@ -35,5 +35,6 @@ __all__ = sorted(_EXPORTS)
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+        module = _EXPORTS[name]
+        return getattr(importlib.import_module(module if "." in module else f"{__name__}.{module}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

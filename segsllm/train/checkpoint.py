@@ -25,7 +25,6 @@ import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from segsllm.errors import ArtifactError
-from segsllm.io import atomic_write_text, read_json
+from segsllm.io import atomic_write_text, make_temp_dir, read_json, share_tree
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -261,13 +260,14 @@ def save_checkpoint(
     root = checkpoint_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / step_dirname(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{final.name}-", dir=root))
+    tmp = make_temp_dir(root, prefix=f"{_TMP_PREFIX}{final.name}-")
     try:
         save_model_weights(model, tmp / "model.safetensors")
         save_optimizer(optimizer, tmp)
         rng_json = save_rng(rng_states, tmp)
         state = {"format": FORMAT, **trainer_state, "step": step, "rng": rng_json}
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1), encoding="utf-8")  # last
+        share_tree(tmp)
         _fsync_tree(tmp)
         if final.exists():  # same step written again (e.g. re-run of a finished run)
             old = root / f"{_TMP_PREFIX}old-{final.name}"

@@ -5,6 +5,9 @@ resumable batch source; :func:`train` does the rest: AdamW with decay on matrice
 linear warm-up + cosine, gradient accumulation and clipping, bf16 autocast on CUDA,
 periodic evaluation per named source, tracker logging, atomic safetensors checkpoints
 with exact resume, a clear stop on NaN/inf, and DDP when launched by ``torchrun``.
+Its helpers live beside it: :mod:`.distributed` (process group, collectives),
+:mod:`.optim` (AdamW groups), :mod:`.progress` (the bar); batch sources live in
+:mod:`segsllm.data.batches`.
 
 Exact resume rests on three things being restored: weights + optimizer (safetensors), the
 global RNGs (dropout), and the data position (a :class:`BatchSource` state). The
@@ -13,7 +16,6 @@ learning rate is a pure function of the step (:func:`segsllm.train.schedule.lr_a
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import time
@@ -29,9 +31,19 @@ import torch.distributed as dist
 from torch import nn
 
 from segsllm.config.train import TrainConfig
-from segsllm.errors import ArtifactError, ConfigError, DataError, SegsllmError
-from segsllm.runtime import autocast, dist_info
+from segsllm.data.batches import move_to
+from segsllm.errors import ArtifactError, DataError, SegsllmError
+from segsllm.runtime import autocast
 from segsllm.train import checkpoint as ckpt
+from segsllm.train.distributed import (
+    all_gather,
+    barrier,
+    maybe_init_distributed,
+    resolve_device,
+    unwrap_model,
+)
+from segsllm.train.optim import configure_optimizer, param_groups
+from segsllm.train.progress import progress_bar
 from segsllm.train.schedule import lr_at
 
 Batch = Any
@@ -43,60 +55,6 @@ EvalSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
 
 class TrainingDivergedError(SegsllmError):
     """The loss or the gradient norm became NaN/inf; the last checkpoint is still good."""
-
-
-# --------------------------------------------------------------------------- distributed
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world_size) of the initialised process group, else from the environment."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    rank, _, world = dist_info()
-    return rank, world
-
-
-def maybe_init_distributed() -> tuple[int, int, int]:
-    """Initialise torch.distributed from the torchrun environment when WORLD_SIZE > 1.
-
-    NCCL on CUDA (and binds this process to GPU ``LOCAL_RANK``), gloo otherwise. Idempotent;
-    returns (rank, local_rank, world_size), (0, 0, 1) for a plain single process.
-    """
-    _, local_rank, world = dist_info()
-    if world > 1 and not (dist.is_available() and dist.is_initialized()):
-        if not dist.is_available():
-            raise SegsllmError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
-        if torch.cuda.is_available():
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), local_rank, dist.get_world_size()
-    return 0, 0, 1
-
-
-def _all_gather(obj: Any) -> list[Any]:
-    """One small picklable object per rank (in memory only; nothing is read from disk)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel and torch.compile wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
-            model = model._orig_mod
-        else:
-            return model
 
 
 # --------------------------------------------------------------------------- data
@@ -118,140 +76,6 @@ class BatchSource(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
-
-
-def _default_collate(items: list[Any]) -> Any:
-    from torch.utils.data import default_collate
-
-    return default_collate(items)
-
-
-class ShuffledBatches:
-    """Endless shuffled batches over any indexable dataset, sharded per rank, resumable.
-
-    Epoch ``e`` uses ``torch.randperm(len(dataset))`` seeded with ``seed + e`` and gives rank
-    ``r`` of ``w`` the indices ``perm[r::w]`` after padding to a multiple of ``w``: the
-    semantics of ``DistributedSampler``. Items are fetched with ``dataset[i]`` only when
-    their batch is built, so the dataset can be lazy (memory-mapped, on-the-fly tokenised).
-    State is (epoch, position in batches); resuming with another world size or batch size
-    keeps the number of items consumed in the epoch.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        collate: Callable[[list[Any]], Batch] | None = None,
-        seed: int = 0,
-        *,
-        shuffle: bool = True,
-        drop_last: bool = True,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        env_rank, env_world = _rank_world()
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.collate = collate or _default_collate
-        self.seed = int(seed)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-        self.epoch = 0
-        self.position = 0  # batches of the current epoch already yielded
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if len(self) == 0:
-            raise DataError(
-                f"dataset of {len(dataset)} items gives no batch of {self.batch_size} "
-                f"(world size {self.world_size}); use a smaller batch_size or more data"
-            )
-
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        per_rank = math.ceil(len(self.dataset) / self.world_size)
-        full, rest = divmod(per_rank, self.batch_size)
-        return full + (rest > 0 and not self.drop_last)
-
-    def _indices(self, epoch: int) -> list[int]:
-        """This rank's item order for ``epoch``."""
-        n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + epoch)
-            order = torch.randperm(n, generator=g).tolist()
-        else:
-            order = list(range(n))
-        total = math.ceil(n / self.world_size) * self.world_size
-        order += order[: total - n]  # pad by wrapping, as DistributedSampler does
-        return order[self.rank : total : self.world_size]
-
-    def __iter__(self) -> Iterator[Batch]:
-        while True:
-            order = self._indices(self.epoch)
-            for b in range(self.position, len(self)):
-                idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-                self.position = b + 1  # state now says "this batch is consumed"
-                yield self.collate([self.dataset[i] for i in idx])
-            self.epoch += 1
-            self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-            "num_items": len(self.dataset),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if state.get("num_items", len(self.dataset)) != len(self.dataset):
-            warnings.warn(
-                f"resuming over a dataset of {len(self.dataset)} items, the checkpoint saw "
-                f"{state['num_items']}: the data order will differ",
-                stacklevel=2,
-            )
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        position = int(state["position"])
-        # Same items consumed per rank-batch? If not, convert via the item count.
-        old = int(state.get("batch_size", self.batch_size)) * int(state.get("world_size", self.world_size))
-        new = self.batch_size * self.world_size
-        self.position = position if old == new else min(len(self), position * old // new)
-
-
-class SequentialBatches:
-    """Finite, re-iterable batches in dataset order, for evaluation; sharded per rank.
-
-    Rank ``r`` of ``w`` gets items ``r, r+w, ...`` without padding, so sums over ranks count
-    every item exactly once.
-    """
-
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        collate: Callable[[list[Any]], Batch] | None = None,
-        *,
-        rank: int | None = None,
-        world_size: int | None = None,
-    ) -> None:
-        env_rank, env_world = _rank_world()
-        self.dataset = dataset
-        self.batch_size = int(batch_size)
-        self.collate = collate or _default_collate
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
-
-    def __len__(self) -> int:
-        return math.ceil(len(range(self.rank, len(self.dataset), self.world_size)) / self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        idx = range(self.rank, len(self.dataset), self.world_size)
-        for start in range(0, len(idx), self.batch_size):
-            yield self.collate([self.dataset[i] for i in idx[start : start + self.batch_size]])
 
 
 class _ReplayBatches:
@@ -278,7 +102,7 @@ class _ReplayBatches:
             if n == 0:
                 raise DataError(
                     "train data yielded no batches"
-                    + (" on its second pass: pass a re-iterable (a list, ShuffledBatches) "
+                    + (" on its second pass: pass a re-iterable (a list, data.batches.ShuffledBatches) "
                        "or a BatchSource, not a one-shot iterator" if self.epoch else "")
                 )
             self.epoch += 1
@@ -300,32 +124,6 @@ def as_batch_source(data: BatchSource | Iterable[Batch]) -> BatchSource:
     raise TypeError(f"train data must be a BatchSource or an iterable, got {type(data).__name__}")
 
 
-def move_to(batch: Batch, device: torch.device) -> Batch:
-    """Move every tensor of a (nested) batch to ``device``; other values pass through."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, Mapping):
-        moved = {k: move_to(v, device) for k, v in batch.items()}
-        return moved if type(batch) is dict else _rebuild(batch, moved)
-    if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
-        return type(batch)(*(move_to(v, device) for v in batch))
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    if callable(getattr(batch, "to", None)) and not isinstance(batch, nn.Module):
-        return batch.to(device)
-    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
-        fields = {f.name: move_to(getattr(batch, f.name), device) for f in dataclasses.fields(batch) if f.init}
-        return dataclasses.replace(batch, **fields)
-    return batch
-
-
-def _rebuild(mapping: Mapping[str, Any], moved: dict[str, Any]) -> Any:
-    try:
-        return type(mapping)(moved)
-    except TypeError:
-        return moved
-
-
 def default_count_tokens(batch: Batch) -> int:
     """Tokens in a batch: ``num_tokens``, else ``attention_mask.sum()``, else ``input_ids``'s size."""
     if isinstance(batch, Mapping):
@@ -341,40 +139,6 @@ def default_count_tokens(batch: Batch) -> int:
     if isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
         return batch[0].numel()
     return 0
-
-
-# --------------------------------------------------------------------------- optimizer
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices; none on biases, norm gains and embeddings.
-
-    Embeddings are found by type (``nn.Embedding``/``nn.EmbeddingBag``), so a tied output
-    head (the same Parameter) is not decayed either. Frozen parameters are left out.
-    """
-    embedding_ids = {
-        id(m.weight) for m in model.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))
-    }
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():  # shared parameters are listed once
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or id(p) in embedding_ids else decay).append(p)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-    return [g for g in groups if g["params"]]
-
-
-def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay)
-    if not groups:
-        raise ConfigError("the model has no trainable parameters")
-    beta1, beta2 = cfg.betas
-    return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(beta1, beta2), fused=device.type == "cuda" or None
-    )
 
 
 # --------------------------------------------------------------------------- state, result, callbacks
@@ -494,7 +258,7 @@ def evaluate(
             on_device = (move_to(b, device) for b in batches)
             with autocast(device, bf16):
                 if eval_fn is not None:
-                    per_rank = _all_gather(dict(eval_fn(model, on_device)))
+                    per_rank = all_gather(dict(eval_fn(model, on_device)))
                     keys = set().union(*per_rank)
                     metrics = {
                         k: sum(m[k] for m in per_rank if k in m) / sum(k in m for m in per_rank)
@@ -509,7 +273,7 @@ def evaluate(
                         for k, v in batch_metrics.items():
                             sums[k] = sums.get(k, 0.0) + float(v)
                     total: dict[str, float] = {}
-                    for rank_sums in _all_gather(sums):
+                    for rank_sums in all_gather(sums):
                         for k, v in rank_sums.items():
                             total[k] = total.get(k, 0.0) + v
                     if not total["batches"]:
@@ -525,14 +289,6 @@ def evaluate(
 # --------------------------------------------------------------------------- the loop
 
 
-def _resolve_device(device: str | torch.device | None, model: nn.Module, local_rank: int, world: int) -> torch.device:
-    if device is None:
-        p = next(model.parameters(), None)
-        device = p.device if p is not None else torch.device("cpu")
-    device = torch.device(device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", local_rank)  # one GPU per rank
-    return device
 
 
 def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig, meta: Mapping[str, Any], path: Path) -> None:
@@ -554,62 +310,6 @@ def _check_resume_compatible(saved: Mapping[str, Any], cfg: TrainConfig, meta: M
             "the run will not match an uninterrupted one",
             stacklevel=3,
         )
-
-
-def _progress_bar(enabled: bool, total: int, start: int, every: int = 10) -> Any:
-    """A rich progress bar on a terminal; a no-op object otherwise."""
-    if enabled:
-        from rich.console import Console
-
-        console = Console(stderr=True)
-        if console.is_terminal:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[tps]} tok/s"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            task = bar.add_task("train", total=total, completed=start, loss="-", tps="-")
-            return _Bar(bar, task)
-        # Not a terminal (CI, a log file): one plain line per logging window instead.
-        return _Bar(None, None, plain_total=total, every=every)
-    return _Bar(None, None)
-
-
-class _Bar:
-    def __init__(self, bar: Any, task: Any, plain_total: int | None = None, every: int = 10) -> None:
-        self.bar, self.task, self.plain_total, self.every = bar, task, plain_total, max(1, every)
-
-    def __enter__(self) -> _Bar:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-    def update(self, step: int, loss: float, tokens_per_s: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.4f}", tps=f"{tokens_per_s:,.0f}")
-        elif self.plain_total is not None and (step % self.every == 0 or step == self.plain_total):
-            import sys
-
-            print(f"train step {step}/{self.plain_total}  loss {loss:.4f}  {tokens_per_s:,.0f} tok/s",
-                  file=sys.stderr, flush=True)
 
 
 def train(
@@ -647,7 +347,7 @@ def train(
     cfg.validate()
     rank, local_rank, world = maybe_init_distributed()
     distributed, is_main = world > 1, rank == 0
-    device = _resolve_device(device, model, local_rank, world)
+    device = resolve_device(device, model, local_rank, world)
     out_dir = Path(out_dir)
     meta = dict(meta or {})
     count_tokens = count_tokens or default_count_tokens
@@ -664,7 +364,7 @@ def train(
     if latest is not None and not resume:
         raise ArtifactError(
             f"{out_dir} already holds checkpoints (latest {latest.name}); "
-            "resume to continue, or choose another output folder"
+            "rerun with --resume to continue, or choose another output folder"
         )
     saved: dict[str, Any] | None = None
     if resume and latest is not None:
@@ -679,7 +379,12 @@ def train(
         history = list(saved.get("eval_history", []))
     if is_main:
         ckpt.remove_stale_temp(out_dir)
-    _barrier()
+        if resume and progress:  # say where training picks up (stderr, like the progress lines)
+            import sys
+
+            print(f"resuming from step {state.step} of {cfg.steps} ({latest})" if saved is not None
+                  else f"--resume: no checkpoint in {out_dir}, starting from step 0", file=sys.stderr, flush=True)
+    barrier()
 
     fwd_model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
     train_model: nn.Module = fwd_model
@@ -707,8 +412,8 @@ def train(
         _call(callbacks, "on_eval_end", state, metrics)
 
     def save() -> None:
-        rng_states = _all_gather(ckpt.capture_rng())
-        data_states = _all_gather(source.state_dict())
+        rng_states = all_gather(ckpt.capture_rng())
+        data_states = all_gather(source.state_dict())
         path = ckpt.checkpoint_root(out_dir) / ckpt.step_dirname(state.step)
         if is_main:
             trainer_state = {
@@ -723,7 +428,7 @@ def train(
             path = ckpt.save_checkpoint(
                 out_dir, state.step, raw_model, optimizer, trainer_state, rng_states, cfg.keep_last
             )
-        _barrier()  # nobody moves on (or reads it) before it is complete
+        barrier()  # nobody moves on (or reads it) before it is complete
         state.last_checkpoint = path
         _call(callbacks, "on_checkpoint", state, path)
 
@@ -743,7 +448,7 @@ def train(
         run_eval()
         last_eval = 0
 
-    with _progress_bar(progress and is_main, cfg.steps, state.step, cfg.log_every) as bar:
+    with progress_bar(progress and is_main, cfg.steps, state.step, cfg.log_every) as bar:
         while state.step < cfg.steps and not state.stop:
             lr = lr_at(state.step, cfg)
             for group in optimizer.param_groups:
@@ -838,8 +543,6 @@ def train(
 __all__ = [
     "BatchSource",
     "Callback",
-    "SequentialBatches",
-    "ShuffledBatches",
     "TrainResult",
     "TrainState",
     "TrainingDivergedError",

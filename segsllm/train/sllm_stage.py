@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ArtifactError, ConfigError
+from segsllm.train import stage
 
 KIND = "sllm"
 SUMMED = ("nll_tokens", "nll_seg_eos", "nll_stop", "n_tokens", "n_segments", "n_targets", "n_stop",
@@ -83,7 +84,7 @@ def sllm_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, floa
 
 def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Summed statistics -> the metrics of the module docstring."""
-    from segsllm.bench.metrics import bits_per_byte, token_perplexity
+    from segsllm.metrics import bits_per_byte, token_perplexity
 
     g = sums.get
     nll = g("nll_tokens", 0.0) + g("nll_seg_eos", 0.0) + g("nll_stop", 0.0)
@@ -104,25 +105,6 @@ def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
 
 
 # --------------------------------------------------------------------------- inputs
-
-
-def load_vae_dir(vae_dir: str | Path) -> tuple[Any, Any]:
-    """(SentenceVAE, its tokenizer) from a ``train-vae`` folder; one-line errors otherwise."""
-    from segsllm.data.tokenizer import load_tokenizer
-    from segsllm.models.artifact import read_manifest
-    from segsllm.models.vae import KIND as VAE_KIND
-    from segsllm.models.vae import SentenceVAE
-
-    root = Path(vae_dir)
-    if not root.is_dir():
-        raise ArtifactError(f"no SentenceVAE folder at {root} (train one with `segsllm train-vae`)")
-    kind = read_manifest(root).get("kind")
-    if kind != VAE_KIND:
-        raise ArtifactError(f"{root} holds a {kind!r} artifact, not a SentenceVAE (`segsllm train-vae` output)")
-    if not (root / "tokenizer.json").is_file():
-        raise ArtifactError(f"{root} has no tokenizer files: the SLLM needs the tokenizer the VAE was trained with")
-    tokenizer = load_tokenizer(root)
-    return SentenceVAE.from_pretrained(root, tokenizer=tokenizer), tokenizer
 
 
 def resolve_segmenter(vae: Any, tokenizer: Any, requested: str | None, fallback: str) -> Any:
@@ -171,7 +153,7 @@ def check_backbone_tokenizer(backbone: Any, tokenizer: Any, vae_dir: str | Path)
 def sample_continuation(model: Any, tokenizer: Any, segmenter: Any, table: Any, max_new_tokens: int = 48,
                         prompt_segments: int = 2) -> tuple[str, str]:
     """(prompt, greedy continuation): the first segments of the first validation document."""
-    from segsllm.data.documents import document_bounds
+    from segsllm.data.segment_windows import document_bounds
     from segsllm.data.tokenizer import decode
     from segsllm.generate import generate_sllm
 
@@ -188,169 +170,139 @@ def sample_continuation(model: Any, tokenizer: Any, segmenter: Any, table: Any, 
 # --------------------------------------------------------------------------- the stage
 
 
-def finetune_sllm(
-    cfg: Any,
-    vae_dir: str | Path,
-    backbone_spec: str | None = None,
-    *,
-    segmenter: str | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    sample_tokens: int = 48,
-) -> SLLMStageResult:
-    """Train an SLLM on ``cfg.data.domains``; save it to ``cfg.run.out``.
+DEFINITIONS = {
+    "bits_per_byte": "NLL(segment tokens + segment EOS + stop decisions) / (ln2 * UTF-8 bytes)",
+    "token_perplexity": "exp(same NLL / (document tokens + 1 per document))",
+    "paper_style_perplexity": "paper-style: exp(mean over segments of mean decoder CE), "
+                              "first segment of each window excluded",
+}
 
-    ``backbone_spec`` defaults to ``cfg.backbone.spec``; ``segmenter`` to the VAE's own
-    (a different one is allowed with a warning).
-    """
-    import torch
 
-    from segsllm.config import save_config
-    from segsllm.data.documents import document_bounds, eval_windows, train_windows
-    from segsllm.data.segments import load_segments
-    from segsllm.data.store import load_manifest
-    from segsllm.data.tokenizer import tokenizer_fingerprint
-    from segsllm.io import atomic_write_json
+def _build_sllm(cfg: Any, sllm_cfg: Any, vae: Any, tokenizer: Any, vae_dir: str | Path) -> tuple[Any, Any]:
+    """(SLLM, backbone): ``cfg.backbone`` grafted onto the VAE, checked for tokenizer and positions."""
     from segsllm.models.backbone import load_backbone
     from segsllm.models.sllm import SLLM
-    from segsllm.runtime import is_rank_zero, pick_device, seed_everything
-    from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
 
-    if not cfg.run.out:
-        raise ConfigError("finetune needs an output folder: --out DIR (or run.out)")
-    if not cfg.data.domains:
-        raise ConfigError("data.domains is empty: name at least one corpus")
-    sllm_cfg = cfg.sllm.validate()
-    out_dir = Path(cfg.run.out)
-    started = time.perf_counter()
-    data_dir = cfg.data.dir
-    manifests = {d: load_manifest(data_dir, d) for d in cfg.data.domains}  # unknown domain: fail early
-
-    vae, tokenizer = load_vae_dir(vae_dir)
-    seg = resolve_segmenter(vae, tokenizer, segmenter, cfg.segmenter.spec)
-    maybe_init_distributed()
-    seed_everything(cfg.run.seed)
-    device = pick_device(cfg.run.device)
-
-    bb_cfg = dataclasses.replace(cfg.backbone, spec=backbone_spec or cfg.backbone.spec)
-    backbone = load_backbone(bb_cfg, vocab_size=vae.config.vocab_size, tokenizer=tokenizer)
+    backbone = load_backbone(cfg.backbone, vocab_size=vae.config.vocab_size, tokenizer=tokenizer)
     check_backbone_tokenizer(backbone, tokenizer, vae_dir)
     model = SLLM(sllm_cfg, vae, backbone.model)
     if model.max_positions is not None and sllm_cfg.max_segments + 1 > model.max_positions:
         raise ConfigError(f"sllm.max_segments={sllm_cfg.max_segments} needs {sllm_cfg.max_segments + 1} backbone "
                           f"positions, the backbone has {model.max_positions}")
-    # Record what was actually used, so config.yaml reproduces the run.
-    cfg = dataclasses.replace(
-        cfg, backbone=bb_cfg, segmenter=dataclasses.replace(cfg.segmenter, spec=seg.spec(), max_len=seg.max_len),
-    )
+    return model, backbone
+
+
+def _sllm_batches(cfg: Any, sllm_cfg: Any, tokenizer: Any, seg: Any, pad: int
+                  ) -> tuple[dict[tuple[str, str], Any], Any, dict[str, Any]]:
+    """(tables, train source, domain -> eval batches). Evaluation covers whole documents, an
+    evenly spread subset of at most ``train.eval_batches`` batches."""
+    from segsllm.data.segment_windows import eval_windows, train_windows
+    from segsllm.data.segments import load_segments
 
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
-    tables = {(split, d): load_segments(data_dir, d, split, tokenizer, seg, **caps)
+    tables = {(split, d): load_segments(cfg.data.dir, d, split, tokenizer, seg, **caps)
               for split in ("train", "validation") for d in cfg.data.domains}
-    pad = vae.config.pad_id
-    bs = cfg.train.batch_size
-    train_source = train_windows([tables["train", d] for d in cfg.data.domains], sllm_cfg.max_segments, bs, pad,
+    bs, max_segments = cfg.train.batch_size, sllm_cfg.max_segments
+    train_source = train_windows([tables["train", d] for d in cfg.data.domains], max_segments, bs, pad,
                                  seed=cfg.run.seed, balanced=cfg.data.balance_domains)
-    # Evaluation: whole documents, an evenly spread subset of at most eval_batches batches.
     budget = cfg.train.eval_batches * bs if cfg.train.eval_batches else None
     eval_sources = {}
     for d in cfg.data.domains:
         if len(tables["validation", d]) == 0:
-            warnings.warn(f"{d}: the validation split is empty; not evaluated", stacklevel=2)
+            warnings.warn(f"{d}: the validation split is empty; not evaluated", stacklevel=3)
             continue
-        eval_sources[d] = eval_windows(tables["validation", d], sllm_cfg.max_segments, bs, pad, max_windows=budget)
+        eval_sources[d] = eval_windows(tables["validation", d], max_segments, bs, pad, max_windows=budget)
+    return tables, train_source, eval_sources
 
-    tok_fp = tokenizer_fingerprint(tokenizer)
+
+def _sllm_lineage(vae: Any, vae_dir: str | Path, backbone: Any, tok_fp: str, seg: Any, manifests: Any) -> dict:
+    """What the SLLM was built from: the VAE's weights and run, the backbone, tokenizer, data."""
     vae_files = (vae.manifest.get("files") or {}).get("model.safetensors") or {}
-    lineage = {
+    return {
         "vae": {"path": str(Path(vae_dir).resolve()), "weights_sha256": vae_files.get("sha256"),
                 "run_id": vae.manifest.get("run_id"), "segmenter": (vae.manifest.get("lineage") or {}).get("segmenter")},
         "backbone": backbone.source,
         "tokenizer": {"path": str(Path(vae_dir).resolve()), "fingerprint": tok_fp},
         "segmenter": seg.spec(),
-        "data": {d: {"sha256": m.get("sha256"), "source": m.get("source")} for d, m in manifests.items()},
+        "data": stage.data_lineage(manifests),
     }
-    tags = {"segmenter": seg.spec(), "domain": ",".join(cfg.data.domains), "backbone": bb_cfg.spec,
+
+
+def _sllm_report(model: Any, result: Any, tables: Any, eval_sources: Mapping[str, Any], tokenizer: Any, seg: Any,
+                 sample_tokens: int) -> tuple[dict[str, dict[str, float]], dict[str, tuple[str, str]]]:
+    """Final metrics per domain (the loop's last evaluation, on the same whole documents as
+    at the start, + segment counts) and a greedy continuation per domain."""
+    import torch
+
+    from segsllm.data.segment_windows import document_bounds
+
+    metrics = stage.per_domain(result.final_eval, eval_sources)
+    samples: dict[str, tuple[str, str]] = {}
+    model.eval()
+    for d in eval_sources:
+        table = tables["validation", d]
+        n_docs = len(document_bounds(table))
+        metrics[d]["segments_per_doc"] = len(table) / max(n_docs, 1)  # the whole split
+        metrics[d]["val_docs"] = float(n_docs)
+        metrics[d]["eval_docs"] = float(eval_sources[d].dataset.n_docs)  # those evaluated
+        if sample_tokens > 0:
+            with torch.no_grad():
+                samples[d] = sample_continuation(model, tokenizer, seg, table, sample_tokens)
+    return metrics, samples
+
+
+def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None, resume: bool = False,
+                  progress: bool = True, sample_tokens: int = 48) -> SLLMStageResult:
+    """Train an SLLM of the VAE in ``vae_dir`` and ``cfg.backbone`` on ``cfg.data.domains``;
+    save it to ``cfg.run.out``. ``segmenter`` defaults to the VAE's own (another one is
+    allowed with a warning)."""
+    from segsllm.data.tokenizer import tokenizer_fingerprint
+    from segsllm.models.loading import load_artifact
+    from segsllm.tracking import start_run
+    from segsllm.train.loop import train
+
+    started = time.perf_counter()
+    manifests = stage.check_inputs(cfg, "finetune")
+    sllm_cfg = cfg.sllm.validate()
+    out_dir = Path(cfg.run.out)
+    loaded = load_artifact("sentence_vae", vae_dir)
+    vae, tokenizer = loaded.model, loaded.tokenizer
+    seg = resolve_segmenter(vae, tokenizer, segmenter, cfg.segmenter.spec)
+    device = stage.start_compute(cfg)
+    model, backbone = _build_sllm(cfg, sllm_cfg, vae, tokenizer, vae_dir)
+    # Record what was actually used, so config.yaml reproduces the run.
+    cfg = dataclasses.replace(
+        cfg, segmenter=dataclasses.replace(cfg.segmenter, spec=seg.spec(), max_len=seg.max_len),
+    )
+    tables, train_source, eval_sources = _sllm_batches(cfg, sllm_cfg, tokenizer, seg, vae.config.pad_id)
+    tok_fp = tokenizer_fingerprint(tokenizer)
+    lineage = _sllm_lineage(vae, vae_dir, backbone, tok_fp, seg, manifests)
+    tags = {"segmenter": seg.spec(), "domain": ",".join(cfg.data.domains), "backbone": cfg.backbone.spec,
             "backbone_family": backbone.family}
     n_params, n_train = model.num_parameters(), model.num_parameters(trainable_only=True)
-
     with start_run(cfg, "sllm", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"sllm.num_parameters": n_params, "sllm.trainable_parameters": n_train,
-                        "lineage.vae": lineage["vae"]["path"], "lineage.backbone": str(backbone.source.get("path") or
-                                                                                        bb_cfg.spec)})
-        result = train(
-            model,
-            sllm_loss,
-            train_source,
-            cfg.train,
-            out_dir,
-            eval_data=eval_sources,
-            reduce_metrics=reduce_sllm_metrics,
-            device=device,
-            tracker=run,
-            count_tokens=lambda b: int(b["lengths"].sum()),
-            progress=progress,
-            resume=resume,
-            meta={"kind": KIND, "tokenizer": tok_fp, "segmenter": seg.spec(), "backbone": bb_cfg.spec,
-                  "vae": lineage["vae"]["weights_sha256"], "max_segments": sllm_cfg.max_segments},
-        )
+                        "lineage.vae": lineage["vae"]["path"],
+                        "lineage.backbone": str(backbone.source.get("path") or cfg.backbone.spec)})
+        result = train(model, sllm_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
+                       reduce_metrics=reduce_sllm_metrics, device=device, tracker=run,
+                       count_tokens=lambda b: int(b["lengths"].sum()), progress=progress, resume=resume,
+                       meta={"kind": KIND, "tokenizer": tok_fp, "segmenter": seg.spec(), "backbone": cfg.backbone.spec,
+                             "vae": lineage["vae"]["weights_sha256"], "max_segments": sllm_cfg.max_segments})
         model = model.to(device)
-        # The loop always evaluates after the last step (the same whole documents as at the
-        # start): those are the final metrics.
-        final = result.final_eval
-        metrics: dict[str, dict[str, float]] = {}
-        samples: dict[str, tuple[str, str]] = {}
-        model.eval()
-        for d in eval_sources:
-            table = tables["validation", d]
-            metrics[d] = {k.split("/", 2)[2]: v for k, v in final.items() if k.startswith(f"val/{d}/")}
-            n_docs = len(document_bounds(table))
-            metrics[d]["segments_per_doc"] = len(table) / max(n_docs, 1)  # the whole split
-            metrics[d]["val_docs"] = float(n_docs)
-            metrics[d]["eval_docs"] = float(eval_sources[d].dataset.n_docs)  # those evaluated
-            if sample_tokens > 0:
-                with torch.no_grad():
-                    samples[d] = sample_continuation(model, tokenizer, seg, table, sample_tokens)
-        start_loss = {
-            d: next((h[f"val/{d}/loss"] for h in result.eval_history if f"val/{d}/loss" in h), math.nan)
-            for d in eval_sources
-        }
-        if is_rank_zero():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            model.to("cpu").save_pretrained(
-                out_dir, tokenizer=tokenizer, lineage=lineage,
-                extra_manifest={"metrics": metrics, "steps": result.step, "run_id": run.run_id},
-            )
-            save_config(cfg, out_dir / "config.yaml")
-            atomic_write_json(out_dir / "metrics.json", {
-                "final": metrics, "start_loss": start_loss, "steps": result.step,
-                "definitions": {
-                    "bits_per_byte": "NLL(segment tokens + segment EOS + stop decisions) / (ln2 * UTF-8 bytes)",
-                    "token_perplexity": "exp(same NLL / (document tokens + 1 per document))",
-                    "paper_style_perplexity": "paper-style: exp(mean over segments of mean decoder CE), "
-                                              "first segment of each window excluded",
-                    "windows": f"max_segments={sllm_cfg.max_segments}, each window restarts from the start vector",
-                },
-            })
-            run.log_metrics({f"final/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()},
-                            step=result.step)
-            run.set_tags({"artifact": str(out_dir.resolve()),
-                          "checkpoint": str(result.checkpoint) if result.checkpoint else None})
-            run.log_dict({d: {"prompt": p, "continuation": c} for d, (p, c) in samples.items()}, "samples.json")
-            run.log_artifact(out_dir / "manifest.json")
-    return SLLMStageResult(
-        out_dir=out_dir,
-        metrics=metrics,
-        start_loss=start_loss,
-        samples=samples,
-        steps=result.step,
-        checkpoint=result.checkpoint,
-        wall_time_s=time.perf_counter() - started,
-        segmenter=seg.spec(),
-        backbone=backbone.source,
-        num_parameters=n_params,
-        trainable_parameters=n_train,
-        run_id=run.run_id,
-        lineage=lineage,
-    )
+        metrics, samples = _sllm_report(model, result, tables, eval_sources, tokenizer, seg, sample_tokens)
+        start_loss = stage.first_losses(result.eval_history, eval_sources)
+        windows = f"max_segments={sllm_cfg.max_segments}, each window restarts from the start vector"
+        stage.finish_stage(
+            run, out_dir, cfg, result,
+            save_model=lambda d: model.to("cpu").save_pretrained(d, tokenizer=tokenizer, lineage=lineage, extra_manifest={
+                "metrics": metrics, "steps": result.step, "run_id": run.run_id}),
+            metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step,
+                         "definitions": {**DEFINITIONS, "windows": windows}},
+            logged=stage.flat_metrics("final", metrics),
+            dicts={"samples.json": {d: {"prompt": p, "continuation": c} for d, (p, c) in samples.items()}},
+        )
+    return SLLMStageResult(out_dir=out_dir, metrics=metrics, start_loss=start_loss, samples=samples, steps=result.step,
+                           checkpoint=result.checkpoint, wall_time_s=time.perf_counter() - started,
+                           segmenter=seg.spec(), backbone=backbone.source, num_parameters=n_params,
+                           trainable_parameters=n_train, run_id=run.run_id, lineage=lineage)

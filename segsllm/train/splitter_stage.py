@@ -20,14 +20,23 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segsllm.data.batches import EpochBatches
 from segsllm.errors import ConfigError, DataError
+from segsllm.runtime import is_rank_zero
+from segsllm.train.stage import (
+    check_inputs,
+    data_lineage,
+    finish_stage,
+    flat_metrics,
+    start_compute,
+)
 
 KIND = "boundary_predictor"
 SUMMED = ("tp", "fp", "fn", "n_tokens", "n_pos")
@@ -71,7 +80,7 @@ def collate_chunks(items: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int) 
             "labels": torch.from_numpy(labels), "loss_mask": torch.from_numpy(loss_mask)}
 
 
-class ChunkBatches:
+class ChunkBatches(EpochBatches):
     """Endless, resumable shuffled batches of labelled chunks (the loop's ``BatchSource``).
 
     With ``balanced``, each epoch draws as many chunks from every domain (the largest
@@ -79,51 +88,33 @@ class ChunkBatches:
     the predictor learns. State: (epoch, batches consumed).
     """
 
+    what = "chunks"
+
     def __init__(self, items: Mapping[str, Sequence[tuple[np.ndarray, np.ndarray]]], batch_size: int,
                  pad_id: int, seed: int = 0, balanced: bool = True) -> None:
-        from segsllm.runtime import dist_info
-
-        self.items = {d: list(v) for d, v in items.items() if len(v)}
-        if not self.items:
+        groups = [list(v) for v in items.values() if len(v)]
+        if not groups:
             raise DataError("no labelled chunks to train the splitter on")
-        self.batch_size, self.pad_id, self.seed, self.balanced = int(batch_size), int(pad_id), int(seed), balanced
-        self.rank, _, self.world = dist_info()
-        self.epoch, self.position = 0, 0
-        if len(self) == 0:
-            raise DataError(f"{sum(map(len, self.items.values()))} chunks give no batch of {self.batch_size}; "
-                            "use a smaller train.batch_size")
+        self.sizes = [len(g) for g in groups]  # chunks per domain, in the items' order
+        self.pad_id, self.balanced = int(pad_id), balanced
+        super().__init__([c for g in groups for c in g], batch_size, seed)
 
-    def _order(self, epoch: int) -> list[tuple[str, int]]:
+    def _epoch_items(self) -> int:
+        return max(self.sizes) * len(self.sizes) if self.balanced else sum(self.sizes)
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
-        per = max(len(v) for v in self.items.values())
-        pairs: list[tuple[str, int]] = []
-        for d, v in self.items.items():
-            n = per if self.balanced else len(v)
-            idx = np.resize(rng.permutation(len(v)), n)
-            pairs += [(d, int(i)) for i in idx]
-        return [pairs[i] for i in rng.permutation(len(pairs))]
+        per, start, picks = max(self.sizes), 0, []
+        for n in self.sizes:
+            picks.append(start + np.resize(rng.permutation(n), per if self.balanced else n))
+            start += n
+        pairs = np.concatenate(picks)
+        order = pairs[rng.permutation(len(pairs))]
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1, self.batch_size)]
+        return batches[self.rank :: self.world_size][: len(self)]
 
-    def __len__(self) -> int:
-        per = max(len(v) for v in self.items.values())
-        n = per * len(self.items) if self.balanced else sum(len(v) for v in self.items.values())
-        return (n // self.batch_size) // self.world
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            order = self._order(self.epoch)
-            batches = [order[i : i + self.batch_size] for i in range(0, len(order) - self.batch_size + 1,
-                                                                     self.batch_size)]
-            mine = batches[self.rank :: self.world][: len(self)]
-            for b in range(self.position, len(mine)):
-                self.position = b + 1
-                yield collate_chunks([self.items[d][i] for d, i in mine[b]], self.pad_id)
-            self.epoch, self.position = self.epoch + 1, 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "batch_size": self.batch_size}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seed, self.epoch, self.position = int(state.get("seed", self.seed)), int(state["epoch"]), int(state["position"])
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
+        return collate_chunks(items, self.pad_id)
 
 
 def eval_batches(items: Sequence[tuple[np.ndarray, np.ndarray]], batch_size: int, pad_id: int) -> list[dict[str, Any]]:
@@ -258,176 +249,178 @@ def resolve_target(cfg: Any) -> tuple[float | None, int]:
     return (None if target is None else float(target)), max_len
 
 
-def train_splitter(
-    cfg: Any,
-    tokenizer_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> SplitterStageResult:
-    """Train a learned segmenter on ``cfg.data.domains`` from ``cfg.splitter.teacher``; save to ``cfg.run.out``."""
-    from segsllm.bench.metrics import length_stats
-    from segsllm.config import save_config
-    from segsllm.data.store import load_manifest
-    from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-    from segsllm.io import atomic_write_json
-    from segsllm.models.boundary import BoundaryPredictor
-    from segsllm.runtime import is_rank_zero, pick_device, seed_everything
-    from segsllm.segment import build_segmenter
-    from segsllm.segment.learned import mean_length
-    from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], target_len: float | None, max_len: int,
+                    device: Any, say: Callable[[str], None]) -> tuple[Any, dict, dict, int]:
+    """(teacher, split -> domain -> documents, split -> domain -> LabelSet, the VAE teacher's
+    max span): documents cut into chunks within the teacher's token budgets, then labelled
+    (cached by corpus, tokenizer, chunking and budget)."""
+    from segsllm.data.tokenizer import tokenizer_fingerprint
     from segsllm.train.teachers import DEFAULT_BUDGETS, build_teacher, make_chunks, teacher_labels
 
-    say = log or (lambda msg: None)
-    sp = cfg.splitter.validate()
-    if not cfg.run.out:
-        raise ConfigError("train-splitter needs an output folder: --out DIR (or run.out)")
-    if not cfg.data.domains:
-        raise ConfigError("data.domains is empty: name at least one corpus")
-    target_len, max_len = resolve_target(cfg)
-    out_dir = Path(cfg.run.out)
-    started = time.perf_counter()
-    data_dir = cfg.data.dir
-    manifests = {d: load_manifest(data_dir, d) for d in cfg.data.domains}
-    maybe_init_distributed()
-    seed_everything(cfg.run.seed)
-    device = pick_device(cfg.run.device)
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    fingerprint = tokenizer_fingerprint(tokenizer)
+    sp, domains = cfg.splitter, cfg.data.domains
     max_span = sp.vae_max_span or int(min(max_len, math.ceil(2 * (target_len or max_len))))
     teacher = build_teacher(sp.teacher, tokenizer, base_lm=sp.base_lm, vae=sp.vae, entropy_mode=sp.entropy_mode,
                             entropy_context=sp.entropy_context, max_span=max_span, device=device)
-
-    # ---- 1. chunks and teacher labels
     budget_train, budget_eval = DEFAULT_BUDGETS[sp.teacher]
     budget = {"train": sp.teacher_tokens or budget_train, "validation": sp.teacher_eval_tokens or budget_eval}
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
-    docs = {split: {d: _documents(data_dir, d, split, tokenizer, caps) for d in cfg.data.domains}
+    docs = {split: {d: _documents(cfg.data.dir, d, split, tokenizer, caps) for d in domains}
             for split in ("train", "validation")}
-    chunks = {split: {d: make_chunks(docs[split][d], sp.chunk_tokens, budget[split]) for d in cfg.data.domains}
+    chunks = {split: {d: make_chunks(docs[split][d], sp.chunk_tokens, budget[split]) for d in domains}
               for split in ("train", "validation")}
-    key_parts = {d: {"corpus_sha256": m.get("sha256"), "corpus_created": m.get("created"), "tokenizer": fingerprint,
-                     "chunk_tokens": sp.chunk_tokens, "budget": budget, **caps} for d, m in manifests.items()}
-    cache_dir = Path(sp.cache_dir) if sp.cache_dir else Path(data_dir) / ".cache" / "teachers"
+    key_parts = {d: {"corpus_sha256": m.get("sha256"), "corpus_created": m.get("created"),
+                     "tokenizer": tokenizer_fingerprint(tokenizer), "chunk_tokens": sp.chunk_tokens,
+                     "budget": budget, **caps} for d, m in manifests.items()}
+    cache_dir = Path(sp.cache_dir) if sp.cache_dir else Path(cfg.data.dir) / ".cache" / "teachers"
     labels = teacher_labels(teacher, chunks, target_len=target_len, max_len=max_len, key_parts=key_parts,
                             cache_dir=cache_dir, progress=say)
-    teacher_means = {d: labels["validation"][d].mean_len for d in cfg.data.domains}
-    teacher_train_means = {d: labels["train"][d].mean_len for d in cfg.data.domains}
-    if target_len is None:  # the rule's own rate: match the teacher's lengths on validation
-        from segsllm.segment.learned import balanced_mean
+    return teacher, docs, labels, max_span
 
-        calib_target = balanced_mean(teacher_means)
-        decode = "threshold"
-    else:
-        calib_target, decode = target_len, sp.predictor.decode
 
-    # ---- 2. the predictor, through the shared loop
-    pad_id = int(tokenizer.pad_token_id)
-    pcfg = sp.predictor_config(vocab_size=len(tokenizer), pad_id=pad_id, max_len=max_len,
-                               target_len=min(calib_target, max_len), decode=decode)
-    model = BoundaryPredictor(pcfg)
+def _chunk_sources(cfg: Any, labels: Mapping[str, Any], pad_id: int) -> tuple[ChunkBatches, dict[str, Any]]:
+    """(train batches, domain -> validation batches) of the labelled chunks."""
     items = {split: {d: list(zip(ls.chunks, ls.labels(), strict=True)) for d, ls in labels[split].items()}
              for split in labels}
     train_source = ChunkBatches(items["train"], cfg.train.batch_size, pad_id, seed=cfg.run.seed,
                                 balanced=cfg.data.balance_domains)
-    eval_sources = {d: eval_batches(v, cfg.train.batch_size, pad_id) for d, v in items["validation"].items() if v}
+    return train_source, {d: eval_batches(v, cfg.train.batch_size, pad_id) for d, v in items["validation"].items() if v}
+
+
+def _splitter_lineage(cfg: Any, teacher: Any, labels: Mapping[str, Any], max_span: int, fingerprint: str,
+                      manifests: Mapping[str, Any]) -> dict[str, Any]:
+    """What the learned segmenter was taught from: tokenizer, teacher (and its models), data."""
+    sp = cfg.splitter
     teacher_lineage: dict[str, Any] = {"name": sp.teacher, **teacher.describe(),
                                        "params": {d: labels["train"][d].param for d in cfg.data.domains}}
     if sp.teacher == "entropy":
         teacher_lineage.update(base_lm=str(Path(sp.base_lm).resolve()), mode=sp.entropy_mode)
     if sp.teacher == "vae":
         teacher_lineage.update(vae=str(Path(sp.vae).resolve()), max_span=max_span)
-    lineage = {
-        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "fingerprint": fingerprint},
-        "teacher": teacher_lineage,
-        "data": {d: {"sha256": m.get("sha256"), "source": m.get("source")} for d, m in manifests.items()},
-    }
+    return {"tokenizer": {"path": str(Path(cfg.tokenizer.path).resolve()), "fingerprint": fingerprint},
+            "teacher": teacher_lineage, "data": data_lineage(manifests)}
+
+
+def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.ndarray]], calibration_tokens: int,
+                     max_len: int, target: float) -> dict[str, Any]:
+    """Calibrate the length control on the validation documents and set it in ``model.config``."""
+    calib_docs = {d: cap_tokens(v, calibration_tokens) for d, v in val_docs.items()}
+    calib_docs = {d: v for d, v in calib_docs.items() if v}
+    if not calib_docs:
+        raise DataError("every validation split is empty: nothing to calibrate the length on")
+    calib_logits = {d: model.document_logits(v) for d, v in calib_docs.items()}
+    calibration = calibrate(_Probe(model, max_len, pcfg), calib_logits, target)
+    model.config = dataclasses.replace(pcfg, threshold=float(calibration["threshold"]),
+                                       viterbi_penalty=float(calibration["viterbi_penalty"])).validate()
+    return calibration
+
+
+def _domain_metrics(seg: Any, stream: Any, rule: Any, val_docs: list[np.ndarray], test_docs: list[np.ndarray],
+                    ls: Any) -> dict[str, float]:
+    """One domain's lengths (batch and streaming, validation and test), speed, and agreement
+    with the teacher's (and the punctuation rule's, when ``rule``) boundaries."""
+    from segsllm.metrics import length_stats
+    from segsllm.segment.learned import mean_length
+
+    m: dict[str, float] = {}
+    if val_docs:
+        ends = seg.segment_batch(val_docs)
+        st = length_stats(np.concatenate([np.diff(e, prepend=0) for e in ends]))
+        m.update(mean_len=st["mean"], p95_len=st["p95"], max_seg_len=float(st["max"]),
+                 val_tokens=float(sum(map(len, val_docs))))
+        m["mean_len_stream"] = mean_length(stream.segment_batch(val_docs))
+        m["tokens_per_s"] = measure_speed(seg, cap_tokens(val_docs, 100_000), min_seconds=0.5)
+    if test_docs:
+        m["mean_len_test"] = mean_length(seg.segment_batch(test_docs))
+    if ls.chunks:
+        sizes = [len(c) for c in ls.chunks]
+        m.update({f"teacher_{k}": v for k, v in boundary_prf(seg.segment_batch(ls.chunks), ls.ends, sizes).items()})
+        m.update({f"stream_teacher_{k}": v for k, v in
+                  boundary_prf(stream.segment_batch(ls.chunks), ls.ends, sizes).items()})
+    if rule is not None and val_docs:
+        m.update({f"punct_{k}": v for k, v in boundary_prf(
+            seg.segment_batch(ls.chunks), rule.segment_batch(ls.chunks), [len(c) for c in ls.chunks]).items()})
+    return m
+
+
+def _evaluate_folder(cfg: Any, out_dir: Path, tokenizer: Any, max_len: int, docs: Mapping[str, Any],
+                     labels: Mapping[str, Any], final_eval: Mapping[str, float], teacher_means: Mapping[str, float],
+                     target: float | None) -> dict[str, dict[str, float]]:
+    """Metrics per domain of the saved folder, loaded as every command will load it."""
+    from segsllm.segment import build_segmenter
+    from segsllm.segment.punctuation import PunctuationSegmenter
+
+    seg = build_segmenter(f"learned:{out_dir}", tokenizer=tokenizer, max_len=max_len)
+    stream = build_segmenter(f"learned:{out_dir},mode=stream", tokenizer=tokenizer, max_len=max_len)
+    rule = PunctuationSegmenter(max_len=max_len).bind(tokenizer) if cfg.splitter.teacher != "punctuation" else None
+    caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
+    final = {k.split("/", 1)[1]: v for k, v in (final_eval or {}).items() if k.startswith("val/")}
+    metrics: dict[str, dict[str, float]] = {}
+    for d in cfg.data.domains:
+        test_docs = _documents(cfg.data.dir, d, "test", tokenizer, caps)
+        m = _domain_metrics(seg, stream, rule, docs["validation"][d], test_docs, labels["validation"][d])
+        m["teacher_mean_len"] = teacher_means[d]
+        m["target_len"] = target if target is not None else teacher_means[d]
+        m.update({f"val_{k}": final[f"{d}/{k}"] for k in ("loss", "f1") if f"{d}/{k}" in final})
+        metrics[d] = m
+    return metrics
+
+
+def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
+                   log: Callable[[str], None] | None = None) -> SplitterStageResult:
+    """Train a learned segmenter on ``cfg.data.domains`` from ``cfg.splitter.teacher``, with
+    the tokenizer at ``cfg.tokenizer.path``; save it to ``cfg.run.out``."""
+    from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
+    from segsllm.models.boundary import BoundaryPredictor
+    from segsllm.segment.learned import balanced_mean
+    from segsllm.tracking import start_run
+    from segsllm.train.loop import train
+
+    say, started = log or (lambda msg: None), time.perf_counter()
+    sp = cfg.splitter.validate()
+    manifests = check_inputs(cfg, "train-splitter")
+    target_len, max_len = resolve_target(cfg)
+    out_dir, device = Path(cfg.run.out), start_compute(cfg)
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    fingerprint = tokenizer_fingerprint(tokenizer)
+    teacher, docs, labels, max_span = _teacher_labels(cfg, tokenizer, manifests, target_len, max_len, device, say)
+    teacher_means = {d: labels["validation"][d].mean_len for d in cfg.data.domains}
+    # Without a target the rule's own rate: match the teacher's lengths on validation.
+    calib_target, decode = (balanced_mean(teacher_means), "threshold") if target_len is None else (target_len, sp.predictor.decode)
+    pad_id = int(tokenizer.pad_token_id)
+    pcfg = sp.predictor_config(vocab_size=len(tokenizer), pad_id=pad_id, max_len=max_len,
+                               target_len=min(calib_target, max_len), decode=decode)
+    model = BoundaryPredictor(pcfg)
+    train_source, eval_sources = _chunk_sources(cfg, labels, pad_id)
+    lineage = _splitter_lineage(cfg, teacher, labels, max_span, fingerprint, manifests)
     tags = {"segmenter": f"learned:{out_dir}", "teacher": sp.teacher, "domain": ",".join(cfg.data.domains),
             "backbone": sp.base_lm or "none"}
-
     with start_run(cfg, "splitter", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"splitter.num_parameters": model.num_parameters(), "splitter.target_len_resolved": calib_target,
                         "splitter.max_len_resolved": max_len, "splitter.left_context": pcfg.left_context,
-                        **{f"teacher/{d}/param": labels["train"][d].param for d in cfg.data.domains},
-                        **{f"teacher/{d}/train_tokens": labels["train"][d].n_tokens for d in cfg.data.domains}})
+                        **{f"teacher/{d}/{k}": v for d, ls in labels["train"].items()
+                           for k, v in (("param", ls.param), ("train_tokens", ls.n_tokens))}})
         run.log_metrics({f"teacher/{d}/mean_len": v for d, v in teacher_means.items()}, step=0)
-        result = train(
-            model, splitter_loss, train_source, cfg.train, out_dir,
-            eval_data=eval_sources, reduce_metrics=reduce_splitter_metrics, device=device, tracker=run,
-            count_tokens=lambda b: int(b["mask"].sum()), progress=progress, resume=resume,
-            meta={"kind": KIND, "tokenizer": fingerprint, "teacher": sp.teacher, "target_len": calib_target},
-        )
+        result = train(model, splitter_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
+                       reduce_metrics=reduce_splitter_metrics, device=device, tracker=run,
+                       count_tokens=lambda b: int(b["mask"].sum()), progress=progress, resume=resume,
+                       meta={"kind": KIND, "tokenizer": fingerprint, "teacher": sp.teacher, "target_len": calib_target})
         model = model.to("cpu").eval()
-
-        # ---- 3. length control, calibrated on the validation documents
         say("calibrating length control on validation documents")
-        calib_docs = {d: cap_tokens(docs["validation"][d], sp.calibration_tokens) for d in cfg.data.domains}
-        calib_docs = {d: v for d, v in calib_docs.items() if v}
-        if not calib_docs:
-            raise DataError("every validation split is empty: nothing to calibrate the length on")
-        probe = _Probe(model, max_len, pcfg)
-        calib_logits = {d: model.document_logits(v) for d, v in calib_docs.items()}
-        calibration = calibrate(probe, calib_logits, calib_target)
-        model.config = dataclasses.replace(pcfg, threshold=float(calibration["threshold"]),
-                                           viterbi_penalty=float(calibration["viterbi_penalty"])).validate()
-
+        calibration = _calibrate_model(model, pcfg, docs["validation"], sp.calibration_tokens, max_len, calib_target)
         metrics: dict[str, dict[str, float]] = {}
         if is_rank_zero():
-            extra = {"teacher": sp.teacher, "calibration": calibration, "steps": result.step,
-                     "teacher_mean_len": {"train": teacher_train_means, "validation": teacher_means}}
+            # The folder is saved first: its metrics are measured as every command will load it.
+            extra = {"teacher": sp.teacher, "calibration": calibration, "steps": result.step, "teacher_mean_len": {
+                "train": {d: labels["train"][d].mean_len for d in cfg.data.domains}, "validation": teacher_means}}
             model.save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage, extra_manifest=extra)
-            save_config(cfg, out_dir / "config.yaml")
-
-            # ---- 4. evaluate the folder as every command will load it
             say("evaluating the saved segmenter")
-            seg = build_segmenter(f"learned:{out_dir}", tokenizer=tokenizer, max_len=max_len)
-            stream = build_segmenter(f"learned:{out_dir},mode=stream", tokenizer=tokenizer, max_len=max_len)
-            final = {k.split("/", 1)[1]: v for k, v in (result.final_eval or {}).items() if k.startswith("val/")}
-            for d in cfg.data.domains:
-                m: dict[str, float] = {}
-                val_docs = docs["validation"][d]
-                if val_docs:
-                    ends = seg.segment_batch(val_docs)
-                    st = length_stats(np.concatenate([np.diff(e, prepend=0) for e in ends]))
-                    m.update(mean_len=st["mean"], p95_len=st["p95"], max_seg_len=float(st["max"]),
-                             val_tokens=float(sum(map(len, val_docs))))
-                    m["mean_len_stream"] = mean_length(stream.segment_batch(val_docs))
-                    m["tokens_per_s"] = measure_speed(seg, cap_tokens(val_docs, 100_000), min_seconds=0.5)
-                test_docs = _documents(data_dir, d, "test", tokenizer, caps)
-                if test_docs:
-                    m["mean_len_test"] = mean_length(seg.segment_batch(test_docs))
-                ls = labels["validation"][d]
-                if ls.chunks:
-                    sizes = [len(c) for c in ls.chunks]
-                    m.update({f"teacher_{k}": v for k, v in boundary_prf(seg.segment_batch(ls.chunks), ls.ends,
-                                                                          sizes).items()})
-                    m.update({f"stream_teacher_{k}": v for k, v in
-                              boundary_prf(stream.segment_batch(ls.chunks), ls.ends, sizes).items()})
-                if sp.teacher != "punctuation" and val_docs:
-                    from segsllm.segment.punctuation import PunctuationSegmenter
-
-                    rule = PunctuationSegmenter(max_len=max_len).bind(tokenizer)
-                    m.update({f"punct_{k}": v for k, v in boundary_prf(
-                        seg.segment_batch(ls.chunks), rule.segment_batch(ls.chunks), [len(c) for c in ls.chunks]
-                    ).items()})
-                m["teacher_mean_len"] = teacher_means[d]
-                m["target_len"] = calib_target if target_len is not None else teacher_means[d]
-                for k in ("loss", "f1"):
-                    if f"{d}/{k}" in final:
-                        m[f"val_{k}"] = final[f"{d}/{k}"]
-                metrics[d] = m
-            atomic_write_json(out_dir / "metrics.json", {"final": metrics, "calibration": calibration,
-                                                         "steps": result.step, "teacher": sp.teacher})
-            run.log_metrics({f"final/{d}/{k}": v for d, mm in metrics.items() for k, v in mm.items()},
-                            step=result.step)
-            run.log_metrics({f"calibration/{k}": v for k, v in calibration.items()}, step=result.step)
-            run.set_tags({"artifact": str(out_dir.resolve()),
-                          "checkpoint": str(result.checkpoint) if result.checkpoint else None})
-            run.log_artifact(out_dir / "manifest.json")
-            run.log_artifact(out_dir / "metrics.json")
+            metrics = _evaluate_folder(cfg, out_dir, tokenizer, max_len, docs, labels, result.final_eval,
+                                       teacher_means, calib_target if target_len is not None else None)
+            metrics_doc = {"final": metrics, "calibration": calibration, "steps": result.step, "teacher": sp.teacher}
+            finish_stage(run, out_dir, cfg, result, save_model=None, metrics_doc=metrics_doc,
+                         logged={**flat_metrics("final", metrics),
+                                 **{f"calibration/{k}": v for k, v in calibration.items()}},
+                         dicts={"metrics.json": metrics_doc})
     return SplitterStageResult(
         out_dir=out_dir, teacher=sp.teacher, target_len=calib_target, max_len=max_len, metrics=metrics,
         calibration=calibration, steps=result.step, checkpoint=result.checkpoint,

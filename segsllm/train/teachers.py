@@ -29,8 +29,6 @@ import abc
 import hashlib
 import json
 import shutil
-import tempfile
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,13 +37,14 @@ from typing import Any
 import numpy as np
 
 from segsllm.errors import ArtifactError, ConfigError
-from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids
+from segsllm.io import make_temp_dir
 from segsllm.segment.learned import (
     best_segmentation,
     bisect_parameter,
     mean_length,
     threshold_decode,
 )
+from segsllm.segment.random_span import RandomSpanSegmenter  # old spec strings name it here
 
 CACHE_VERSION = 1
 DEFAULT_TARGET_LEN = 8.0
@@ -63,11 +62,9 @@ DEFAULT_BUDGETS = {
 def load_documents(data_dir: str | Path, domain: str, split: str, tokenizer: Any, *,
                    max_docs: int | None = None, max_doc_bytes: int | None = None) -> list[np.ndarray]:
     """Token ids of every document of one split (through the shared segment-table cache)."""
-    from segsllm.data.segments import load_segments
-    from segsllm.segment import build_segmenter
+    from segsllm.data.token_windows import token_streams
 
-    table = load_segments(data_dir, domain, split, tokenizer, build_segmenter("fixed:k=256"),
-                          max_docs=max_docs, max_doc_bytes=max_doc_bytes)
+    table = token_streams(data_dir, domain, split, tokenizer, max_docs=max_docs, max_doc_bytes=max_doc_bytes)
     ids = np.asarray(table.ids, dtype=np.int64)
     doc_index = np.asarray(table.doc_index)
     first_seg = np.flatnonzero(np.diff(doc_index, prepend=-1))  # first segment of each document
@@ -415,7 +412,7 @@ def _key(parts: Mapping[str, Any]) -> str:
 def _save_arrays(folder: Path, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
     """Write arrays + meta.json atomically (temp folder + rename)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, prefix=f".{folder.name}.")
     try:
         for name, arr in arrays.items():
             np.save(tmp / f"{name}.npy", arr)
@@ -512,37 +509,6 @@ def teacher_labels(
             out[split][domain] = LabelSet(domain, split, list(cs), list(ends), param, mean,
                                           {"fit_on_train": split != "train"})
     return out
-
-
-# --------------------------------------------------------------------------- random spans
-
-
-class RandomSpanSegmenter(Segmenter):
-    """Uniformly random segment lengths in 1..max_len, seeded by the ids themselves.
-
-    Train the ``vae`` teacher's SentenceVAE on these
-    (``--segmenter segsllm.train.teachers:RandomSpanSegmenter:max_len=24``): it then sees
-    spans of every length at every offset, so its reconstruction loss is an unbiased
-    score for any candidate span instead of favouring one segmenter's boundaries.
-    """
-
-    def __init__(self, max_len: int = 24, seed: int = 0) -> None:
-        if int(max_len) < 1:
-            raise SegmenterError(f"RandomSpanSegmenter: max_len must be >= 1, got {max_len}")
-        self.max_len, self.seed = int(max_len), int(seed)
-
-    def spec(self) -> str:
-        # max_len always: a command's segmenter.max_len must not replace it on rebuild.
-        return f"{type(self).__module__}:{type(self).__qualname__}:max_len={self.max_len},seed={self.seed}"
-
-    def segment(self, ids: Any) -> np.ndarray:
-        arr = as_ids(ids)
-        if arr.size == 0:
-            return EMPTY
-        rng = np.random.default_rng([self.seed, zlib.crc32(arr.tobytes()), arr.size])
-        ends = np.cumsum(rng.integers(1, self.max_len + 1, size=arr.size))
-        ends = ends[ends < arr.size]
-        return np.append(ends, arr.size).astype(np.int64)
 
 
 __all__ = [

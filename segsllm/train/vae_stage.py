@@ -8,13 +8,13 @@ few sample reconstructions; the trained model is a self-describing folder.
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segsllm.errors import ConfigError
+from segsllm.train import stage
 
 KIND = "sentence_vae"
 SUMMED = ("nll_sum", "n_tokens", "n_correct", "n_exact", "n_segments", "n_bytes")
@@ -48,7 +48,7 @@ def vae_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, float
 
 def reduce_vae_metrics(sums: Mapping[str, float]) -> dict[str, float]:
     """Summed statistics -> docs/DESIGN.md §7 metrics (token accuracy, exact match, bits/byte)."""
-    from segsllm.bench.metrics import bits_per_byte
+    from segsllm.metrics import bits_per_byte
 
     n_tok = max(sums.get("n_tokens", 0.0), 1.0)
     n_seg = max(sums.get("n_segments", 0.0), 1.0)
@@ -135,9 +135,9 @@ def sample_reconstructions(model: Any, table: Any, tokenizer: Any, n: int, devic
     import numpy as np
     import torch
 
-    from segsllm.bench.metrics import exact_match_count
     from segsllm.data.segments import collate_segments
     from segsllm.data.tokenizer import decode
+    from segsllm.metrics import exact_match_count
 
     if len(table) == 0 or n <= 0:
         return [], float("nan")
@@ -154,134 +154,99 @@ def sample_reconstructions(model: Any, table: Any, tokenizer: Any, n: int, devic
     return pairs, exact
 
 
-def train_vae(
-    cfg: Any,
-    tokenizer_dir: str | Path,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    n_samples: int = 4,
-    exact_match_segments: int = 256,
-) -> VAEStageResult:
-    """Train a SentenceVAE on ``cfg.data.domains`` cut by ``cfg.segmenter``; save to ``cfg.run.out``."""
+def _vae_inputs(cfg: Any) -> tuple[Any, Any, dict[tuple[str, str], Any]]:
+    """(tokenizer, segmenter, (split, domain) -> segment table) for ``cfg``."""
+    from segsllm.data.segments import load_segments
+    from segsllm.data.tokenizer import load_tokenizer
+    from segsllm.segment import build_segmenter
+
+    tokenizer = load_tokenizer(cfg.tokenizer.path)
+    segmenter = build_segmenter(cfg.segmenter.spec, tokenizer=tokenizer, max_len=cfg.segmenter.max_len)
+    caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
+    tables = {(split, d): load_segments(cfg.data.dir, d, split, tokenizer, segmenter, **caps)
+              for split in ("train", "validation") for d in cfg.data.domains}
+    return tokenizer, segmenter, tables
+
+
+def _vae_batches(cfg: Any, tables: Mapping[tuple[str, str], Any], pad_id: int) -> tuple[Any, dict[str, Any]]:
+    """(train source, domain -> eval batches): bucketed train segments of every domain, and
+    the validation batches of each domain whose validation split is not empty."""
+    from segsllm.data.segments import BucketedBatches, ConcatTables
+
+    domains = cfg.data.domains
+    train_source = BucketedBatches(ConcatTables([tables["train", d] for d in domains]), cfg.train.batch_size,
+                                   pad_id, seed=cfg.run.seed, balanced=cfg.data.balance_domains)
+    eval_sources = {d: EvalBatches(tables["validation", d], cfg.train.batch_size, pad_id, cfg.train.eval_batches)
+                    for d in domains if len(tables["validation", d])}
+    return train_source, eval_sources
+
+
+def _vae_report(model: Any, result: Any, tables: Mapping[tuple[str, str], Any], tokenizer: Any, device: Any,
+                domains: Iterable[str], n_samples: int, exact_match_segments: int
+                ) -> tuple[dict[str, dict[str, float]], dict[str, list[tuple[str, str]]]]:
+    """Final metrics per domain (the loop's last evaluation + the greedy exact-match rate)
+    and a few sample reconstructions."""
+    metrics = stage.per_domain(result.final_eval, domains)
+    samples: dict[str, list[tuple[str, str]]] = {}
+    model.eval()
+    for d in domains:
+        pairs, exact = sample_reconstructions(model, tables["validation", d], tokenizer, exact_match_segments, device)
+        metrics[d]["exact_match"] = exact
+        metrics[d]["val_segments"] = float(len(tables["validation", d]))
+        samples[d] = pairs[:: max(1, len(pairs) // max(n_samples, 1))][:n_samples]
+    return metrics, samples
+
+
+def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_samples: int = 4,
+              exact_match_segments: int = 256) -> VAEStageResult:
+    """Train a SentenceVAE on ``cfg.data.domains`` cut by ``cfg.segmenter``, with the
+    tokenizer at ``cfg.tokenizer.path``; save it to ``cfg.run.out``."""
     import time
 
-    from segsllm.config import save_config
-    from segsllm.data.segments import BucketedBatches, ConcatTables, load_segments
-    from segsllm.data.store import load_manifest
-    from segsllm.data.tokenizer import load_tokenizer, tokenizer_fingerprint
-    from segsllm.io import atomic_write_json
+    from segsllm.data.tokenizer import tokenizer_fingerprint
     from segsllm.models.vae import SentenceVAE
-    from segsllm.runtime import is_rank_zero, pick_device, seed_everything
-    from segsllm.segment import build_segmenter
     from segsllm.tracking import start_run
-    from segsllm.train.loop import maybe_init_distributed, train
+    from segsllm.train.loop import train
 
-    if not cfg.run.out:
-        raise ConfigError("train-vae needs an output folder: --out DIR (or run.out)")
-    if not cfg.data.domains:
-        raise ConfigError("data.domains is empty: name at least one corpus")
-    out_dir = Path(cfg.run.out)
     started = time.perf_counter()
-    maybe_init_distributed()
-    seed_everything(cfg.run.seed)
-    device = pick_device(cfg.run.device)
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    segmenter = build_segmenter(cfg.segmenter.spec, tokenizer=tokenizer, max_len=cfg.segmenter.max_len)
-    vae_cfg = build_vae_config(cfg, tokenizer, segmenter.max_len)
-
-    data_dir = cfg.data.dir
-    manifests = {d: load_manifest(data_dir, d) for d in cfg.data.domains}
-    tables = {}
-    for split in ("train", "validation"):
-        for d in cfg.data.domains:
-            tables[split, d] = load_segments(
-                data_dir, d, split, tokenizer, segmenter,
-                max_docs=cfg.data.max_docs, max_doc_bytes=cfg.data.max_doc_bytes,
-            )
-
-    model = SentenceVAE(vae_cfg)
-    if vae_cfg.embeddings_from_backbone:
+    manifests = stage.check_inputs(cfg, "train-vae")
+    if not cfg.tokenizer.path:
+        raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`) or set tokenizer.path")
+    out_dir = Path(cfg.run.out)
+    device = stage.start_compute(cfg)
+    tokenizer, segmenter, tables = _vae_inputs(cfg)
+    model = SentenceVAE(build_vae_config(cfg, tokenizer, segmenter.max_len))
+    if model.config.embeddings_from_backbone:
         init_embeddings_from_backbone(model, cfg, tokenizer)
-    train_source = BucketedBatches(
-        ConcatTables([tables["train", d] for d in cfg.data.domains]),
-        cfg.train.batch_size,
-        vae_cfg.pad_id,
-        seed=cfg.run.seed,
-        balanced=cfg.data.balance_domains,
-    )
-    eval_sources = {
-        d: EvalBatches(tables["validation", d], cfg.train.batch_size, vae_cfg.pad_id, cfg.train.eval_batches)
-        for d in cfg.data.domains
-        if len(tables["validation", d])
-    }
+    train_source, eval_sources = _vae_batches(cfg, tables, model.config.pad_id)
     lineage = {
-        "tokenizer": {"path": str(Path(tokenizer_dir).resolve()), "fingerprint": tokenizer_fingerprint(tokenizer)},
+        "tokenizer": {"path": str(Path(cfg.tokenizer.path).resolve()), "fingerprint": tokenizer_fingerprint(tokenizer)},
         "segmenter": segmenter.spec(),
-        "data": {d: {"sha256": m.get("sha256"), "source": m.get("source")} for d, m in manifests.items()},
+        "data": stage.data_lineage(manifests),
     }
     tags = {"segmenter": segmenter.spec(), "domain": ",".join(cfg.data.domains), "backbone": "none"}
-
     with start_run(cfg, "vae", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"vae.num_parameters": sum(p.numel() for p in model.parameters())})
-        result = train(
-            model,
-            vae_loss,
-            train_source,
-            cfg.train,
-            out_dir,
-            eval_data=eval_sources,
-            reduce_metrics=reduce_vae_metrics,
-            device=device,
-            tracker=run,
-            count_tokens=lambda b: int(b["lengths"].sum()),
-            progress=progress,
-            resume=resume,
-            meta={"tokenizer": lineage["tokenizer"]["fingerprint"], "segmenter": segmenter.spec(),
-                  "kind": KIND},
-        )
+        result = train(model, vae_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
+                       reduce_metrics=reduce_vae_metrics, device=device, tracker=run,
+                       count_tokens=lambda b: int(b["lengths"].sum()), progress=progress, resume=resume,
+                       meta={"tokenizer": lineage["tokenizer"]["fingerprint"], "segmenter": segmenter.spec(),
+                             "kind": KIND})
         model = model.to(device)
         # The loop always evaluates after the last step (on up to train.eval_batches batches
         # per domain, spread evenly over segment lengths): those are the final metrics.
-        final = result.final_eval
-        metrics: dict[str, dict[str, float]] = {}
-        samples: dict[str, list[tuple[str, str]]] = {}
-        model.eval()
-        for d in eval_sources:
-            metrics[d] = {k.split("/", 2)[2]: v for k, v in final.items() if k.startswith(f"val/{d}/")}
-            pairs, exact = sample_reconstructions(
-                model, tables["validation", d], tokenizer, exact_match_segments, device
-            )
-            metrics[d]["exact_match"] = exact
-            metrics[d]["val_segments"] = float(len(tables["validation", d]))
-            samples[d] = pairs[:: max(1, len(pairs) // max(n_samples, 1))][:n_samples]
-        start_loss = {
-            d: next((h[f"val/{d}/loss"] for h in result.eval_history if f"val/{d}/loss" in h), math.nan)
-            for d in eval_sources
-        }
-        if is_rank_zero():
-            out_dir.mkdir(parents=True, exist_ok=True)
-            model.to("cpu").save_pretrained(out_dir, tokenizer=tokenizer, lineage=lineage,
-                                            extra_manifest={"metrics": metrics, "steps": result.step})
-            save_config(cfg, out_dir / "config.yaml")
-            atomic_write_json(out_dir / "metrics.json", {"final": metrics, "start_loss": start_loss,
-                                                         "steps": result.step})
-            run.log_metrics({f"final/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()},
-                            step=result.step)
-            run.set_tags({"artifact": str(out_dir.resolve()),
-                          "checkpoint": str(result.checkpoint) if result.checkpoint else None})
-            run.log_dict({d: [{"segment": a, "reconstruction": b} for a, b in s] for d, s in samples.items()},
-                         "samples.json")
-            run.log_artifact(out_dir / "manifest.json")
-    return VAEStageResult(
-        out_dir=out_dir,
-        metrics=metrics,
-        start_loss=start_loss,
-        samples=samples,
-        steps=result.step,
-        checkpoint=result.checkpoint,
-        wall_time_s=time.perf_counter() - started,
-        run_id=run.run_id,
-        lineage=lineage,
-    )
+        metrics, samples = _vae_report(model, result, tables, tokenizer, device, list(eval_sources), n_samples,
+                                       exact_match_segments)
+        start_loss = stage.first_losses(result.eval_history, eval_sources)
+        stage.finish_stage(
+            run, out_dir, cfg, result,
+            save_model=lambda d: model.to("cpu").save_pretrained(
+                d, tokenizer=tokenizer, lineage=lineage, extra_manifest={"metrics": metrics, "steps": result.step}),
+            metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step},
+            logged=stage.flat_metrics("final", metrics),
+            dicts={"samples.json": {d: [{"segment": a, "reconstruction": b} for a, b in s]
+                                    for d, s in samples.items()}},
+        )
+    return VAEStageResult(out_dir=out_dir, metrics=metrics, start_loss=start_loss, samples=samples,
+                          steps=result.step, checkpoint=result.checkpoint,
+                          wall_time_s=time.perf_counter() - started, run_id=run.run_id, lineage=lineage)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -80,4 +81,4 @@ def bench_command(
 
 def register(app: typer.Typer) -> None:
     """Add bench."""
-    app.command(name="bench")(bench_command)
+    app.command(name="bench", epilog=epilog("bench"))(bench_command)

@@ -8,12 +8,14 @@ from typing import Annotated, Any
 
 import typer
 
-from segsllm.cli.common import console, handle_errors, stdout_is_terminal
+from segsllm.cli.common import console, handle_errors, stdout_is_terminal, warn
+from segsllm.cli.examples import epilog
 from segsllm.cli.run_options import RunOptions, run_options
 
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
 
 BUILTINS = ("prose", "code", "csv")
+NEEDS = {"validation": "training stages evaluate on it", "test": "the bench scores on it"}
 
 CorpusOpt = Annotated[
     list[str] | None,
@@ -45,6 +47,15 @@ HFConfigOpt = Annotated[
 ]
 HFSplitOpt = Annotated[
     str | None, typer.Option("--hf-split", help="Split of --hf-dataset (default: every split).")
+]
+EncodingOpt = Annotated[
+    str,
+    typer.Option(
+        "--encoding",
+        help="How --from files are decoded: auto (UTF-8; Latin-1/Windows-1252 files recognised"
+        " and decoded as such), utf-8 (invalid bytes replaced), strict (refuse non-UTF-8) or a"
+        " codec name (latin-1, cp1252, utf-16 ...).",
+    ),
 ]
 ForceOpt = Annotated[
     bool, typer.Option("--force", help="Rebuild corpora that are already prepared.")
@@ -92,7 +103,7 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:.2f}"
 
 
-@app.command()
+@app.command(epilog=epilog("data prepare"))
 @handle_errors
 @run_options("config", "set_", "data_dir", "seed", "tracking_uri", "no_track")
 def prepare(
@@ -104,6 +115,7 @@ def prepare(
     hf_dataset: HFDatasetOpt = None,
     hf_config: HFConfigOpt = None,
     hf_split: HFSplitOpt = None,
+    encoding: EncodingOpt = "auto",
     force: ForceOpt = False,
 ) -> None:
     """Build corpora offline into --data-dir: the built-ins, or your own with --from / --hf-dataset.
@@ -156,7 +168,7 @@ def prepare(
             bar = _Bar(progress)
             kw = {"validation_fraction": vf, "test_fraction": tf, "force": force, "progress": bar}
             if from_ is not None:
-                res = user.prepare_files(root, n, from_, text_field=text_field, **kw)
+                res = user.prepare_files(root, n, from_, text_field=text_field, encoding=encoding, **kw)
             elif hf_dataset is not None:
                 res = user.prepare_hf(
                     root, n, hf_dataset, hf_config, hf_split, text_field=text_field, **kw
@@ -217,17 +229,42 @@ def _summary(results: list[Any], root: Path) -> None:
             f"{r.seconds:.1f}" if r.status == "prepared" else "-",
         )
     console.print(table)
-    replaced = {r.name: r.manifest.get("replaced_invalid_utf8", 0) for r in results}
-    for n, count in replaced.items():
-        if count:
-            console.print(f"{n}: invalid UTF-8 replaced in {count} document(s)")
+    from segsllm.data.user import describe_notes
+
+    for r in results:
+        notes = r.manifest.get("named_files")
+        if r.status != "prepared":
+            continue
+        if notes is None:  # built-in corpora count, they do not name
+            count = r.manifest.get("replaced_invalid_utf8", 0)
+            lines = [f"replaced invalid UTF-8 with U+FFFD in {count} document(s)"] if count else []
+        else:
+            lines = describe_notes(notes)
+        for line in lines:
+            warn(f"{r.name}: {line}")
+        for line in empty_splits(r.manifest):
+            warn(f"{r.name}: {line}")
+
+
+def empty_splits(manifest: dict[str, Any]) -> list[str]:
+    """A line per split left without documents (a tiny corpus): stages that read it stop."""
+    docs, fractions = manifest.get("documents", {}), manifest.get("fractions", {})
+    out = []
+    for split in ("validation", "test"):
+        if not docs.get(split) and fractions.get(split):
+            out.append(
+                f"the {split} split is empty ({sum(docs.values())} documents in all, {split}_fraction"
+                f" {fractions[split]}); {NEEDS[split]}: add documents"
+                f" or raise --set data.{split}_fraction and use --force"
+            )
+    return out
 
 
 def _source(m: dict[str, Any]) -> str:
     return str(m.get("source")) + (" (fallback)" if m.get("fallback_used") else "")
 
 
-@app.command("list")
+@app.command("list", epilog=epilog("data list"))
 @handle_errors
 @run_options("data_dir", "config", "set_")
 def list_(

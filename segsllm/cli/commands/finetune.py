@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, SegmenterOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -86,4 +87,4 @@ def finetune_command(
 
 def register(app: typer.Typer) -> None:
     """Add finetune."""
-    app.command(name="finetune")(finetune_command)
+    app.command(name="finetune", epilog=epilog("finetune"))(finetune_command)

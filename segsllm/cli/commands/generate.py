@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from segsllm.cli.common import console, handle_errors
+from segsllm.cli.common import console, handle_errors, warn
+from segsllm.cli.examples import epilog
 from segsllm.cli.run_options import RunOptions, run_options
 
 STYLES = ("bold cyan", "bold yellow")  # alternate per generated segment so the cuts show
@@ -61,6 +62,7 @@ def generate_command(
     results = [generate_sllm(sllm, tokenizer, segmenter, prompt, max_new_tokens, on_segment=show,
                              ignore_stop=ignore_stop, **sampling)]
     console.print()
+    comparable = True  # same tokenizer: tok/s and KV B/tok count the same units
     if baseline is not None:
         from transformers.utils import logging as hf_logging
 
@@ -70,6 +72,12 @@ def generate_command(
         hf_logging.disable_progress_bar()  # no "Loading weights" bar in the middle of the output
         lm = load_backbone(BackboneConfig(spec=str(baseline)), tokenizer=tokenizer)
         lm.model.to(dev)
+        from segsllm.bench.units import same_tokenizer
+
+        comparable = lm.tokenizer is None or same_tokenizer(lm.tokenizer, tokenizer)
+        if not comparable:
+            warn(f"the baseline {baseline} uses another tokenizer than the SLLM: its tokens are other units,"
+                 " so its tok/s and KV B/tok are not shown and no speed ratio is given")
         console.rule("baseline", style="dim")
         console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
         results.append(generate_lm(lm.model, lm.tokenizer or tokenizer, prompt, max_new_tokens,
@@ -82,16 +90,18 @@ def generate_command(
     # backbone calls: the prefill + one per segment (SLLM) or per token (LM); KV: the backbone's cache.
     for col in ("model", "new", "tok/s", "segs", "calls", "KV bytes", "KV B/tok", "end"):
         table.add_column(col, justify="left" if col in ("model", "end") else "right", no_wrap=True)
-    for r in results:
-        table.add_row(r.model, str(r.new_tokens), f"{r.tokens_per_s:,.1f}", str(len(r.segments)) if r.segments else "-",
-                      str(r.backbone_steps + 1), f"{r.kv_cache_bytes:,}", f"{r.kv_bytes_per_token:,.0f}",
+    for i, r in enumerate(results):
+        units = i == 0 or comparable
+        table.add_row(r.model, str(r.new_tokens), f"{r.tokens_per_s:,.1f}" if units else "-",
+                      str(len(r.segments)) if r.segments else "-", str(r.backbone_steps + 1),
+                      f"{r.kv_cache_bytes:,}", f"{r.kv_bytes_per_token:,.0f}" if units else "-",
                       ENDS.get(r.stop_reason, r.stop_reason))
     console.print(table)
-    if len(results) == 2 and results[1].tokens_per_s > 0:
+    if len(results) == 2 and comparable and results[1].tokens_per_s > 0:
         console.print(f"speed ratio SLLM / baseline: {results[0].tokens_per_s / results[1].tokens_per_s:.2f}x "
                       "(one run, no warm-up: use `segsllm bench` for timings)")
 
 
 def register(app: typer.Typer) -> None:
     """Add generate."""
-    app.command(name="generate")(generate_command)
+    app.command(name="generate", epilog=epilog("generate"))(generate_command)

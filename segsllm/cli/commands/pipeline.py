@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -56,11 +58,32 @@ def pipeline_command(
     for o in outcomes:
         table.add_row(o.name, o.status, f"{o.seconds:.0f}", str(o.out))
     console.print(table)
-    md = outcomes[-1].out / "results.md" if outcomes else None
-    if md is not None and md.is_file():
-        console.print(md.read_text(encoding="utf-8"))
+    if outcomes:
+        _print_results(outcomes[-1].out)
+
+
+def _print_results(bench_dir: Path) -> None:
+    """The bench's headline table, drawn as a rich table (results.md holds every column)."""
+    import json
+    from types import SimpleNamespace
+
+    from segsllm.bench.report import rich_table
+
+    path = bench_dir / "results.json"
+    if not path.is_file():
+        return
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    console.print(rich_table(SimpleNamespace(rows=doc.get("rows", []), meta=doc.get("meta", {}))))
+    for name in ("results.md", "results.csv", "speed_quality.png", "memory.png"):
+        if (bench_dir / name).is_file():
+            console.print(f"{name}: {bench_dir / name}")
+
+
+pipeline_command.interrupt_hint = (  # type: ignore[attr-defined]
+    "rerun the same command to resume (finished stages are skipped, the interrupted one continues)"
+)
 
 
 def register(app: typer.Typer) -> None:
     """Add pipeline."""
-    app.command(name="pipeline")(pipeline_command)
+    app.command(name="pipeline", epilog=epilog("pipeline"))(pipeline_command)

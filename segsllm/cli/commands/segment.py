@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from segsllm.cli.common import console, err_console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import SegmenterOpt
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -23,11 +24,20 @@ STYLES = ("black on cyan", "black on yellow")  # alternate per segment; backgrou
 FileArg = Annotated[Path, typer.Argument(help="Text file to segment (read as UTF-8 bytes).")]
 TokenizerOpt = Annotated[
     Path | None,
-    typer.Option("--tokenizer", "-t", help="Tokenizer folder [default: tokenizer.path of the config]."),
+    typer.Option("--tokenizer", "-t", help="Tokenizer folder (default: tokenizer.path of the config)."),
 ]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help='Print {"segments": [...], "stats": {...}} on stdout only.')
 ]
+SeparatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--separator",
+        help="Text printed between segments (default: none on a terminal, where colours mark them;"
+        " │ when the output is piped or redirected).",
+    ),
+]
+PIPE_SEPARATOR, ASCII_SEPARATOR = "│", "|"
 ShowOpt = Annotated[
     int, typer.Option("--show", help="Segments to draw in the terminal (0: none, -1: all).")
 ]
@@ -35,8 +45,8 @@ ShowOpt = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add `segment` and `segmenters` to the app."""
-    app.command("segment")(segment_file)
-    app.command("segmenters")(list_segmenters_cmd)
+    app.command("segment", epilog=epilog("segment"))(segment_file)
+    app.command("segmenters", epilog=epilog("segmenters"))(list_segmenters_cmd)
 
 
 def read_text_file(path: Path) -> str:
@@ -75,6 +85,7 @@ def segment_file(
     tokenizer: TokenizerOpt = None,
     json_out: JsonOpt = False,
     show: ShowOpt = 200,
+    separator: SeparatorOpt = None,
 ) -> None:
     """Show how a segmenter cuts a text file, with colours and statistics.
 
@@ -106,24 +117,37 @@ def segment_file(
     seconds = time.perf_counter() - started
     texts = segment_texts(tok, ids, ends)
     stats = segment_stats([ends], n_bytes=len(text.encode("utf-8")), seconds=seconds).as_dict()
-    stats = {"segmenter": seg.spec(), "max_len": seg.max_len, **stats}
+    # "segmenter" as the user typed it (fixed:k=16); "spec" the canonical, rebuildable one.
+    stats = {"segmenter": cfg.segmenter.spec.strip(), "spec": seg.spec(), "max_len": seg.max_len, **stats}
 
     if json_out:
         ascii_only = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "") != "utf8"
         typer.echo(json.dumps({"segments": texts, "stats": stats}, ensure_ascii=ascii_only))
         return
-    _draw_segments(texts, show)
+    _draw_segments(texts, show, separator)
     _stats_table(file, stats)
 
 
-def _draw_segments(texts: list[str], show: int) -> None:
+def _pipe_separator() -> str:
+    """│ between segments in piped output, | when stdout cannot encode it."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    return PIPE_SEPARATOR if encoding == "utf8" else ASCII_SEPARATOR
+
+
+def _draw_segments(texts: list[str], show: int, separator: str | None = None) -> None:
     from rich.text import Text
+
+    from segsllm.cli.common import stdout_is_terminal
 
     if show == 0 or not texts:
         return
     shown = texts if show < 0 else texts[:show]
+    if separator is None and not stdout_is_terminal():
+        separator = _pipe_separator()  # colours are gone in a pipe: mark the cuts with text
     out = Text()
     for i, piece in enumerate(shown):
+        if i and separator:
+            out.append(separator, style="bold")
         out.append(piece.replace("\r\n", "\n").replace("\r", "\n"), style=STYLES[i % 2])
     console.print(out, soft_wrap=True, end="" if out.plain.endswith("\n") else "\n")
     if len(shown) < len(texts):
@@ -146,6 +170,7 @@ def _stats_table(path: Path, stats: dict[str, Any]) -> None:
 
     rows = [
         ("segmenter", stats["segmenter"]),
+        *([("resolved spec", stats["spec"])] if stats["spec"] != stats["segmenter"] else []),
         ("max_len", stats["max_len"]),
         ("documents", stats["documents"]),
         ("tokens", stats["tokens"]),

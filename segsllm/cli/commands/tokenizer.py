@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from segsllm.cli.common import console, handle_errors, stdout_is_terminal
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -32,7 +33,7 @@ ForceOpt = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add `train-tokenizer` to the app."""
-    app.command("train-tokenizer")(train_tokenizer)
+    app.command("train-tokenizer", epilog=epilog("train-tokenizer"))(train_tokenizer)
 
 
 @handle_errors

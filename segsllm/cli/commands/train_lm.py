@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -45,9 +46,10 @@ def train_lm_command(
     extra = {
         "data.domains": split_list(domains),
         "backbone.spec": backbone,
+        "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
     cfg = opts.resolve(extra, stage="lm")
-    result = train_lm(cfg, str(tokenizer) if tokenizer else None, resume=resume, progress=True)
+    result = train_lm(cfg, resume=resume, progress=True)
 
     # docs/DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
     # beside the fine-tuned baseline; for tiny it is the random initialisation.
@@ -71,4 +73,4 @@ def train_lm_command(
 
 def register(app: typer.Typer) -> None:
     """Add train-lm."""
-    app.command(name="train-lm")(train_lm_command)
+    app.command(name="train-lm", epilog=epilog("train-lm"))(train_lm_command)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, err_console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, TokenizerDirOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
@@ -67,7 +68,7 @@ def train_splitter_command(
     def log(msg: str) -> None:
         err_console.print(f"[dim]{msg}[/]")
 
-    result = train_splitter(cfg, cfg.tokenizer.path, resume=resume, progress=True, log=log)
+    result = train_splitter(cfg, resume=resume, progress=True, log=log)
 
     cal = result.calibration
     table = Table(title=(f"learned segmenter: {result.teacher} teacher, target {result.target_len:.1f}, "
@@ -97,4 +98,4 @@ def train_splitter_command(
 
 def register(app: typer.Typer) -> None:
     """Add train-splitter."""
-    app.command(name="train-splitter")(train_splitter_command)
+    app.command(name="train-splitter", epilog=epilog("train-splitter"))(train_splitter_command)

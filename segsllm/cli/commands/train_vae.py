@@ -7,8 +7,11 @@ from typing import Annotated
 import typer
 
 from segsllm.cli.common import console, handle_errors
+from segsllm.cli.examples import epilog
 from segsllm.cli.options import DomainsOpt, ResumeOpt, SegmenterOpt, TokenizerDirOpt, split_list
 from segsllm.cli.run_options import RunOptions, run_options
+
+PAPER_DEPTHS = (1, 2, 4)  # the paper's H1 / H2 / H4 variants
 
 
 @handle_errors
@@ -29,6 +32,11 @@ def train_vae_command(
     from segsllm.errors import ConfigError
     from segsllm.train.vae_stage import train_vae
 
+    if depth is not None and depth not in PAPER_DEPTHS:
+        raise ConfigError(
+            f"--depth must be 1, 2 or 4 (the paper's H1/H2/H4), got {depth}; for another depth use "
+            f"--set vae.encoder_layers={depth} --set vae.decoder_layers={depth}"
+        )
     extra = {
         "data.domains": split_list(domains),
         "vae.encoder_layers": depth,
@@ -38,7 +46,7 @@ def train_vae_command(
     cfg = opts.resolve(extra, segmenter=segmenter, stage="vae")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
-    result = train_vae(cfg, cfg.tokenizer.path, resume=resume, progress=True)
+    result = train_vae(cfg, resume=resume, progress=True)
 
     table = Table(title=f"SentenceVAE validation ({cfg.segmenter.spec}, {result.steps} steps)")
     for col in ("domain", "loss start→end", "token acc", "exact (greedy)", "bits/byte", "mean len"):
@@ -66,4 +74,4 @@ def train_vae_command(
 
 def register(app: typer.Typer) -> None:
     """Add train-vae."""
-    app.command(name="train-vae")(train_vae_command)
+    app.command(name="train-vae", epilog=epilog("train-vae"))(train_vae_command)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.data.segments import EpochBatches
+from segsllm.data.batches import EpochBatches
 from segsllm.errors import DataError
 
 IGNORE = -100  # label of positions that are not scored (context, padding)
@@ -90,7 +90,7 @@ def window_bounds(n_targets: int, context_len: int, stride: int) -> list[tuple[i
         b, e = e, min(e + stride, n_targets)
 
 
-class DocumentWindows:
+class TokenWindows:
     """An indexable dataset of windows over documents (items for :func:`collate_windows`).
 
     Item ``i`` is ``{"input_ids", "labels", "n_bytes", "n_targets"}`` built on the fly from
@@ -205,7 +205,7 @@ def collate_windows(items: Sequence[Mapping[str, Any]], pad_id: int) -> dict[str
     }
 
 
-class WindowBatches(EpochBatches):
+class TokenWindowBatches(EpochBatches):
     """Endless, resumable, shuffled batches of windows (the loop's ``BatchSource``).
 
     Each epoch is a seeded permutation; with ``balanced=True`` over a
@@ -218,14 +218,41 @@ class WindowBatches(EpochBatches):
 
     what = "windows"
 
+    def __init__(self, dataset: Any, batch_size: int, pad_id: int, seed: int = 0, *, balanced: bool = False,
+                 rank: int | None = None, world_size: int | None = None) -> None:
+        self.pad_id = int(pad_id)
+        super().__init__(dataset, batch_size, seed, balanced=balanced, rank=rank, world_size=world_size)
+
     def _collate(self, items: list[Any]) -> dict[str, Any]:
         return collate_windows(items, self.pad_id)
 
 
+class _WholeDocument:
+    """The cut that keeps each document's tokens whole: it keys plain token streams in the
+    segment-table cache (the LM and the teachers need tokens, not segments)."""
+
+    def spec(self) -> str:
+        return "token-stream"
+
+    def segment_batch(self, docs: Sequence[np.ndarray]) -> list[list[int]]:
+        return [[len(d)] if len(d) else [] for d in docs]
+
+
+def token_streams(data_dir: Any, domain: str, split: str, tokenizer: Any, *, max_docs: int | None = None,
+                  max_doc_bytes: int | None = None) -> Any:
+    """Every document of one split as a plain token stream: a cached
+    :class:`~segsllm.data.segments.SegmentTable` holding each document as one segment, so
+    the LM (and anyone else who needs only tokens) reads exactly the tokens the SLLM reads."""
+    from segsllm.data.segments import load_segments
+
+    return load_segments(data_dir, domain, split, tokenizer, _WholeDocument(), max_docs=max_docs,
+                         max_doc_bytes=max_doc_bytes)
+
+
 def train_windows(table: Any, context_len: int, bos_id: int, eos_id: int,
-                  token_bytes: np.ndarray | None = None) -> DocumentWindows:
+                  token_bytes: np.ndarray | None = None) -> TokenWindows:
     """Non-overlapping per-document training windows of one segment table."""
-    return DocumentWindows(DocumentSpans.from_table(table), context_len=context_len, bos_id=bos_id,
+    return TokenWindows(DocumentSpans.from_table(table), context_len=context_len, bos_id=bos_id,
                            eos_id=eos_id, token_bytes=token_bytes, domain=getattr(table, "domain", ""))
 
 
@@ -274,8 +301,8 @@ def eval_windows(
     token_bytes: np.ndarray | None = None,
     doc_bytes: Mapping[int, int] | np.ndarray | None = None,
     max_bytes: int | None = None,
-) -> DocumentWindows:
+) -> TokenWindows:
     """Evaluation windows over whole documents of one table (see :func:`select_eval_documents`)."""
     docs = select_eval_documents(table, doc_bytes, max_bytes)
-    return DocumentWindows(docs, context_len=context_len, bos_id=bos_id, eos_id=eos_id, stride=stride,
+    return TokenWindows(docs, context_len=context_len, bos_id=bos_id, eos_id=eos_id, stride=stride,
                            token_bytes=token_bytes, doc_bytes=doc_bytes, domain=getattr(table, "domain", ""))

@@ -15,17 +15,18 @@ A batch of windows is a dict of tensors::
     is_last    (B,)       the window ends its document (the stop head's "stop" target lives here)
     n_bytes    (B,)       UTF-8 bytes of the window's segments (windows partition the documents)
 
-Training uses :class:`WindowBatches` (one domain per batch, domains balanced, resumable);
+Training uses :class:`SegmentWindowBatches` (one domain per batch, domains balanced, resumable);
 evaluation uses :func:`eval_windows` (whole documents, an evenly spread subset when capped).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from segsllm.data.batches import EpochBatches, SequentialBatches
 from segsllm.errors import DataError
 
 # Columns of the window index.
@@ -63,7 +64,7 @@ def window_index(table: Any, max_segments: int, table_id: int = 0) -> np.ndarray
     return np.stack([np.full_like(lo, table_id), lo, hi, is_first, is_last], axis=1).astype(np.int64)
 
 
-class DocumentWindows:
+class SegmentWindows:
     """The windows of one or more segment tables as one indexable dataset.
 
     ``dataset[i]`` is a dict: ``ids`` (the window's tokens, flat), ``lengths`` (tokens per
@@ -153,7 +154,7 @@ def windows_from_segments(segments: Sequence[Sequence[int]], pad_id: int, *, is_
     return collate_windows([item], pad_id)
 
 
-class WindowBatches:
+class SegmentWindowBatches(EpochBatches):
     """Endless, resumable batches of document windows (the loop's ``BatchSource``).
 
     Every batch holds windows of **one** table (domain): the decoder pads segments to the
@@ -165,28 +166,17 @@ class WindowBatches:
     batches ``r::w``. State: (epoch, batches consumed).
     """
 
+    what = "document windows"
+
     def __init__(self, tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
                  *, balanced: bool = True, rank: int | None = None, world_size: int | None = None) -> None:
-        from segsllm.runtime import dist_info
-
-        env_rank, _, env_world = dist_info()
-        self.data = DocumentWindows(tables, max_segments)
-        self.batch_size = int(batch_size)
+        data = SegmentWindows(tables, max_segments)
         self.collate = WindowCollator(pad_id)
-        self.seed = int(seed)
         self.balanced = balanced
-        self.rank = env_rank if rank is None else rank
-        self.world_size = env_world if world_size is None else world_size
         # Window ids of each non-empty table.
-        self.groups = [ids for ids in (np.flatnonzero(self.data.index[:, _TABLE] == t) for t in range(len(tables)))
+        self.groups = [ids for ids in (np.flatnonzero(data.index[:, _TABLE] == t) for t in range(len(tables)))
                        if ids.size]
-        self.epoch = 0
-        self.position = 0
-        if self.batch_size < 1:
-            raise DataError(f"batch_size must be >= 1, got {batch_size}")
-        if len(self) == 0:
-            raise DataError(f"{len(self.data)} document windows give no batch on {self.world_size} rank(s); "
-                            "use more data or fewer ranks")
+        super().__init__(data, batch_size, seed, rank=rank, world_size=world_size)
 
     def _per_group(self) -> list[int]:
         sizes = [g.size for g in self.groups]
@@ -196,7 +186,7 @@ class WindowBatches:
         """Batches per epoch on this rank."""
         return sum(-(-n // self.batch_size) for n in self._per_group()) // self.world_size
 
-    def _batches(self, epoch: int) -> list[np.ndarray]:
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
         rng = np.random.default_rng([self.seed, epoch])
         batches: list[np.ndarray] = []
         for group, n in zip(self.groups, self._per_group(), strict=True):
@@ -205,29 +195,14 @@ class WindowBatches:
         order = rng.permutation(len(batches))
         return [batches[i] for i in order][self.rank :: self.world_size][: len(self)]
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        while True:
-            batches = self._batches(self.epoch)
-            for b in range(self.position, len(batches)):
-                self.position = b + 1  # state now says "this batch is consumed"
-                yield self.collate([self.data[int(i)] for i in batches[b]])
-            self.epoch += 1
-            self.position = 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size, "num_items": len(self.data)}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.seed = int(state.get("seed", self.seed))
-        self.epoch = int(state["epoch"])
-        self.position = int(state["position"])
+    def _collate(self, items: list[Any]) -> dict[str, Any]:
+        return self.collate(items)
 
 
 def train_windows(tables: Sequence[Any], max_segments: int, batch_size: int, pad_id: int, seed: int = 0,
-                  balanced: bool = True) -> WindowBatches:
-    """Endless, shuffled, resumable batches of windows (see :class:`WindowBatches`)."""
-    return WindowBatches(tables, max_segments, batch_size, pad_id, seed, balanced=balanced)
+                  balanced: bool = True) -> SegmentWindowBatches:
+    """Endless, shuffled, resumable batches of windows (see :class:`SegmentWindowBatches`)."""
+    return SegmentWindowBatches(tables, max_segments, batch_size, pad_id, seed, balanced=balanced)
 
 
 def spread_documents(n_windows_per_doc: np.ndarray, max_windows: int | None) -> np.ndarray:
@@ -252,9 +227,7 @@ def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int,
     With ``max_windows``, an evenly spread subset of **whole documents** whose windows fit
     (at least one document), so every evaluated document's end is scored too.
     """
-    from segsllm.train.loop import SequentialBatches
-
-    data = DocumentWindows([table], max_segments)
+    data = SegmentWindows([table], max_segments)
     doc_of = np.cumsum(data.index[:, _FIRST]) - 1  # (W,) document of each window
     keep = spread_documents(np.bincount(doc_of), max_windows)
     data.index = data.index[np.isin(doc_of, keep)]
@@ -262,8 +235,8 @@ def eval_windows(table: Any, max_segments: int, batch_size: int, pad_id: int,
 
 
 __all__ = [
-    "DocumentWindows",
-    "WindowBatches",
+    "SegmentWindowBatches",
+    "SegmentWindows",
     "WindowCollator",
     "collate_windows",
     "document_bounds",

@@ -1,0 +1,101 @@
+"""Where a pipeline writes each artifact: folder names in one place, no string surgery.
+
+``segsllm pipeline --out DIR`` writes, and ``segsllm bench --from DIR`` reads::
+
+    DIR/data/                  the data stage's record (the corpora live in data.dir)
+    DIR/tokenizer/             the tokenizer every model shares
+    DIR/lm/                    fine-tuned token baseline (train-lm output)
+    DIR/base-lm/               untouched base LM, a HF folder (optional)
+    DIR/vae-<slug>/            SentenceVAE of one segmenter (train-vae output)
+    DIR/sllm-<slug>/           SLLM of one segmenter (finetune output)
+    DIR/splitter-<teacher>/    learned segmenter taught by one teacher (train-splitter output)
+    DIR/bench/                 the bench's results
+
+``<slug>`` is :func:`segmenter_slug` of the segmenter spec as written in the list of
+segmenters (``punctuation`` -> ``punctuation``, ``fixed:k=16`` -> ``fixed-k-16``,
+``learned:runs/x/splitter-entropy`` -> ``learned-splitter-entropy``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from segsllm.errors import ConfigError
+
+TOKENIZER_DIR, BASELINE_DIR, BASE_LM_DIR, BENCH_DIR = "tokenizer", "lm", "base-lm", "bench"
+VAE_PREFIX, SLLM_PREFIX, SPLITTER_PREFIX = "vae-", "sllm-", "splitter-"
+
+
+def segmenter_slug(spec: str) -> str:
+    """Folder-safe name of a segmenter spec (see the module docstring)."""
+    text = spec.strip()
+    if ":" in text:
+        name, rest = text.split(":", 1)
+        if name.strip().lower() == "learned":  # a path: keep its last component only
+            text = f"learned-{Path(rest.rstrip('/')).name}"
+    slug = re.sub(r"[^a-z0-9._]+", "-", text.lower()).strip("-.")
+    if not slug:
+        raise ConfigError(f"segmenter spec {spec!r} gives an empty folder name")
+    return slug
+
+
+def vae_name(spec: str) -> str:
+    """Folder name of the SentenceVAE trained on segmenter ``spec``."""
+    return VAE_PREFIX + segmenter_slug(spec)
+
+
+def sllm_name(spec: str) -> str:
+    """Folder name of the SLLM built on segmenter ``spec``."""
+    return SLLM_PREFIX + segmenter_slug(spec)
+
+
+def splitter_name(teacher: str) -> str:
+    """Folder name of the learned segmenter taught by ``teacher``."""
+    return SPLITTER_PREFIX + teacher
+
+
+@dataclass(frozen=True)
+class PipelineLayout:
+    """The artifact folders under one pipeline output folder."""
+
+    root: Path
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / TOKENIZER_DIR
+
+    @property
+    def lm(self) -> Path:
+        return self.root / BASELINE_DIR
+
+    @property
+    def base_lm(self) -> Path:
+        return self.root / BASE_LM_DIR
+
+    @property
+    def bench(self) -> Path:
+        return self.root / BENCH_DIR
+
+    def vae(self, spec: str) -> Path:
+        return self.root / vae_name(spec)
+
+    def sllm(self, spec: str) -> Path:
+        return self.root / sllm_name(spec)
+
+    def splitter(self, teacher: str) -> Path:
+        return self.root / splitter_name(teacher)
+
+
+__all__ = [
+    "BASELINE_DIR",
+    "BASE_LM_DIR",
+    "BENCH_DIR",
+    "SLLM_PREFIX",
+    "PipelineLayout",
+    "segmenter_slug",
+    "sllm_name",
+    "splitter_name",
+    "vae_name",
+]
