@@ -163,7 +163,7 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
 def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
                  on_stage: Callable[[str, str], None] | None = None) -> list[StageOutcome]:
     """Run (or resume) every stage; ``on_stage(name, status)`` reports progress."""
-    from segsllm.tracking import start_run
+    from segsllm.tracking import run_name, start_run
 
     if not base.run.out:
         raise SegsllmError("pipeline needs an output folder: --out DIR (or run.out)")
@@ -172,7 +172,8 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
     outcomes: list[StageOutcome] = []
     with start_run(base, "pipeline", tags={"segmenter": ",".join(base.pipeline.segmenters),
                                            "domain": ",".join(base.data.domains),
-                                           "backbone": base.backbone.spec}) as parent:
+                                           "backbone": base.backbone.spec},
+                   run_name=run_name("pipeline", folder=out), resume=True) as parent:
         for st in stages:
             stage_out = Path(st.cfg.run.out)
             marker = _read_marker(stage_out)
@@ -201,7 +202,7 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
             outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
         parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
         bench_dir = PipelineLayout(out).bench
-        for name in ("results.md", "results.json", "results.csv"):
+        for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
             if (bench_dir / name).is_file():
                 parent.log_artifact(bench_dir / name)
     return outcomes

@@ -7,6 +7,7 @@ import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -225,7 +226,16 @@ def test_mlflow_parent_and_child_runs(tiny_data_dir, pipeline_dir, tmp_path):
     assert kid.params["segmenter"] == "fixed:k=8" and kid.params["domain"] == "csv" and kid.params["vae_depth"] == "1"
     assert kid.metrics["sllm_bits_per_byte"] == pytest.approx(res.rows[0]["sllm_bits_per_byte"])
     arts = {a.path for a in client.list_artifacts(res.run_id)}
-    assert {"results.json", "results.csv", "results.md", "memory.png"} <= arts
+    assert {"results.json", "results.csv", "results.md", "memory.png", "results_table.json"} <= arts
+    # Browsable: named after the folder it benched, sortable metric keys without paths.
+    assert parent.info.run_name == f"bench · {pipeline_dir.parent.name}/{pipeline_dir.name}"
+    assert kids[0].info.run_name == "csv · fixed:k=8"
+    assert "csv.sllm_bits_per_byte.fixed-k-8" in parent.data.metrics
+    assert all("/" not in k for k in parent.data.metrics), parent.data.metrics
+    table = json.loads((Path(client.download_artifacts(res.run_id, "results_table.json", str(tmp_path)))).read_text())
+    # The runs page's artifact view groups by the first column and shows the second.
+    assert table["columns"][:2] == ["domain · segmenter", "sllm_bits_per_byte"] and "segmenter" in table["columns"]
+    assert [r[0] for r in table["data"]] == ["csv · fixed:k=8"]
 
 
 def test_baseline_on_another_tokenizer_warns_and_drops_token_unit_columns(tiny_data_dir, pipeline_dir, tmp_path):

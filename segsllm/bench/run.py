@@ -171,7 +171,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     from segsllm.generate import generate_sllm, load_sllm
     from segsllm.runtime import pick_device, seed_everything
     from segsllm.segment import build_segmenter
-    from segsllm.tracking import start_run
+    from segsllm.tracking import bench_table, run_name, short_segmenter, start_run
 
     say = log or (lambda _m: None)
     started = time.perf_counter()
@@ -218,7 +218,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     rows: list[dict[str, Any]] = []
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
-    with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()}) as run:
+    with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()},
+                   run_name=run_name(STAGE, folder=bcfg.from_dir or out_dir)) as run:
         # ---- token baselines: once per domain, shared by every segmenter's cell
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
@@ -315,7 +316,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
                 say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte" + spd.speed_summary(row))
-                with run.child(f"{spec} | {d}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
+                with run.child(f"{d} · {short_segmenter(spec)}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
                                                       "backbone": backbone, "sllm": str(path)}) as child:
                     child.log_params({"segmenter": spec, "segmenter_spec": seg.spec(), "domain": d, "backbone": backbone,
                                       "vae_depth": depth, "device": str(device), "sllm_dir": str(path),
@@ -346,11 +347,13 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                              run_id=run.run_id)
         result.files = write_outputs(result, out_dir, plots=bcfg.plots)
         result.wall_time_s = time.perf_counter() - started
-        run.log_metrics({f"{r['domain']}/{r['segmenter']}/{k}": r[k] for r in rows
+        # <domain>.<metric>.<segmenter>: sorted by name, one domain's metric lists every segmenter
+        run.log_metrics({f"{r['domain']}.{k}.{segmenter_slug(r['segmenter'])}": r[k] for r in rows
                          for k in ("sllm_bits_per_byte", "speedup", "speedup_flops", "gen_segment_len",
                                    "mean_segment_len")
                          if isinstance(r.get(k), float) and not math.isnan(r[k])})
         run.set_tags({"out_dir": str(out_dir.resolve())})
+        run.log_table(bench_table(rows), "results_table.json")
         for p in result.files.values():
             run.log_artifact(p)
     return result
