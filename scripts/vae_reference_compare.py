@@ -167,19 +167,21 @@ def interval(values: list[float]) -> tuple[float, float]:
 
 
 def table(rows: list[dict[str, Any]], variants: list[str]) -> str:
-    """Markdown table: one row per variant and domain, mean ± 95 % interval over seeds."""
-    lines = ["| variant | domain | seeds | NLL/token | exact match % | s/step | params |",
-             "|---|---|---|---|---|---|---|"]
-    for v in variants:
+    """Markdown table, one row per variant: per domain NLL/token and greedy exact match (%),
+    each mean ± 95 % t-interval over seeds (± nan: one seed)."""
+    done = [v for v in variants if any(r["variant"] == v for r in rows)]
+    if not done:
+        return "(no results yet)"
+    domains = list(next(r for r in rows if r["variant"] == done[0])["scores"])
+    head = ["variant", "seeds"] + [f"{d} NLL/tok" for d in domains] + [f"{d} exact %" for d in domains]
+    lines = ["| " + " | ".join([*head, "s/step", "params"]) + " |", "|" + "---|" * (len(head) + 2)]
+    for v in done:
         runs = [r for r in rows if r["variant"] == v]
-        if not runs:
-            continue
-        for d in runs[0]["scores"]:
-            nll = interval([r["scores"][d]["nll_per_token"] for r in runs])
-            em = interval([100 * r["scores"][d]["exact_match"] for r in runs])
-            sps = statistics.fmean(r["s_per_step"] for r in runs)
-            lines.append(f"| {v} | {d} | {len(runs)} | {nll[0]:.3f} ± {nll[1]:.3f} | {em[0]:.1f} ± {em[1]:.1f} "
-                         f"| {sps:.3f} | {runs[0]['params'] / 1e6:.2f}M |")
+        nll = [interval([r["scores"][d]["nll_per_token"] for r in runs]) for d in domains]
+        em = [interval([100 * r["scores"][d]["exact_match"] for r in runs]) for d in domains]
+        cells = [f"{m:.3f} ± {h:.3f}" for m, h in nll] + [f"{m:.1f} ± {h:.1f}" for m, h in em]
+        sps = statistics.fmean(r["s_per_step"] for r in runs)
+        lines.append(f"| {v} | {len(runs)} | " + " | ".join(cells) + f" | {sps:.3f} | {runs[0]['params'] / 1e6:.2f}M |")
     return "\n".join(lines)
 
 
