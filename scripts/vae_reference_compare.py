@@ -120,8 +120,8 @@ def score(model: Any, items: list[dict[str, Any]], pad_id: int) -> dict[str, flo
     """Teacher-forced NLL/token and greedy exact match over ``items`` (eval mode)."""
     import torch
 
-    from segsllm.bench.metrics import exact_match_count
     from segsllm.data.segments import collate_segments
+    from segsllm.metrics import exact_match_count
 
     model.eval()
     nll = tokens = exact = 0.0

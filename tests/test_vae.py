@@ -462,7 +462,7 @@ def test_architecture_options_change_the_model_as_documented():
 
 
 def test_older_artifacts_load_with_the_architecture_they_were_built_with(tmp_path):
-    from segsllm.models.vae_config import LEGACY_ARCH
+    from segsllm.config.vae import LEGACY_ARCH
 
     model = make(**LEGACY_ARCH)
     out = model.save_pretrained(tmp_path / "vae", tokenizer="f" * 16)

@@ -22,13 +22,13 @@ import dataclasses
 import torch
 import torch.nn as nn
 
+from segsllm.config.vae import SentenceVAEConfig
 from segsllm.models.vae import (
     SinusoidalPositions,
     _as_mask,
     reconstruction_loss,
     teacher_forcing,
 )
-from segsllm.models.vae_config import SentenceVAEConfig
 
 REFERENCE_DROPOUT = 0.1  # torch.nn.TransformerEncoderLayer's default
 
