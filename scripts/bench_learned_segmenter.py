@@ -18,16 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from typing import Any
 
-
-def best_of(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+# A sibling script: ``python scripts/bench_learned_segmenter.py`` puts scripts/ on the path.
+from bench_segmenters import best_of
 
 
 def main() -> None:

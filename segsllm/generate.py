@@ -151,8 +151,26 @@ class _Clock:
         return time.perf_counter() - self.t0
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
-    return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
+@dataclass(frozen=True)
+class Sampling:
+    """How both generators draw: greedy, or at ``temperature`` from the ``top_p`` nucleus
+    with a generator seeded by ``seed`` (None: torch's global RNG)."""
+
+    greedy: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    @property
+    def sampled(self) -> bool:
+        """True when anything is drawn at random (temperature 0 is greedy too)."""
+        return not self.greedy and self.temperature > 0
+
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        return None if self.seed is None else torch.Generator(device=device).manual_seed(int(self.seed))
+
+
+GREEDY = Sampling()
 
 
 def decoder_cache_bytes(vae: Any, max_len: int) -> int:
@@ -174,17 +192,14 @@ def generate_sllm(
     prompt: str,
     max_new_tokens: int = 128,
     *,
-    greedy: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
+    sampling: Sampling = GREEDY,
     on_segment: Callable[[str], None] | None = None,
     ignore_stop: bool = False,
     profile: bool = False,
 ) -> GenerationResult:
     """Continue ``prompt`` segment by segment (batch 1).
 
-    Ends when the stop head says so (p > 0.5 greedy, else sampled; ``ignore_stop`` to
+    Ends when the stop head says so (p > 0.5 greedy, else drawn; ``ignore_stop`` to
     always use the whole budget, as the bench does), after ``max_new_tokens`` tokens (the
     last segment is cut to fit exactly), at the backbone's last position, or when the
     decoder emits an empty segment. With ``ignore_stop`` the decoder's EOS is also masked
@@ -197,8 +212,7 @@ def generate_sllm(
     was_training = model.training
     model.eval()
     device = model.start.device
-    gen = _generator(seed, device)
-    sampling = not greedy and temperature > 0
+    gen = sampling.generator(device)
     vae = model.vae
     max_len = vae.config.max_len
     max_pos = model.max_positions
@@ -238,8 +252,8 @@ def generate_sllm(
         while len(result.token_ids) < max_new_tokens:
             if not ignore_stop:
                 z = model.stop_logits(h_last)  # (1,)
-                if sampling:
-                    p = torch.sigmoid(z / temperature)
+                if sampling.sampled:
+                    p = torch.sigmoid(z / sampling.temperature)
                     stop = bool(torch.bernoulli(p, generator=gen).item())
                 else:
                     stop = bool(z.item() > 0)
@@ -250,8 +264,9 @@ def generate_sllm(
             info: dict[str, Any] = {}
             clock.start()
             latent = model.predict_latent(h_last)  # (1, D)
-            seg = vae.generate(latent, max_len=budget, greedy=not sampling, temperature=temperature,
-                               top_p=top_p, generator=gen, min_len=1 if ignore_stop else 0, info=info)[0]
+            seg = vae.generate(latent, max_len=budget, greedy=not sampling.sampled,
+                               temperature=sampling.temperature, top_p=sampling.top_p, generator=gen,
+                               min_len=1 if ignore_stop else 0, info=info)[0]
             result.calls.append(Call("decoder", info["steps"], seconds=clock.stop()))
             result.decoder_cache_bytes = max(result.decoder_cache_bytes, decoder_cache_bytes(vae, budget))
             if not seg:
@@ -305,10 +320,7 @@ def generate_lm(
     prompt: str,
     max_new_tokens: int = 128,
     *,
-    greedy: bool = True,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
+    sampling: Sampling = GREEDY,
     on_text: Callable[[str], None] | None = None,
     ignore_eos: bool = False,
     add_bos: bool = True,
@@ -327,8 +339,7 @@ def generate_lm(
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    gen = _generator(seed, device)
-    sampling = not greedy and temperature > 0
+    gen = sampling.generator(device)
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
     prompt_ids = encode(tokenizer, prompt) if prompt else []
@@ -365,7 +376,7 @@ def generate_lm(
         while len(result.token_ids) < max_new_tokens:
             if ignore_eos and eos is not None:
                 logits[:, eos] = float("-inf")
-            nxt = _sample(logits.float(), not sampling, temperature, top_p, gen)  # (1,)
+            nxt = _sample(logits.float(), not sampling.sampled, sampling.temperature, sampling.top_p, gen)  # (1,)
             tok = int(nxt.item())
             if tok == eos and not ignore_eos:
                 reason = "eos"

@@ -35,6 +35,23 @@ def tokenizer():
 
 
 @pytest.fixture(scope="session")
+def tokenizer_dir(tokenizer, tmp_path_factory):
+    """The session tokenizer saved to a folder (what ``tokenizer.path`` points at)."""
+    from segsllm.data.tokenizer import save_tokenizer
+
+    return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok"))
+
+
+def stage_config(data_dir, out, *overrides):
+    """A stage's config on the CPU, untracked, reading ``data_dir`` and writing ``out``."""
+    from segsllm.config import load_config
+
+    return load_config(
+        None, [f"data.dir={data_dir}", f"run.out={out}", "run.track=false", "run.device=cpu", *overrides]
+    )
+
+
+@pytest.fixture(scope="session")
 def sample_texts() -> dict[str, str]:
     return {"prose": PROSE, "code": CODE, "csv": CSV, "cjk": CJK}
 

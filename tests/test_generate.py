@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from conftest import tiny_backbone, tiny_vae  # noqa: E402
 
 from segsllm.config.sllm import SLLMConfig  # noqa: E402
-from segsllm.generate import TextStream, generate_lm, generate_sllm  # noqa: E402
+from segsllm.generate import Sampling, TextStream, generate_lm, generate_sllm  # noqa: E402
 from segsllm.models.sllm import SLLM  # noqa: E402
 from segsllm.segment import build_segmenter  # noqa: E402
 
@@ -90,9 +90,9 @@ def test_sllm_stop_head_ends_the_document(setup, tokenizer):
 
 def test_sllm_sampling_is_seeded_and_works_without_a_prompt(setup, tokenizer):
     model, seg = setup
-    kw = {"greedy": False, "temperature": 1.0, "top_p": 0.9, "max_new_tokens": 10}
-    a = generate_sllm(model, tokenizer, seg, "", seed=1, **kw)
-    b = generate_sllm(model, tokenizer, seg, "", seed=1, **kw)
+    sampling = Sampling(greedy=False, temperature=1.0, top_p=0.9, seed=1)
+    a = generate_sllm(model, tokenizer, seg, "", max_new_tokens=10, sampling=sampling)
+    b = generate_sllm(model, tokenizer, seg, "", max_new_tokens=10, sampling=sampling)
     assert a.token_ids == b.token_ids and a.prompt_segments == 0 and a.new_tokens == 10
 
 
@@ -111,6 +111,19 @@ def test_lm_cached_generation_equals_the_full_forward(family, tokenizer):
     predicted = logits[len(context) - 1 : -1].argmax(-1).tolist()
     assert predicted == r.token_ids
     assert r.kv_cache_bytes == 2 * 2 * (len(context) + 11) * 32 * 4
+
+
+def test_lm_sampling_is_seeded_and_temperature_zero_is_greedy(tokenizer):
+    torch.manual_seed(0)
+    bb = tiny_backbone(tokenizer)
+    drawn = Sampling(greedy=False, temperature=1.0, top_p=0.9, seed=3)
+    a = generate_lm(bb, tokenizer, PROMPT, max_new_tokens=8, ignore_eos=True, sampling=drawn)
+    b = generate_lm(bb, tokenizer, PROMPT, max_new_tokens=8, ignore_eos=True, sampling=drawn)
+    assert a.token_ids == b.token_ids and a.new_tokens == 8
+    cold = Sampling(greedy=False, temperature=0.0, seed=3)
+    assert drawn.sampled and not cold.sampled
+    greedy = generate_lm(bb, tokenizer, PROMPT, max_new_tokens=8, ignore_eos=True)
+    assert generate_lm(bb, tokenizer, PROMPT, max_new_tokens=8, ignore_eos=True, sampling=cold).token_ids == greedy.token_ids
 
 
 def test_lm_stops_at_eos(tokenizer):

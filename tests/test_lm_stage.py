@@ -7,10 +7,9 @@ import math
 
 import numpy as np
 import pytest
-from conftest import tiny_backbone
+from conftest import stage_config, tiny_backbone
 
 from segsllm.config import load_config
-from segsllm.data.tokenizer import save_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -18,18 +17,10 @@ TINY = ["backbone.spec=tiny", "backbone.hidden_size=64", "backbone.num_layers=2"
         "backbone.max_positions=128", "lm.context_len=64"]
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tokenizer, tmp_path_factory):
-    return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok"))
-
-
 def _cfg(data_dir, out, *extra):
-    return load_config(
-        None,
-        [f"data.dir={data_dir}", f"run.out={out}", "run.track=false", "run.device=cpu", *TINY,
-         "train.steps=40", "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=4",
-         "train.eval_every=0", "lm.eval_bytes=2000", "train.log_every=10", "train.ckpt_every=0", *extra],
-    )
+    return stage_config(data_dir, out, *TINY, "train.steps=40", "train.batch_size=8", "train.lr=3e-3",
+                        "train.warmup_steps=4", "train.eval_every=0", "lm.eval_bytes=2000", "train.log_every=10",
+                        "train.ckpt_every=0", *extra)
 
 
 def _table(texts, tokenizer):

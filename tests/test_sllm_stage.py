@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import tiny_backbone
+from conftest import stage_config, tiny_backbone
 
-from segsllm.config import load_config
 from segsllm.data.tokenizer import save_tokenizer
 
 torch = pytest.importorskip("torch")
@@ -19,8 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(data_dir, out, *extra):
-    return load_config(None, [
-        f"data.dir={data_dir}", f"run.out={out}", "run.track=false", "run.device=cpu",
+    return stage_config(data_dir, out, *[
         "train.batch_size=8", "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=0",
         "train.eval_batches=null", "train.log_every=10", "train.ckpt_every=0", "sllm.max_segments=16",
         *BACKBONE, *extra,
@@ -34,8 +32,7 @@ def vae_dir(tiny_data_dir, tokenizer, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sllm_stage")
     tok_dir = save_tokenizer(tokenizer, root / "tok")
-    cfg = load_config(None, [
-        f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", "run.track=false", "run.device=cpu",
+    cfg = stage_config(tiny_data_dir, root / "vae", *[
         "segmenter.spec=punctuation", "segmenter.max_len=16", "train.steps=40", "train.batch_size=32",
         "train.lr=3e-3", "train.warmup_steps=5", "train.eval_every=0", "train.eval_batches=1",
         "train.ckpt_every=0", "vae.d_model=32", "vae.n_heads=4", "vae.d_ff=64", f"tokenizer.path={tok_dir}",

@@ -5,27 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from segsllm.config import load_config
-from segsllm.data.tokenizer import save_tokenizer
+from conftest import stage_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def tokenizer_dir(tokenizer, tmp_path_factory):
-    return save_tokenizer(tokenizer, tmp_path_factory.mktemp("tok"))
-
-
 def _cfg(data_dir, out, *extra):
-    return load_config(
-        None,
-        [
-            f"data.dir={data_dir}", f"run.out={out}", "run.track=false", "run.device=cpu",
-            "segmenter.spec=fixed:k=8", "train.steps=60", "train.batch_size=16", "train.lr=3e-3",
-            "train.warmup_steps=5", "train.eval_every=0", "train.eval_batches=4", "train.log_every=10",
-            "train.ckpt_every=0", "vae.d_model=64", "vae.n_heads=4", "vae.d_ff=128", *extra,
-        ],
+    return stage_config(
+        data_dir, out,
+        "segmenter.spec=fixed:k=8", "train.steps=60", "train.batch_size=16", "train.lr=3e-3",
+        "train.warmup_steps=5", "train.eval_every=0", "train.eval_batches=4", "train.log_every=10",
+        "train.ckpt_every=0", "vae.d_model=64", "vae.n_heads=4", "vae.d_ff=128", *extra,
     )
 
 

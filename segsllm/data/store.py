@@ -47,6 +47,11 @@ BUILTIN_CORPORA = ("prose", "code", "csv")
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 2  # 2: exact duplicates collapsed, near-duplicate families split together
 DUPLICATES = "duplicates.json"
+# The manifest keys that identify a prepared corpus: enough to tell whether a tokenizer (or
+# any later artifact) saw the same data.
+IDENTITY_KEYS = (
+    "name", "source", "version", "sha256", "fallback_used", "created", "fractions", "documents", "bytes", "files",
+)
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 

@@ -31,20 +31,10 @@ def data_manifests(cfg: Any) -> dict[str, dict[str, Any]]:
 
 
 def _lineage(manifest: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a corpus: enough to tell whether a tokenizer saw the same data."""
-    keys = (
-        "name",
-        "source",
-        "version",
-        "sha256",
-        "fallback_used",
-        "created",
-        "fractions",
-        "documents",
-        "bytes",
-        "files",
-    )
-    return {k: manifest.get(k) for k in keys}
+    """What identifies a corpus (:data:`~segsllm.data.store.IDENTITY_KEYS`)."""
+    from segsllm.data.store import IDENTITY_KEYS
+
+    return {k: manifest.get(k) for k in IDENTITY_KEYS}
 
 
 def build_tokenizer(

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from segsllm.errors import ArtifactError
+from segsllm.errors import ArtifactError, ConfigError
 from segsllm.io import atomic_path, atomic_write_json
 
 WEIGHTS_NAME = "model.safetensors"
@@ -52,6 +53,14 @@ class LoadedArtifact:
     config: dict[str, Any]
     state_dict: dict[str, Any]  # name -> torch.Tensor (aliases restored)
     manifest: dict[str, Any]
+
+    def load_into(self, model: Any) -> Any:
+        """Check and load the weights into ``model`` (built from the config), attach the
+        manifest as ``model.manifest``; returns ``model``. One-line ArtifactError on a mismatch."""
+        check_state_dict(model, self.state_dict, self.path)
+        model.load_state_dict(self.state_dict)
+        model.manifest = self.manifest
+        return model
 
 
 # --------------------------------------------------------------------------- helpers
@@ -261,6 +270,16 @@ def read_artifact(
             raise ArtifactError(f"{wpath} is corrupted: alias {alias!r} points to missing {target!r}")
         state_dict[alias] = state_dict[target]
     return LoadedArtifact(path=root, config=config, state_dict=state_dict, manifest=manifest)
+
+
+@contextmanager
+def config_errors(path: str | Path, what: str) -> Iterator[None]:
+    """Turn a malformed config.json (missing key, wrong type or value) read inside the block
+    into one ArtifactError line naming ``path`` and the ``what`` it should configure."""
+    try:
+        yield
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(f"{path}: invalid {what} config.json: {exc}") from None
 
 
 def check_state_dict(module: Any, state_dict: Mapping[str, Any], where: str | Path) -> None:

@@ -31,8 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segsllm.config.splitter import BoundaryPredictorConfig
-from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
+from segsllm.models.artifact import config_errors, read_artifact, save_artifact
 
 KIND = "boundary_predictor"
 
@@ -184,15 +183,9 @@ class BoundaryPredictor(nn.Module):
                         verify_checksums: bool = True) -> BoundaryPredictor:
         """Load a folder written by :meth:`save_pretrained`; one-line ArtifactError otherwise."""
         art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
-        try:
+        with config_errors(path, "boundary predictor"):
             config = BoundaryPredictorConfig.from_dict(art.config)
-        except (ConfigError, TypeError) as exc:
-            raise ArtifactError(f"{path}: invalid boundary predictor config.json: {exc}") from None
-        model = cls(config)
-        check_state_dict(model, art.state_dict, path)
-        model.load_state_dict(art.state_dict)
-        model.manifest = art.manifest
-        return model.to(map_location).eval()
+        return art.load_into(cls(config)).to(map_location).eval()
 
 
 __all__ = ["KIND", "BoundaryPredictor", "ConvBlock"]

@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from segsllm.config.sllm import SLLMConfig
 from segsllm.config.vae import SentenceVAEConfig
-from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
+from segsllm.errors import ConfigError
+from segsllm.models.artifact import config_errors, read_artifact, save_artifact
 from segsllm.models.backbone import body_forward, freeze_layers
 from segsllm.models.vae import IGNORE_INDEX, SentenceVAE, lengths_to_mask
 
@@ -307,21 +307,15 @@ class SLLM(nn.Module):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
-        try:
+        with config_errors(path, "SLLM"):
             sllm_cfg = SLLMConfig.from_dict(art.config["sllm"])
             vae_cfg = SentenceVAEConfig.from_dict(art.config["vae"])
             bb = art.config["backbone"]
             hf_dict = dict(bb["hf_config"])
             hf_cfg = AutoConfig.for_model(hf_dict.pop("model_type"), **hf_dict)
-        except (ConfigError, KeyError, TypeError, ValueError) as exc:
-            raise ArtifactError(f"{path}: invalid SLLM config.json: {exc}") from None
         dtype = getattr(torch, str(bb.get("dtype", "float32")), torch.float32)
         backbone = AutoModelForCausalLM.from_config(hf_cfg, dtype=dtype)
-        model = cls(sllm_cfg, SentenceVAE(vae_cfg), backbone)
-        check_state_dict(model, art.state_dict, path)
-        model.load_state_dict(art.state_dict)
-        model.manifest = art.manifest
-        return model.to(map_location)
+        return art.load_into(cls(sllm_cfg, SentenceVAE(vae_cfg), backbone)).to(map_location)
 
 
 def hidden_states_cached(model: SLLM, segments: list[torch.Tensor], prefill: int) -> tuple[torch.Tensor, Any]:

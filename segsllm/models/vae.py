@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segsllm.config.vae import LOSSES, SentenceVAEConfig
-from segsllm.errors import ArtifactError, ConfigError
-from segsllm.models.artifact import check_state_dict, read_artifact, save_artifact
+from segsllm.errors import ArtifactError
+from segsllm.models.artifact import config_errors, read_artifact, save_artifact
 
 KIND = "sentence_vae"
 IGNORE_INDEX = -100
@@ -596,10 +596,8 @@ class SentenceVAE(nn.Module):
         """Load a folder written by :meth:`save_pretrained`; ArtifactError (one line) if it is
         missing, corrupted, shaped unlike its config, or built with another tokenizer."""
         art = read_artifact(path, kind=KIND, tokenizer=tokenizer, verify_checksums=verify_checksums)
-        try:
+        with config_errors(path, "SentenceVAE"):
             config = SentenceVAEConfig.from_dict(art.config)
-        except (ConfigError, TypeError) as exc:
-            raise ArtifactError(f"{path}: invalid SentenceVAE config.json: {exc}") from None
         # No fingerprint recorded (read_artifact compared it otherwise): the least we can
         # check is that every token id of the given tokenizer fits the model.
         unchecked = art.manifest.get("tokenizer_fingerprint") is None
@@ -607,11 +605,7 @@ class SentenceVAE(nn.Module):
         if unchecked and tok_size > config.vocab_size:
             raise ArtifactError(f"{path}: tokenizer has {len(tokenizer)} tokens, the model only "
                                     f"{config.vocab_size}; use the tokenizer it was trained with")
-        model = cls(config)
-        check_state_dict(model, art.state_dict, path)
-        model.load_state_dict(art.state_dict)
-        model.manifest = art.manifest
-        return model.to(map_location)
+        return art.load_into(cls(config)).to(map_location)
 
 
 __all__ = [

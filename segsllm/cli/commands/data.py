@@ -10,6 +10,7 @@ import typer
 
 from segsllm.cli.common import console, handle_errors, stdout_is_terminal, warn
 from segsllm.cli.examples import epilog
+from segsllm.cli.options import split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
 app = typer.Typer(help="Prepare and list corpora.", no_args_is_help=True)
@@ -81,7 +82,7 @@ def _builtin_names(corpus: list[str] | None, domains: list[str]) -> list[str]:
     """Expand --corpus (repeatable, comma lists, ``all``) or fall back to data.domains."""
     from segsllm.errors import DataError
 
-    names = [n.strip() for item in (corpus or []) for n in item.split(",") if n.strip()]
+    names = [n for item in corpus or [] for n in split_list(item) or []]
     if not names:
         names = list(domains) or list(BUILTINS)
     out: list[str] = []
@@ -207,14 +208,20 @@ def _track(cfg: Any, built: list[Any]) -> None:
         run.log_metrics(metrics)
 
 
-def _summary(results: list[Any], root: Path) -> None:
+def _corpora_table(root: Path, *numbers: str) -> Any:
+    """A rich table of corpora: name, source, then right-aligned ``numbers`` columns."""
     from rich.table import Table
 
     table = Table(title=f"corpora in {root}")
     table.add_column("corpus")
     table.add_column("source", overflow="fold")
-    for col in ("train", "val", "test", "MB", "skipped", "s"):
+    for col in numbers:
         table.add_column(col, justify="right")
+    return table
+
+
+def _summary(results: list[Any], root: Path) -> None:
+    table = _corpora_table(root, "train", "val", "test", "MB", "skipped", "s")
     for r in results:
         m = r.manifest
         docs = m["documents"]
@@ -272,8 +279,6 @@ def list_(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show the prepared corpora: documents and bytes per split."""
-    from rich.table import Table
-
     from segsllm.data import store
 
     cfg = opts.resolve()
@@ -301,16 +306,12 @@ def list_(
     if not rows:
         console.print(f"no prepared corpora in {root}; run `segsllm data prepare`")
         return
-    table = Table(title=f"corpora in {root}")
-    table.add_column("corpus")
-    table.add_column("source", overflow="fold")
-    for col in ("docs train", "val", "test", "MB train", "val", "test"):
-        table.add_column(col, justify="right")
+    table = _corpora_table(root, "docs train", "val", "test", "MB train", "val", "test")
     for r in rows:
         d, b = r["documents"], r["bytes"]
         table.add_row(
             r["name"],
-            str(r["source"]) + (" (fallback)" if r["fallback_used"] else ""),
+            _source(r),
             *(str(d.get(s, 0)) for s in ("train", "validation", "test")),
             *(_mb(b.get(s, 0)) for s in ("train", "validation", "test")),
         )

@@ -38,7 +38,7 @@ def generate_command(
     from rich.text import Text
 
     from segsllm.errors import ConfigError
-    from segsllm.generate import generate_lm, generate_sllm, load_sllm
+    from segsllm.generate import Sampling, generate_lm, generate_sllm, load_sllm
     from segsllm.runtime import pick_device, seed_everything
 
     if max_new_tokens < 1:
@@ -49,8 +49,8 @@ def generate_command(
     seed_everything(cfg.run.seed)
     dev = pick_device(cfg.run.device)
     sllm, tokenizer, segmenter = load_sllm(model, device=dev)
-    sampling = {"greedy": temperature == 0, "temperature": temperature or 1.0, "top_p": top_p,
-                "seed": cfg.run.seed if temperature > 0 else None}
+    sampling = Sampling(greedy=temperature == 0, temperature=temperature or 1.0, top_p=top_p,
+                        seed=cfg.run.seed if temperature > 0 else None)
 
     count = [0]
 
@@ -60,7 +60,7 @@ def generate_command(
 
     console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
     results = [generate_sllm(sllm, tokenizer, segmenter, prompt, max_new_tokens, on_segment=show,
-                             ignore_stop=ignore_stop, **sampling)]
+                             ignore_stop=ignore_stop, sampling=sampling)]
     console.print()
     comparable = True  # same tokenizer: tok/s and KV B/tok count the same units
     if baseline is not None:
@@ -82,7 +82,7 @@ def generate_command(
         console.print(Text(prompt, style="dim"), end="", soft_wrap=True)
         results.append(generate_lm(lm.model, lm.tokenizer or tokenizer, prompt, max_new_tokens,
                                    on_text=lambda t: console.print(t, end="", soft_wrap=True, markup=False),
-                                   ignore_eos=ignore_stop, **sampling))
+                                   ignore_eos=ignore_stop, sampling=sampling))
         console.print()
 
     table = Table(title=f"Generation ({'greedy' if temperature == 0 else f'T={temperature}, top-p={top_p}'}, "
