@@ -143,7 +143,6 @@ def test_dp_picks_the_lowest_cost_segmentation_of_a_hand_built_table(sllm, token
 
 
 def test_fit_hits_the_target_length(sllm, tokenizer, ids):
-    from segsllm.segment.learned import mean_length
 
     teacher = _teacher(sllm, tokenizer)
     chunks = [ids[:30], ids[10:40]]

@@ -36,8 +36,8 @@ import abc
 import hashlib
 import json
 import math
-import warnings
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -562,6 +562,7 @@ def teacher_labels(
 __all__ = [
     "DEFAULT_BUDGETS",
     "DEFAULT_TARGET_LEN",
+    "VAE_TEACHERS",
     "EntropyTeacher",
     "LabelSet",
     "PunctuationTeacher",
@@ -569,11 +570,10 @@ __all__ = [
     "Teacher",
     "TeacherFit",
     "VAETeacher",
-    "VAE_TEACHERS",
     "build_teacher",
+    "cached_scores",
     "default_max_span",
     "end_indexed",
-    "cached_scores",
     "ends_to_labels",
     "labels_to_ends",
     "load_documents",
