@@ -246,8 +246,9 @@ def load_sllm_teacher(path: str | Path, tokenizer: Any, *, max_span: int, segmen
         raise ConfigError(f"{path} does not record its segmenter; name the segmentation S_t explicitly")
     vae_max = model.vae.config.max_len
     seg = build_segmenter(spec, tokenizer=tokenizer, max_len=vae_max)
+    sha = ((loaded.manifest.get("files") or {}).get("model.safetensors") or {}).get("sha256")
     return SLLMTeacher(model, seg, min(int(max_span), vae_max), target_len=target_len, prior_weight=prior_weight,
-                       device=device, fingerprint=fingerprint)
+                       device=device, fingerprint=fingerprint or sha)
 
 
 __all__ = ["SLLMTeacher", "load_sllm_teacher", "segmentation_cost"]
