@@ -68,3 +68,16 @@ def test_em_rounds_run_chain_and_record_bits_per_byte(teacher_vae, tiny_data_dir
     text = "x = 1\nprint(x)\n"
     assert "".join(seg.split_text(text)) == text
     assert result.teacher == "sllm" and result.metrics["csv"]["max_seg_len"] <= 8
+
+
+def test_em_rounds_of_another_configuration_are_refused(tmp_path):
+    from segsllm.errors import ConfigError
+    from segsllm.train.sllm_em import _claim, em_key
+
+    a = load_config(None, ["splitter.teacher=sllm"])
+    b = load_config(None, ["splitter.teacher=sllm", "splitter.em_sllm=[train.steps=3]"])
+    assert em_key(a) != em_key(b) and em_key(a) == em_key(load_config(None, ["splitter.teacher=sllm", "run.out=x"]))
+    _claim(tmp_path, em_key(a))
+    _claim(tmp_path, em_key(a))  # the same configuration resumes
+    with pytest.raises(ConfigError, match="another configuration"):
+        _claim(tmp_path, em_key(b))

@@ -12,8 +12,9 @@ One round t (``splitter.em_rounds`` of them, S_0 = ``splitter.em_init``):
 
 Round folders live under ``OUT/em/round-<t>/{sllm,splitter}``; the last round's splitter is
 ``OUT`` itself (the stage's artifact), and ``OUT/em.json`` records every round (written
-before that last splitter, so the manifest stays the last file written). A rerun reuses
-finished round folders, so EM resumes where it stopped. The last S_R is scored by the
+before that last splitter, so the manifest stays the last file written). A rerun with the
+same configuration (``OUT/em/key.json``) reuses finished round folders, so EM resumes
+where it stopped; another configuration is refused. The last S_R is scored by the
 pipeline, which builds its own VAE and SLLM on every learned splitter.
 """
 
@@ -84,6 +85,32 @@ def _check(cfg: Any) -> None:
         raise ConfigError("train-splitter needs an output folder: --out DIR (or run.out)")
 
 
+def em_key(cfg: Any) -> str:
+    """Hash of what the rounds depend on (every section but run, pipeline and bench, plus
+    the seed): finished round folders are reused only under the same key."""
+    import hashlib
+
+    d = dataclasses.asdict(cfg)
+    picked = {k: v for k, v in d.items() if k not in ("run", "pipeline", "bench")}
+    picked["seed"] = d["run"]["seed"]
+    return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _claim(em_dir: Path, key: str) -> None:
+    """Record the EM key in ``em_dir``; refuse (one line) rounds left by another configuration."""
+    from segsllm.io import atomic_write_json
+
+    marker = em_dir / "key.json"
+    if marker.is_file():
+        old = json.loads(marker.read_text(encoding="utf-8")).get("key")
+        if old != key:
+            raise ConfigError(f"{em_dir} holds EM rounds of another configuration; use a new --out "
+                              "(or delete that folder) to rerun them")
+        return
+    em_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"key": key})
+
+
 def hard_em(cfg: Any, *, resume: bool = False, progress: bool = True,
             log: Callable[[str], None] | None = None) -> EMResult:
     """Run ``cfg.splitter.em_rounds`` rounds of hard EM (see the module docstring)."""
@@ -95,6 +122,7 @@ def hard_em(cfg: Any, *, resume: bool = False, progress: bool = True,
     cfg.splitter.validate()
     _check(cfg)
     out = Path(cfg.run.out)
+    _claim(out / "em", em_key(cfg))
     rounds: list[EMRound] = []
     segmentation = cfg.splitter.em_init
     final = None
@@ -147,4 +175,4 @@ def run_splitter_stage(cfg: Any, *, resume: bool = False, progress: bool = True,
     return train_splitter(cfg, resume=resume, progress=progress, log=log), []
 
 
-__all__ = ["EMResult", "EMRound", "hard_em", "round_sllm_config", "run_splitter_stage"]
+__all__ = ["EMResult", "EMRound", "em_key", "hard_em", "round_sllm_config", "run_splitter_stage"]
