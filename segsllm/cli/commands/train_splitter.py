@@ -45,7 +45,7 @@ def train_splitter_command(
         Path | None, typer.Option("--sllm", help="SLLM folder (`segsllm finetune`): one --teacher sllm step, no EM.")
     ] = None,
     em_rounds: Annotated[
-        int | None, typer.Option("--em-rounds", min=1, help="Hard-EM rounds of --teacher sllm (default: 2).")
+        int | None, typer.Option("--em-rounds", help="Hard-EM rounds of --teacher sllm (default: 2).")
     ] = None,
     tokenizer: TokenizerDirOpt = None,
     resume: ResumeOpt = False,
