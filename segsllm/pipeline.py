@@ -129,16 +129,20 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
         stages += model_stages(spec, [])
     learned: list[str] = []
     first_vae = vae_name(base.pipeline.segmenters[0]) if base.pipeline.segmenters else None
+    teacher_vae = _teacher_vae_stage(base, stage_cfg, model_stages, stages)
     for teacher in base.pipeline.teachers:
         name = splitter_name(teacher)
         extra = [f"tokenizer.path={tok_dir}"]
         after = ["tokenizer"]
-        if teacher == "entropy":
+        if teacher in ("entropy", "sllm"):
             extra.append(f"splitter.base_lm={layout.lm}")
             after.append("lm")
-        if teacher == "vae":
+        if teacher in ("vae", "sllm"):  # unbiased: the VAE trained on random spans
+            extra.append(f"splitter.vae={out / teacher_vae}")
+            after.append(teacher_vae)
+        if teacher == "vae-rule":
             if first_vae is None:
-                raise SegsllmError("the vae teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
+                raise SegsllmError("the vae-rule teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
             extra.append(f"splitter.vae={out / first_vae}")
             after.append(first_vae)
         stages.append(Stage(name, "splitter", stage_cfg("splitter", name, [*extra, f"splitter.teacher={teacher}"]),
@@ -158,6 +162,20 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
         st.key = _stage_key(st.cfg, st.kind, [keys[a] for a in st.after])
         keys[st.name] = st.key
     return stages
+
+
+def _teacher_vae_stage(base: Any, stage_cfg: Callable[..., Any], model_stages: Callable[..., list[Stage]],
+                       stages: list[Stage]) -> str | None:
+    """Add the VAE stage the ``vae`` and ``sllm`` teachers share: a SentenceVAE trained on
+    random spans up to the splitter's max_len (docs/DESIGN.md §6); its folder name."""
+    if not {"vae", "sllm"} & set(base.pipeline.teachers):
+        return None
+    from segsllm.train.teachers import teacher_vae_segmenter
+
+    probe = stage_cfg("splitter", splitter_name("vae"))
+    vae = model_stages(teacher_vae_segmenter(probe.splitter.max_len or probe.segmenter.max_len), [])[0]
+    stages.append(vae)
+    return vae.name
 
 
 def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
@@ -266,9 +284,9 @@ def _run_sllm(cfg: Any, resume: bool, *, vae_dir: Path) -> None:
 
 
 def _run_splitter(cfg: Any, resume: bool) -> None:
-    from segsllm.train.splitter_stage import train_splitter
+    from segsllm.train.sllm_em import run_splitter_stage
 
-    train_splitter(cfg, resume=resume, progress=True)
+    run_splitter_stage(cfg, resume=resume, progress=True)
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:

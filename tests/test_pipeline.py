@@ -99,3 +99,23 @@ def test_planner_gives_each_stage_its_overrides_and_the_command_line_wins(tmp_pa
     cli = train_of(["train.steps=3"])
     assert {v[0] for v in cli.values()} == {3}  # --set beats every stage's preset values
     assert cli["lm"][1:] == (4, 3e-3) and cli["sllm-punctuation"][1] == 4
+
+
+def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(tmp_path):
+    from segsllm.config import load_config
+    from segsllm.pipeline import plan_stages
+
+    sets = ["pipeline.teachers=[vae,vae-rule,sllm]", "segmenter.max_len=32"]
+    base = load_config("smoke", sets, {"run.out": str(tmp_path)})
+    stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
+    random_vae = [n for n in stages if n.startswith("vae-") and "randomspansegmenter" in n]
+    assert len(random_vae) == 1 and "max_len-32" in random_vae[0]  # one VAE on random spans, shared
+    assert "RandomSpanSegmenter:max_len=32" in stages[random_vae[0]].cfg.segmenter.spec
+    assert f"sllm-{random_vae[0][4:]}" not in stages  # a teacher's VAE only: no SLLM of its own
+    vae, rule, sllm = (stages[f"splitter-{t}"] for t in ("vae", "vae-rule", "sllm"))
+    assert vae.cfg.splitter.vae == str(tmp_path / random_vae[0]) and random_vae[0] in vae.after
+    assert rule.cfg.splitter.vae == str(tmp_path / "vae-punctuation") and "vae-punctuation" in rule.after
+    assert sllm.cfg.splitter.vae == str(tmp_path / random_vae[0]) and {"lm", random_vae[0]} <= set(sllm.after)
+    assert sllm.cfg.splitter.base_lm == str(tmp_path / "lm") and sllm.cfg.splitter.teacher == "sllm"
+    names = list(stages)
+    assert names.index(random_vae[0]) < names.index("splitter-vae")  # built before it is read

@@ -105,7 +105,7 @@ def test_empty_and_binary_files(content, message, tok_dir, tmp_path):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--segmenter", "nope"], "unknown segmenter 'nope'; available: fixed, learned, punctuation"),
+        (["--segmenter", "nope"], "unknown segmenter 'nope'; available: fixed, learned, lines, punctuation"),
         (["--segmenter", "fixed:k=x"], "k expects int"),
         (["--segmenter", "learned:some/dir"], "no splitter folder at some/dir"),
         (["--segmenter", "fixed:k=100"], "larger than max_len=64"),

@@ -16,7 +16,7 @@ FAST = {"max_examples": 25}
 @pytest.mark.parametrize(
     "spec",
     ["punctuation", "punctuation:max_len=6", "punctuation:newlines=false,terminals='.'", "fixed",
-     "fixed:k=3"],
+     "fixed:k=3", "lines", "lines:max_len=4"],
 )
 def test_builtins_pass_the_kit(spec, tokenizer, sample_texts):
     check_segmenter(build_segmenter(spec, tokenizer=tokenizer), texts=list(sample_texts.values()), **FAST)

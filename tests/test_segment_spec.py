@@ -76,7 +76,7 @@ def test_spec_round_trips():
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nope", "unknown segmenter 'nope'; available: fixed, learned, punctuation"),
+        ("nope", "unknown segmenter 'nope'; available: fixed, learned, lines, punctuation"),
         ("", "empty segmenter spec"),
         ("fixed:q=1", "has no parameter 'q'; parameters: k: int = 16"),
         ("fixed:k=abc", "k expects int, got 'abc'"),

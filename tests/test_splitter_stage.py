@@ -71,6 +71,11 @@ def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir
     ("extra", "message"),
     [
         (["--teacher", "vae"], "--vae"),
+        (["--teacher", "vae-rule"], "--vae"),
+        (["--teacher", "sllm"], "--sllm DIR"),
+        (["--teacher", "sllm", "--sllm", "nowhere"], "no SLLM folder at nowhere"),
+        (["--teacher", "sllm", "--vae", "nowhere"], "--vae: no folder at nowhere"),
+        (["--teacher", "sllm", "--vae", "x", "--em-rounds", "0"], "splitter.em_rounds must be >= 1"),
         (["--teacher", "entropy"], "--base-lm"),
         (["--teacher", "oracle"], "unknown teacher 'oracle'"),
         (["--teacher", "punctuation", "--target-len", "99", "--max-len", "8"], "--target-len"),

@@ -147,3 +147,32 @@ def test_teacher_building_errors(tokenizer, tmp_path):
         build_teacher("oracle", tokenizer)
     with pytest.raises(ArtifactError):
         build_teacher("vae", tokenizer, vae=str(tmp_path))
+
+
+def test_unbiased_vae_teacher_defaults_and_the_rule_variant(tokenizer, tmp_path):
+    import warnings
+
+    import torch
+
+    from segsllm.errors import ConfigError
+    from segsllm.train.teachers import build_teacher, default_max_span, teacher_vae_segmenter
+
+    assert default_max_span("vae", 48, 8.0) == 48 and default_max_span("sllm", 48, 8.0) == 48
+    assert default_max_span("vae-rule", 48, 8.0) == 16 and default_max_span("vae-rule", 12, 8.0) == 12
+    torch.manual_seed(0)
+    vae = tiny_vae(len(tokenizer), 8, d_model=16, n_heads=2)
+    rule_dir = vae.save_pretrained(tmp_path / "rule", tokenizer=tokenizer, lineage={"segmenter": "punctuation:max_len=8"})
+    rand_dir = vae.save_pretrained(tmp_path / "rand", tokenizer=tokenizer,
+                                   lineage={"segmenter": teacher_vae_segmenter(8)})
+    with pytest.warns(UserWarning, match="random spans"):
+        biased = build_teacher("vae", tokenizer, vae=str(rule_dir), max_span=48)
+    assert biased.max_span == 8  # capped at the VAE's max_len
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rule = build_teacher("vae-rule", tokenizer, vae=str(rule_dir), max_span=4)
+        unbiased = build_teacher("vae", tokenizer, vae=str(rand_dir), max_span=48)
+    assert (rule.name, rule.max_span, unbiased.name) == ("vae-rule", 4, "vae")
+    assert rule.describe() != build_teacher("vae-rule", tokenizer, vae=str(rule_dir), max_span=8).describe()
+    assert rule.describe()["teacher"] != unbiased.describe()["teacher"]  # cached apart
+    with pytest.raises(ConfigError, match="load_sllm_teacher"):
+        build_teacher("sllm", tokenizer)

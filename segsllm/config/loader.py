@@ -213,6 +213,27 @@ def load_config(
     return resolved
 
 
+def apply_overrides(cfg: Any, items: list[str] | tuple[str, ...], origin: str = "--set") -> Any:
+    """``cfg`` (a resolved dataclass config) with dotted ``KEY=VALUE`` items merged on top,
+    validated; one-line :class:`ConfigError` naming ``origin`` for a bad item."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not items:
+        return cfg
+    merged = OmegaConf.structured(cfg)
+    for item in items:
+        try:
+            merged = OmegaConf.merge(merged, _dotted(item, origin))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{_one_line(exc)} (from {origin} {item})") from None
+    try:
+        resolved = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_one_line(exc)) from None
+    return resolved.validate() if callable(getattr(resolved, "validate", None)) else resolved
+
+
 def to_dict(cfg: Any) -> dict[str, Any]:
     """A plain nested dict of a dataclass config."""
     return dataclasses.asdict(cfg)

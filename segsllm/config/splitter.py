@@ -14,7 +14,7 @@ from typing import Any
 
 from segsllm.errors import ConfigError
 
-TEACHERS = ("punctuation", "entropy", "vae")
+TEACHERS = ("punctuation", "entropy", "vae", "vae-rule", "sllm")
 DECODES = ("threshold", "viterbi")
 ENTROPY_MODES = ("global", "monotonic")
 
@@ -109,15 +109,22 @@ class SplitterConfig:
     ``target_len`` / ``max_len`` below and the calibration, so setting them is an error.
     """
 
-    teacher: str = "punctuation"  # punctuation | entropy | vae
+    teacher: str = "punctuation"  # punctuation | entropy | vae | vae-rule | sllm
     target_len: float | None = None  # mean tokens/segment; None: 8 (punctuation: the rule's own)
     max_len: int | None = None  # hard cap; None: segmenter.max_len
     base_lm: str | None = None  # token-level LM folder (train-lm output) for the entropy teacher
-    vae: str | None = None  # SentenceVAE folder (train-vae output) for the vae teacher
+    vae: str | None = None  # SentenceVAE folder (train-vae output) for the vae / vae-rule / sllm (EM) teachers
+    sllm: str | None = None  # SLLM folder (finetune output) for one sllm-teacher step; None: hard EM
     # ---- teachers
     entropy_mode: str = "global"  # global threshold | monotonic rise (BLT)
     entropy_context: int = 256  # max LM context per line piece (context resets at newlines)
-    vae_max_span: int | None = None  # longest candidate span; None: min(max_len, 2 * target_len)
+    # Longest candidate span; None: max_len (vae, sllm), min(max_len, 2 * target_len) (vae-rule).
+    vae_max_span: int | None = None
+    # ---- the sllm teacher (docs/DESIGN.md §6): span cost = what the SLLM pays, DP with a length prior
+    sllm_prior_weight: float = 1.0  # weight of the log length prior (Gamma, mean target_len) in the DP
+    em_rounds: int = 2  # hard-EM rounds (without splitter.sllm): train SLLM on S_t, relabel, retrain
+    em_init: str = "punctuation"  # S_0, the segmentation the first round's SLLM is trained on
+    em_sllm: list[str] = field(default_factory=list)  # KEY=VALUE overrides of each round's SLLM training
     chunk_tokens: int = 512  # teacher/student documents are chunks of at most this many tokens
     teacher_tokens: int | None = None  # labelled train tokens per domain
     teacher_eval_tokens: int | None = None  # labelled validation tokens per domain
@@ -141,6 +148,13 @@ class SplitterConfig:
         for key in ("chunk_tokens", "entropy_context", "calibration_tokens"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"splitter.{key} must be >= 2, got {getattr(self, key)}")
+        if self.em_rounds < 1:
+            raise ConfigError(f"splitter.em_rounds must be >= 1, got {self.em_rounds}")
+        if self.sllm_prior_weight < 0:
+            raise ConfigError(f"splitter.sllm_prior_weight must be >= 0, got {self.sllm_prior_weight}")
+        for item in self.em_sllm:
+            if "=" not in item or item.startswith("="):
+                raise ConfigError(f"splitter.em_sllm expects KEY=VALUE items, got {item!r}")
         for key in ("teacher_tokens", "teacher_eval_tokens", "vae_max_span"):
             value = getattr(self, key)
             if value is not None and value < 1:

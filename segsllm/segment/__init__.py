@@ -4,7 +4,7 @@
 >>> ends = seg.segment(ids)            # int64 end offsets, last == len(ids)
 >>> texts = seg.split_text(text)       # "".join(texts) == text
 
-Modules: :mod:`base` (contract, ``enforce_max_len``), :mod:`punctuation`, :mod:`fixed`,
+Modules: :mod:`base` (contract, ``enforce_max_len``), :mod:`punctuation`, :mod:`fixed`, :mod:`lines`,
 :mod:`random_span` (random lengths, for teacher training), :mod:`spec` (spec strings), :mod:`registry` (built-ins, plug-ins, ``module:Class``),
 :mod:`text` (exact text segments), :mod:`stats`, and :mod:`testing` (the conformance kit
 for plug-in authors; needs ``hypothesis``).
@@ -22,6 +22,7 @@ from segsllm.segment.base import (
     segment_lengths,
 )
 from segsllm.segment.fixed import FixedSegmenter
+from segsllm.segment.lines import LinesSegmenter
 from segsllm.segment.punctuation import CLOSERS, TERMINALS, PunctuationSegmenter
 from segsllm.segment.registry import (
     ENTRY_POINT_GROUP,
@@ -42,6 +43,7 @@ __all__ = [
     "NO_PLUGINS_ENV",
     "TERMINALS",
     "FixedSegmenter",
+    "LinesSegmenter",
     "MaxLenCapped",
     "ParamInfo",
     "PunctuationSegmenter",

@@ -27,6 +27,7 @@ from typing import Any
 from segsllm.segment.base import MaxLenCapped, Segmenter, SegmenterError
 from segsllm.segment.fixed import FixedSegmenter
 from segsllm.segment.learned import LearnedSegmenter
+from segsllm.segment.lines import LinesSegmenter
 from segsllm.segment.punctuation import PunctuationSegmenter
 from segsllm.segment.spec import ParamInfo, Spec, bind_params, param_infos, parse_spec
 
@@ -36,6 +37,7 @@ NO_PLUGINS_ENV = "SEGSLLM_NO_PLUGINS"
 BUILTINS: dict[str, type[Segmenter]] = {
     "punctuation": PunctuationSegmenter,
     "fixed": FixedSegmenter,
+    "lines": LinesSegmenter,
     "learned": LearnedSegmenter,
 }
 # Built-ins whose implementation lands with a later issue: listed, and a clear error if used.

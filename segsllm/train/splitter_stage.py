@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -255,12 +254,27 @@ def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], targ
     max span): documents cut into chunks within the teacher's token budgets, then labelled
     (cached by corpus, tokenizer, chunking and budget)."""
     from segsllm.data.tokenizer import tokenizer_fingerprint
-    from segsllm.train.teachers import DEFAULT_BUDGETS, build_teacher, make_chunks, teacher_labels
+    from segsllm.train.teachers import (
+        DEFAULT_BUDGETS,
+        build_teacher,
+        default_max_span,
+        make_chunks,
+        teacher_labels,
+    )
 
     sp, domains = cfg.splitter, cfg.data.domains
-    max_span = sp.vae_max_span or int(min(max_len, math.ceil(2 * (target_len or max_len))))
-    teacher = build_teacher(sp.teacher, tokenizer, base_lm=sp.base_lm, vae=sp.vae, entropy_mode=sp.entropy_mode,
-                            entropy_context=sp.entropy_context, max_span=max_span, device=device)
+    max_span = sp.vae_max_span or default_max_span(sp.teacher, max_len, target_len)
+    if sp.teacher == "sllm":
+        from segsllm.train.sllm_teacher import load_sllm_teacher
+
+        if not sp.sllm:
+            raise ConfigError("one sllm-teacher step needs a trained SLLM: splitter.sllm (--sllm DIR); "
+                              "hard EM trains its own (segsllm.train.sllm_em)")
+        teacher = load_sllm_teacher(sp.sllm, tokenizer, max_span=max_span, target_len=target_len,
+                                    prior_weight=sp.sllm_prior_weight, device=device)
+    else:
+        teacher = build_teacher(sp.teacher, tokenizer, base_lm=sp.base_lm, vae=sp.vae, entropy_mode=sp.entropy_mode,
+                                entropy_context=sp.entropy_context, max_span=max_span, device=device)
     budget_train, budget_eval = DEFAULT_BUDGETS[sp.teacher]
     budget = {"train": sp.teacher_tokens or budget_train, "validation": sp.teacher_eval_tokens or budget_eval}
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
@@ -294,8 +308,11 @@ def _splitter_lineage(cfg: Any, teacher: Any, labels: Mapping[str, Any], max_spa
                                        "params": {d: labels["train"][d].param for d in cfg.data.domains}}
     if sp.teacher == "entropy":
         teacher_lineage.update(base_lm=str(Path(sp.base_lm).resolve()), mode=sp.entropy_mode)
-    if sp.teacher == "vae":
+    if sp.teacher in ("vae", "vae-rule"):
         teacher_lineage.update(vae=str(Path(sp.vae).resolve()), max_span=max_span)
+    if sp.teacher == "sllm":
+        teacher_lineage.update(sllm=str(Path(sp.sllm).resolve()), max_span=max_span,
+                               segmentation=teacher.segmenter.spec(), prior_weight=sp.sllm_prior_weight)
     return {"tokenizer": {"path": str(Path(cfg.tokenizer.path).resolve()), "fingerprint": fingerprint},
             "teacher": teacher_lineage, "data": data_lineage(manifests)}
 

@@ -16,7 +16,14 @@ predictor learns to imitate:
   forced, EOS included), and a dynamic programme picks the segmentation minimising total
   NLL + ``penalty`` per segment; the penalty is bisected per domain to hit the target
   mean length. Spans are scored in batches of equal length (no padding); chunk and token
-  budgets keep it tractable on a CPU.
+  budgets keep it tractable on a CPU. **Unbiased by default**: the VAE is one trained on
+  random spans (:func:`teacher_vae_segmenter`, every length 1..max_len at every offset)
+  and candidate spans reach ``max_len``, so neither a rule's boundaries nor a short span
+  cap shape the labels. ``vae-rule`` is the earlier behaviour, kept for the ablation: the
+  VAE of a rule segmenter (the pipeline's first, usually punctuation) and spans of at most
+  ``min(max_len, 2 * target_len)``.
+- ``sllm`` — what the SLLM pays (:mod:`segsllm.train.sllm_teacher`), iterated by hard EM
+  (:mod:`segsllm.train.sllm_em`).
 
 Expensive per-token scores (entropies, span costs) and the labels are cached on disk,
 keyed by the teacher and its model's weights, the tokenizer, the corpus and the chunking,
@@ -28,7 +35,9 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+import math
 import shutil
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +62,24 @@ DEFAULT_BUDGETS = {
     "punctuation": (1_000_000, 100_000),
     "entropy": (300_000, 40_000),
     "vae": (12_000, 3_000),
+    "vae-rule": (12_000, 3_000),
+    "sllm": (12_000, 3_000),
 }
+VAE_TEACHERS = ("vae", "vae-rule")
+
+
+def teacher_vae_segmenter(max_len: int) -> str:
+    """Spec of the segmenter the unbiased teachers' SentenceVAE is trained on: random spans
+    of every length up to ``max_len`` (so it can score any candidate span)."""
+    return RandomSpanSegmenter(max_len=int(max_len)).spec()
+
+
+def default_max_span(teacher: str, max_len: int, target_len: float | None) -> int:
+    """Longest candidate span of a span-scoring teacher: ``max_len``, except ``vae-rule``
+    (the earlier default, ``min(max_len, 2 * target_len)``)."""
+    if teacher == "vae-rule":
+        return int(min(max_len, math.ceil(2 * (target_len or max_len))))
+    return int(max_len)
 
 
 # --------------------------------------------------------------------------- data
@@ -252,9 +278,10 @@ class VAETeacher(Teacher):
     name = "vae"
 
     def __init__(self, vae: Any, max_span: int, batch_tokens: int = 4096, device: Any = "cpu",
-                 fingerprint: str | None = None) -> None:
+                 fingerprint: str | None = None, name: str = "vae") -> None:
         if max_span > vae.config.max_len:
-            raise ConfigError(f"vae teacher: max_span {max_span} exceeds the VAE's max_len {vae.config.max_len}")
+            raise ConfigError(f"{name} teacher: max_span {max_span} exceeds the VAE's max_len {vae.config.max_len}")
+        self.name = name  # vae (unbiased) | vae-rule: the cache keys them apart
         self.vae, self.max_span = vae, int(max_span)
         self.batch_tokens, self.device = int(batch_tokens), device
         self.fingerprint = fingerprint or module_fingerprint(vae)
@@ -307,21 +334,27 @@ class VAETeacher(Teacher):
     @staticmethod
     def end_indexed(cost: np.ndarray) -> np.ndarray:
         """(n, L) cost by span start -> (n, L) score (-cost) by span end position."""
-        n, L = cost.shape
-        score = np.full((n, L), -np.inf)
-        for length in range(1, min(L, n) + 1):
-            score[length - 1 :, length - 1] = -cost[: n - length + 1, length - 1]
-        return score
+        return end_indexed(cost)
 
     def apply(self, chunks, scores, param, max_len):
         L = min(self.max_span, max_len)
-        spans = [self.end_indexed(s[:, :L]) for s in scores]
+        spans = [end_indexed(s[:, :L]) for s in scores]
         return best_segmentation([len(c) for c in chunks], L, span_score=spans, penalty=param)
 
     def bracket(self, scores):
         finite = np.concatenate([s[np.isfinite(s)] for s in scores] or [np.zeros(1)])
         top = float(finite.max()) if finite.size else 1.0
         return 0.0, 2.0 * top + 1.0
+
+
+def end_indexed(cost: np.ndarray) -> np.ndarray:
+    """(n, L) cost of span ``[s, s+l)`` by start ``s`` -> (n, L) score (-cost) by end
+    position ``s + l - 1`` (what :func:`best_segmentation` reads); -inf where no span fits."""
+    n, L = cost.shape
+    score = np.full((n, L), -np.inf)
+    for length in range(1, min(L, n) + 1):
+        score[length - 1 :, length - 1] = -cost[: n - length + 1, length - 1]
+    return score
 
 
 # --------------------------------------------------------------------------- building
@@ -345,10 +378,22 @@ def _weights_sha(folder: str | Path) -> str | None:
         return None
 
 
+def _check_teacher_vae(name: str, folder: str, model: Any) -> None:
+    """Warn when the unbiased ``vae`` teacher is given a VAE that was not trained on random
+    spans (its scores then favour the boundaries of the segmenter it was trained on)."""
+    trained = str((model.manifest.get("lineage") or {}).get("segmenter") or "")
+    if name == "vae" and "RandomSpanSegmenter" not in trained:
+        warnings.warn(f"the vae teacher expects a SentenceVAE trained on random spans (train-vae --segmenter "
+                      f"{teacher_vae_segmenter(model.config.max_len)}); {folder} was trained on "
+                      f"{trained or 'an unknown segmenter'} (use --teacher vae-rule for that on purpose)",
+                      stacklevel=3)
+
+
 def build_teacher(name: str, tokenizer: Any, *, base_lm: str | None = None, vae: str | None = None,
                   entropy_mode: str = "global", entropy_context: int = 256, max_span: int = 24,
                   device: Any = "cpu") -> Teacher:
-    """The teacher called ``name``, loading its model from a folder; one-line errors."""
+    """The teacher called ``name``, loading its model from a folder; one-line errors (the
+    ``sllm`` teacher: :func:`segsllm.train.sllm_teacher.load_sllm_teacher`)."""
     if name == "punctuation":
         return PunctuationTeacher(tokenizer)
     if name == "entropy":
@@ -371,15 +416,18 @@ def build_teacher(name: str, tokenizer: Any, *, base_lm: str | None = None, vae:
         model = backbone.model.to(device)
         return EntropyTeacher(model, tokenizer, entropy_mode, entropy_context, device=device,
                               fingerprint=_weights_sha(base_lm) or module_fingerprint(model))
-    if name == "vae":
+    if name in VAE_TEACHERS:
         if not vae:
-            raise ConfigError("the vae teacher needs a trained SentenceVAE: --vae DIR (a `segsllm train-vae` folder)")
+            raise ConfigError(f"the {name} teacher needs a trained SentenceVAE: --vae DIR (a `segsllm train-vae` folder)")
         from segsllm.models.vae import SentenceVAE
 
         model = SentenceVAE.from_pretrained(vae, tokenizer=tokenizer, map_location=device)
+        _check_teacher_vae(name, vae, model)
         return VAETeacher(model, min(max_span, model.config.max_len), device=device,
-                          fingerprint=_weights_sha(vae) or module_fingerprint(model))
-    raise ConfigError(f"unknown teacher {name!r}; teachers: punctuation, entropy, vae")
+                          fingerprint=_weights_sha(vae) or module_fingerprint(model), name=name)
+    if name == "sllm":  # it needs an SLLM and a segmentation: built by its own module
+        raise ConfigError("the sllm teacher is built by segsllm.train.sllm_teacher.load_sllm_teacher")
+    raise ConfigError(f"unknown teacher {name!r}; teachers: punctuation, entropy, vae, vae-rule, sllm")
 
 
 # --------------------------------------------------------------------------- labels + cache
@@ -514,6 +562,7 @@ def teacher_labels(
 __all__ = [
     "DEFAULT_BUDGETS",
     "DEFAULT_TARGET_LEN",
+    "VAE_TEACHERS",
     "EntropyTeacher",
     "LabelSet",
     "PunctuationTeacher",
@@ -523,10 +572,13 @@ __all__ = [
     "VAETeacher",
     "build_teacher",
     "cached_scores",
+    "default_max_span",
+    "end_indexed",
     "ends_to_labels",
     "labels_to_ends",
     "load_documents",
     "make_chunks",
     "module_fingerprint",
     "teacher_labels",
+    "teacher_vae_segmenter",
 ]

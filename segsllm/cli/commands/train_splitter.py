@@ -14,7 +14,10 @@ from segsllm.cli.run_options import RunOptions, run_options
 
 TEACHER_HELP = (
     "punctuation (distil the rule) | entropy (base LM next-token entropy, needs --base-lm) | "
-    "vae (reconstruction-optimal spans, needs --vae) (default: splitter.teacher)."
+    "vae (reconstruction-optimal spans up to max_len, needs --vae trained on random spans) | "
+    "vae-rule (the earlier vae teacher: a rule's VAE, spans up to 2x target) | "
+    "sllm (what the SLLM pays: --sllm DIR for one step, else hard EM from --vae [+ --base-lm]) "
+    "(default: splitter.teacher)."
 )
 
 
@@ -32,10 +35,17 @@ def train_splitter_command(
         int | None, typer.Option("--max-len", help="Hard cap on tokens per segment (default: segmenter.max_len).")
     ] = None,
     base_lm: Annotated[
-        Path | None, typer.Option("--base-lm", help="Token-level LM folder (`segsllm train-lm`) for --teacher entropy.")
+        Path | None, typer.Option("--base-lm", help="Token-level LM folder (`segsllm train-lm`) for --teacher entropy; the SLLM backbone of --teacher sllm EM.")
     ] = None,
     vae: Annotated[
-        Path | None, typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae.")
+        Path | None,
+        typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae / vae-rule / sllm (EM)."),
+    ] = None,
+    sllm: Annotated[
+        Path | None, typer.Option("--sllm", help="SLLM folder (`segsllm finetune`): one --teacher sllm step, no EM.")
+    ] = None,
+    em_rounds: Annotated[
+        int | None, typer.Option("--em-rounds", help="Hard-EM rounds of --teacher sllm (default: 2).")
     ] = None,
     tokenizer: TokenizerDirOpt = None,
     resume: ResumeOpt = False,
@@ -45,7 +55,7 @@ def train_splitter_command(
     from rich.table import Table
 
     from segsllm.errors import ConfigError
-    from segsllm.train.splitter_stage import train_splitter
+    from segsllm.train.sllm_em import run_splitter_stage
 
     extra = {
         "data.domains": split_list(domains),
@@ -54,21 +64,41 @@ def train_splitter_command(
         "splitter.max_len": max_len,
         "splitter.base_lm": str(base_lm) if base_lm else None,
         "splitter.vae": str(vae) if vae else None,
+        "splitter.sllm": str(sllm) if sllm else None,
+        "splitter.em_rounds": em_rounds,
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
     cfg = opts.resolve(extra, stage="splitter")
     cfg.splitter.validate()
     if cfg.splitter.teacher == "entropy" and not cfg.splitter.base_lm:
         raise ConfigError("--teacher entropy needs the base LM: --base-lm DIR (a `segsllm train-lm` folder)")
-    if cfg.splitter.teacher == "vae" and not cfg.splitter.vae:
-        raise ConfigError("--teacher vae needs a trained SentenceVAE: --vae DIR (a `segsllm train-vae` folder)")
+    sp = cfg.splitter
+    if sp.teacher in ("vae", "vae-rule") and not sp.vae:
+        raise ConfigError(f"--teacher {sp.teacher} needs a trained SentenceVAE: --vae DIR (a `segsllm train-vae` folder)")
+    if sp.teacher == "sllm" and not (sp.sllm or sp.vae):
+        raise ConfigError("--teacher sllm needs --sllm DIR (one step) or, for hard EM, --vae DIR (a SentenceVAE "
+                          "trained on random spans) and optionally --base-lm DIR")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
 
     def log(msg: str) -> None:
         err_console.print(f"[dim]{msg}[/]")
 
-    result = train_splitter(cfg, resume=resume, progress=True, log=log)
+    result, rounds = run_splitter_stage(cfg, resume=resume, progress=True, log=log)
+    if rounds:
+        em = Table(title="hard EM: validation bits/byte of the SLLM trained on each round's segmentation",
+                   box=box.SIMPLE_HEAD, padding=(0, 1))
+        em.add_column("round", justify="right")
+        em.add_column("segmentation", no_wrap=True)
+        for d in cfg.data.domains:
+            em.add_column(f"{d} bpb", justify="right")
+            em.add_column(f"{d} len", justify="right")
+        for r in rounds:
+            cells = [f"{r.bits_per_byte.get(d, float('nan')):.3f}|{r.mean_segment_len.get(d, float('nan')):.1f}"
+                     for d in cfg.data.domains]
+            em.add_row(str(r.round), r.segmentation if len(r.segmentation) < 40 else "…" + r.segmentation[-39:],
+                       *[x for c in cells for x in c.split("|")])
+        console.print(em)
 
     cal = result.calibration
     table = Table(title=(f"learned segmenter: {result.teacher} teacher, target {result.target_len:.1f}, "

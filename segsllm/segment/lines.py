@@ -1,0 +1,97 @@
+"""One segment per line: the obvious rule for code and CSV (docs/DESIGN.md §4).
+
+A boundary follows every token whose *trailing whitespace holds a newline* (``"\\n"``,
+``"\\r\\n"``, ``":\\n"``, ``"\\n\\n"``, and byte-level BPE's ``"\\n    "``, which glues a
+newline to the next line's indentation); lines longer than ``max_len`` tokens are split.
+Such a token ends on a character boundary (its last byte is ASCII whitespace), so a line
+cut never splits a character; only the ``max_len`` split can.
+
+Why "trailing whitespace holds" rather than "the last byte is": byte-level BPE merges a
+newline with the following indentation, so on Python code most line ends are tokens like
+``"\\n    "``; ending only at a final ``\\n`` byte would leave most lines uncut. The
+indentation then stays with the line above, as the punctuation rule keeps trailing
+whitespace with the segment it follows.
+
+Decided once per vocabulary from each token's exact bytes, then one gather per batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids, enforce_max_len
+
+ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
+
+
+def newline_tokens(table: Sequence[bytes]) -> np.ndarray:
+    """(V,) bool: the token's trailing (ASCII) whitespace holds a ``\\n``."""
+    out = np.zeros(len(table), dtype=bool)
+    for i, tok in enumerate(table):
+        body = tok.rstrip(ASCII_WHITESPACE)
+        out[i] = b"\n" in tok[len(body):]
+    return out
+
+
+class LinesSegmenter(Segmenter):
+    """Cut after every token ending a line (a newline in its trailing whitespace); long lines split."""
+
+    name = "lines"
+    needs_tokenizer = True
+
+    def __init__(self, max_len: int = 64) -> None:
+        if int(max_len) < 1:
+            raise SegmenterError(f"lines: max_len must be >= 1, got {max_len}")
+        self.max_len = int(max_len)
+        self._newline: np.ndarray | None = None  # (V,) bool
+
+    def bind(self, tokenizer: Any) -> LinesSegmenter:
+        """Mark the vocabulary's line-ending tokens once."""
+        from segsllm.data.vocab import vocab_bytes
+
+        self.bind_vocab(vocab_bytes(tokenizer).table)
+        self.tokenizer = tokenizer
+        return self
+
+    def bind_vocab(self, table: Sequence[bytes]) -> LinesSegmenter:
+        """Use a vocabulary given directly as the bytes of each token id."""
+        self._newline = newline_tokens(table)
+        return self
+
+    def segment(self, ids: Any) -> np.ndarray:
+        return self.segment_batch([ids])[0]
+
+    def segment_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
+        """All documents in one vectorised pass (boundaries never cross documents)."""
+        nl = self._newline
+        if nl is None:
+            raise SegmenterError("lines segmenter is not bound to a tokenizer: use "
+                                 "build_segmenter(spec, tokenizer=...) or .bind(tokenizer)")
+        arrays = [as_ids(d) for d in docs]
+        if not arrays:
+            return []
+        sizes = np.array([a.size for a in arrays], dtype=np.int64)
+        stops = np.cumsum(sizes)
+        starts = stops - sizes
+        if stops[-1] == 0:
+            return [EMPTY for _ in arrays]
+        flat = np.concatenate(arrays)  # (N,)
+        lo, hi = int(flat.min()), int(flat.max())
+        if lo < 0 or hi >= nl.size:
+            bad = lo if lo < 0 else hi
+            raise SegmenterError(f"token id {bad} is outside the vocabulary (size {nl.size}) this segmenter "
+                                 "was bound to: wrong tokenizer?")
+        mark = np.zeros(flat.size + 1, dtype=bool)  # mark[e]: a segment ends at offset e
+        mark[1:] = nl[flat]
+        mark[stops] = True
+        mark[0] = False
+        ends = enforce_max_len(np.flatnonzero(mark), self.max_len)
+        a = np.searchsorted(ends, starts, side="right")
+        b = np.searchsorted(ends, stops, side="right")
+        return [ends[i:j] - s for i, j, s in zip(a.tolist(), b.tolist(), starts.tolist(), strict=True)]
+
+
+__all__ = ["LinesSegmenter", "newline_tokens"]
