@@ -282,6 +282,61 @@ def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_pat
     assert "speed_quality.png" not in r2.files  # no speed measured: no speed plot
 
 
+def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipeline_dir, tmp_path):
+    """A fake matched LM (a copy of lm/) and a second seed (a copy of the run): the floors
+    are computed on exactly the scored bytes, the matched row equals the untouched LM with a
+    [0, 0] difference, seeds give mean ± sd, budgets come from budgets.json."""
+    import shutil
+
+    from segsllm.bench import floors as fl
+    from segsllm.bench.run import run_bench
+    from segsllm.data.store import iter_documents
+
+    run = tmp_path / "run"
+    seed0 = run / "seed-0"
+    shutil.copytree(pipeline_dir, seed0)
+    shutil.copytree(pipeline_dir / "lm", seed0 / "lm-matched" / "punctuation")
+    shutil.copytree(seed0, run / "seed-1")
+    (seed0 / "budgets.json").write_text(json.dumps({"lm": 1000, "sllm-punctuation": 700, "vae-punctuation": 300,
+                                                    "lm-matched/punctuation": 1700}), encoding="utf-8")
+    cfg = _cfg(tiny_data_dir, run, tmp_path / "out", speed=False, memory=False, segmenters=["punctuation"])
+    cfg.data.domains = ["code"]
+    res = run_bench(cfg)
+    qd = res.quality["code"]
+    texts = {d.id: d.text for d in iter_documents(tiny_data_dir, "code", "test")}
+    scored = [texts[i].encode()[:n].decode() for i, n in zip(qd["doc_ids"], qd["doc_bytes"], strict=True)]
+    assert sum(len(t.encode()) for t in scored) == qd["bytes"] == res.rows[0]["eval_bytes"]
+    prime = fl.fixed_prime([d.text for d in iter_documents(tiny_data_dir, "code", "train")], 3000)
+    assert qd["floors_whole_set"] == {**fl.floors(scored, prime), "prime_bytes": 3000}
+    per_doc = fl.per_document_bits(scored)
+    assert qd["models"]["floor:xz-9e"]["estimate"] == pytest.approx(per_doc["xz-9e"].sum() / qd["bytes"])
+    # The matched LM is a copy of lm/: identical per document, so its difference is exactly 0.
+    by = {(d["a"], d["b"]): d for d in qd["differences"]}
+    same = by["matched:punctuation", "baseline"]
+    assert same["low"] == same["high"] == 0.0 and not same["significant"]
+    assert {("sllm:punctuation", "baseline"), ("sllm:punctuation", "matched:punctuation")} <= set(by)
+    row = res.rows[0]
+    assert row["matched_bits_per_byte"] == row["baseline_bits_per_byte"]
+    assert row["sllm_bits_per_byte_low"] <= row["sllm_bits_per_byte"] <= row["sllm_bits_per_byte_high"]
+    assert row["context_tokens"] == 32 and row["sllm_max_window_tokens"] <= 32
+    # Two seeds (identical copies): mean ± sd with sd 0; budgets in tokens.
+    assert qd["n_seeds"] == 2 and qd["models"]["sllm:punctuation"]["seeds"] == {
+        "mean": pytest.approx(row["sllm_bits_per_byte"]), "sd": 0.0, "n": 2}
+    assert qd["models"]["baseline"]["budget"] == 1000 and qd["models"]["matched:punctuation"]["budget"] == 1700
+    assert qd["models"]["sllm:punctuation"]["vae_budget"] == 300
+    # The context sweep: every model at every C, a plot, and the tables in results.md.
+    assert set(res.context_sweep["code"]) == {"16", "32", "64"}
+    assert res.context_sweep["code"]["32"]["baseline"]["estimate"] == pytest.approx(row["baseline_bits_per_byte"])
+    assert (tmp_path / "out" / "context.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "out" / "results.md").read_text()
+    for text in ("xz -9e (whole set)", "xz -9e primed (whole set)", "gzip -9 (per document, cold)",
+                 "token LM matched to punctuation", "Context sweep", "context C = 32 tokens", "± 0.0000 (n=2)"):
+        assert text in md, text
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["quality"]["code"]["differences"][0]["significant"] in (True, False)
+    assert doc["meta"]["context_tokens"] == 32 and doc["meta"]["budgets"]["lm"] == 1000
+
+
 def test_cli_smoke_and_bad_input(tiny_data_dir, pipeline_dir, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
