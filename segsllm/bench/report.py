@@ -160,7 +160,7 @@ TERMINAL = ("segmenter", "sllm_bits_per_byte", "baseline_bits_per_byte", "diff_v
             "diff_vs_matched", "base_lm_bits_per_byte", "speedup_flops",
             "speedup", "speedup_iqr", "bound", "gen_segment_len", "gen_eos_share", "sllm_kv_bytes_per_token",
             "baseline_kv_bytes_per_token", "mean_segment_len", "vae_exact_match")
-SHORT = {"diff_vs_lm": "SLLM−LM [95 %]", "diff_vs_matched": "−matched [95 %]", "matched_bits_per_byte": "matched b/B",
+SHORT = {"diff_vs_lm": "−LM", "diff_vs_matched": "−matched", "matched_bits_per_byte": "matched b/B",
          "speedup_flops": "FLOP x", "speedup": "wall x", "speedup_iqr": "IQR", "gen_eos_share": "EOS",
          "sllm_bits_per_byte": "SLLM b/B", "baseline_bits_per_byte": "LM b/B", "base_lm_bits_per_byte": "base b/B",
          "sllm_kv_bytes_per_token": "SLLM KV/tok", "baseline_kv_bytes_per_token": "LM KV/tok",
@@ -194,6 +194,13 @@ def _by_domain(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def _terminal_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """A narrower cell for the terminal: a difference without its interval (``*`` kept)."""
+    if key in ("diff_vs_lm", "diff_vs_matched") and _finite(row.get(key)):
+        return f"{row[key]:+.3f}" + ("*" if row.get(f"{key}_significant") else "")
+    return _cell(row, key, fmt)
+
+
 def rich_table(result: Any) -> Any:
     """One rich Table, a section per domain."""
     from rich.table import Table
@@ -208,7 +215,7 @@ def rich_table(result: Any) -> Any:
         table.add_column(SHORT.get(key, header), justify="left" if key == "segmenter" else "right")
     for domain, rows in _by_domain(result.rows).items():
         for i, r in enumerate(rows):
-            table.add_row(domain if i == 0 else "", *[_cell(r, k, f) for k, _, f in cols],
+            table.add_row(domain if i == 0 else "", *[_terminal_cell(r, k, f) for k, _, f in cols],
                           end_section=i == len(rows) - 1)
     return table
 
@@ -498,7 +505,7 @@ def plot_context(result: Any, path: Path) -> Path | None:
         ax.set_xlabel("token context C (same for every model)")
         ax.set_ylabel("bits/byte (95 % interval; lower is better)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Quality vs token context; compressor floors (whole set) as grey lines")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
