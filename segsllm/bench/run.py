@@ -38,12 +38,12 @@ from segsllm.layout import (
     BASELINE_DIR,
     MATCHED_DIR,
     SLLM_PREFIX,
+    VAE_PREFIX,
     budgets_path,
     matched_lm_dir,
     seed_dirs,
     segmenter_slug,
     sllm_name,
-    vae_name,
 )
 
 STAGE = "bench"
@@ -80,7 +80,8 @@ def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifact
             spec = (read_manifest(path).get("lineage") or {}).get("segmenter")
             if spec:
                 sllm[str(spec)] = path
-    matched = {spec: matched_lm_dir(root, segmenter_slug(spec)) for spec in sllm}
+    # The matched LM shares its SLLM's folder slug (the pipeline's, not the manifest's full spec).
+    matched = {spec: matched_lm_dir(root, path.name.removeprefix(SLLM_PREFIX)) for spec, path in sllm.items()}
     return BenchArtifacts(
         sllm=sllm,
         baseline=root / BASELINE_DIR if (root / BASELINE_DIR).is_dir() else None,
@@ -217,6 +218,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     texts = {d: e.texts for d, e in docs.items()}
     contexts, C0 = bcfg.contexts(), bcfg.context_tokens
     budgets = _budgets(bcfg.from_dir)
+    slugs = {spec: path.name.removeprefix(SLLM_PREFIX) for spec, path in arts.sllm.items()}  # budgets.json keys
 
     lm_dirs = {name: p for name, p in (("baseline", arts.baseline), ("base_lm", arts.base_lm)) if p is not None}
     speed_ref = "baseline" if "baseline" in lm_dirs else ("base_lm" if "base_lm" in lm_dirs else None)
@@ -418,7 +420,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         for d in domains:
             quality[d] = domain_quality(scored[d][C0], floor_docs[d], segmenters, n_resamples=bcfg.bootstrap_resamples,
                                         level=bcfg.level, seed=cfg.run.seed, seed_values=seed_values[d],
-                                        budgets=_model_budgets(budgets, scored[d][C0]))
+                                        budgets=_model_budgets(budgets, scored[d][C0], slugs))
             quality[d].update({
                 "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0), "n_docs": docs[d].n_docs,
                 "bytes": docs[d].total_bytes, "truncated_docs": docs[d].truncated, "doc_ids": docs[d].ids,
@@ -526,20 +528,23 @@ def _budgets(from_dir: str | None) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _model_budgets(budgets: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
-    """Training tokens of each scored model, looked up by its stage folder name."""
+def _model_budgets(budgets: dict[str, Any], results: dict[str, Any], slugs: dict[str, str]) -> dict[str, Any]:
+    """Training tokens of each scored model, looked up by its stage folder name
+    (``slugs``: segmenter spec -> the slug of its SLLM folder)."""
     out: dict[str, Any] = {}
     for name in results:
         if name == "baseline":
             keys = [BASELINE_DIR]
         elif name.startswith(SLLM_NAME):
             spec = name[len(SLLM_NAME):]
-            keys = [sllm_name(spec)]
-            if vae_name(spec) in budgets:
-                out.setdefault(f"{name}.vae", budgets[vae_name(spec)])
+            slug = slugs.get(spec) or segmenter_slug(spec)
+            keys = [f"{SLLM_PREFIX}{slug}"]
+            if f"{VAE_PREFIX}{slug}" in budgets:
+                out[f"{name}.vae"] = budgets[f"{VAE_PREFIX}{slug}"]
         elif name.startswith(MATCHED_PREFIX):
-            slug = segmenter_slug(name[len(MATCHED_PREFIX):])
-            keys = [f"{MATCHED_DIR}/{slug}", f"{MATCHED_DIR}-{slug}", slug]
+            spec = name[len(MATCHED_PREFIX):]
+            slug = slugs.get(spec) or segmenter_slug(spec)
+            keys = [f"{MATCHED_DIR}/{slug}", f"{MATCHED_DIR}-{slug}"]
         else:
             keys = [BASE_LM_DIR]
         for k in keys:
