@@ -136,6 +136,9 @@ def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
     q.check_same_bytes([rs, rl])
     assert rs.doc_ids == rl.doc_ids == docs.ids
     assert rs.n_bytes == rl.n_bytes == n_bytes and rs.n_tokens == rl.n_tokens
+    sub = q.subset(docs, 600)  # the context sweep's cheaper sample: whole scored documents
+    assert q.subset(docs, None) is docs and 1 <= sub.n_docs < docs.n_docs and set(sub.ids) < set(docs.ids)
+    assert sub.total_bytes >= 600 and all(t in docs.texts for t in sub.texts)
     other = q.score_lm(lm, tokenizer, _docs(tiny_data_dir, target=300), context_tokens=32, stride=8)
     with pytest.raises(Exception, match="different documents"):
         q.check_same_bytes([rs, other])

@@ -118,6 +118,18 @@ def scored_documents(data_dir: str | Path, domain: str, split: str, *, target_by
                     np.asarray([c.full_bytes for c in chosen], dtype=np.int64))
 
 
+def subset(docs: EvalDocs, max_bytes: int | None) -> EvalDocs:
+    """Whole scored documents, evenly spread, about ``max_bytes`` in all (``docs`` itself
+    when they all fit): the cheaper sample a context sweep scores."""
+    from segsllm.data.token_windows import pick_documents
+
+    rows = pick_documents(docs.doc_bytes, max_bytes)
+    if rows.size == docs.n_docs:
+        return docs
+    return EvalDocs(docs.domain, docs.split, [docs.ids[i] for i in rows], [docs.texts[i] for i in rows],
+                    docs.doc_bytes[rows], docs.full_bytes[rows])
+
+
 def _check_bytes(got: np.ndarray, docs: EvalDocs, who: str) -> None:
     if got.shape != docs.doc_bytes.shape or not np.array_equal(got, docs.doc_bytes):
         raise DataError(f"{docs.domain}: {who} covers {int(np.sum(got))} bytes in {got.size} documents, expected "
@@ -325,4 +337,4 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
 
 
 __all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "lm_context_limit", "score_lm", "score_sllm",
-           "scored_documents", "sllm_table", "sllm_windows", "vae_exact_match"]
+           "scored_documents", "sllm_table", "sllm_windows", "subset", "vae_exact_match"]

@@ -34,7 +34,8 @@ DEFINITIONS = {
                  "positions (BOS included) that scores stride new tokens per window (the first window all of its C), "
                  "the SLLM with windows of whole segments whose tokens sum to at most C (and at most its backbone's "
                  "positions), earlier segments carried as context, stride new tokens' worth of segments scored per "
-                 "window; every token, EOS and stop decision is scored exactly once",
+                 "window; every token, EOS and stop decision is scored exactly once. The context sweep repeats "
+                 "this at each C of bench.context_sweep on whole scored documents of about bench.sweep_bytes",
     "interval": "95 % paired bootstrap over documents (bench.bootstrap_resamples draws, expanded percentile "
                 "interval for few documents): every model and floor is resampled with the same draws, so a "
                 "difference's interval is paired",
@@ -238,7 +239,7 @@ def markdown(result: Any) -> str:
         if domain in quality:
             out += quality_markdown(quality[domain], result.meta.get("segmenters") or [])
         if domain in sweep:
-            out += sweep_markdown(sweep[domain])
+            out += sweep_markdown(sweep[domain], (quality.get(domain) or {}).get("sweep_docs"))
         out += ["### Speed, memory, compression", ""]
         out.append("| " + " | ".join(h for _, h, _ in cols) + " |")
         out.append("|" + "|".join("---" for _ in cols) + "|")
@@ -313,13 +314,15 @@ def quality_markdown(q: dict[str, Any], segmenters: Sequence[str]) -> list[str]:
     return out
 
 
-def sweep_markdown(sweep: dict[str, Any]) -> list[str]:
-    """Bits/byte [interval] of each model at each context C of the sweep."""
+def sweep_markdown(sweep: dict[str, Any], on: dict[str, Any] | None = None) -> list[str]:
+    """Bits/byte [interval] of each model at each context C of the sweep (``on``: the
+    documents and bytes it scored)."""
     cs = sorted(sweep, key=int)
     if len(cs) < 2:
         return []
     names = list(dict.fromkeys(n for c in cs for n in sweep[c]))
-    out = ["### Context sweep (bits/byte [95 % interval])", "",
+    where = f" on {on['n_docs']} documents, {on['bytes']} bytes" if on else ""
+    out = [f"### Context sweep (bits/byte [95 % interval]{where})", "",
            "| model | " + " | ".join(f"C = {c}" for c in cs) + " |", "|---" * (len(cs) + 1) + "|"]
     for n in names:
         cells = [f"{sweep[c][n]['estimate']:.4f} {_ci(sweep[c][n]['low'], sweep[c][n]['high'])}" if n in sweep[c]

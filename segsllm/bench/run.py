@@ -216,7 +216,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     docs = {d: q.scored_documents(data_dir, d, bcfg.split, target_bytes=bcfg.eval_bytes, min_docs=bcfg.min_docs,
                                   max_share=bcfg.max_doc_share, caps=caps) for d in domains}
     texts = {d: e.texts for d, e in docs.items()}
-    contexts, C0 = bcfg.contexts(), bcfg.context_tokens
+    C0 = bcfg.context_tokens
     budgets = _budgets(bcfg.from_dir)
     slugs = {spec: path.name.removeprefix(SLLM_PREFIX) for spec, path in arts.sllm.items()}  # budgets.json keys
 
@@ -237,7 +237,10 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     ctx_lengths = sorted(set(bcfg.context_lengths))
     baselines: list[dict[str, Any]] = []
     memory_rows: list[dict[str, Any]] = []
-    scored: dict[str, dict[int, dict[str, q.QualityResult]]] = {d: {c: {} for c in contexts} for d in domains}
+    scored: dict[str, dict[str, q.QualityResult]] = {d: {} for d in domains}  # at the headline context C0
+    sweep_cs = sorted({*bcfg.context_sweep, C0})
+    sweep_docs = {d: q.subset(docs[d], bcfg.sweep_bytes) for d in domains}  # docs[d] itself when all fit
+    swept: dict[str, dict[int, dict[str, q.QualityResult]]] = {d: {c: {} for c in sweep_cs} for d in domains}
     notes: list[str] = []  # what the sweep could not score, and why
     speed_lm: tuple[Any, Any] | None = None  # the speed reference LM, kept loaded for the interleaved pairs
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
@@ -249,31 +252,46 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             **(getattr(cfg.run, "tags", None) or {})}
 
     def score_token_lm(name: str, model: Any, tok: Any, d: str, sweep: bool = True) -> q.QualityResult:
-        """The LM at every context of the sweep (the headline one first); its headline result."""
+        """The LM at the headline context, then at every context of the sweep; its headline result."""
         limit = q.lm_context_limit(model)
-        for c in contexts if sweep else [C0]:
-            if limit is not None and c > limit:
-                if c == C0:
-                    raise ConfigError(f"bench.context_tokens={C0} is more than {name} takes ({limit} positions); "
-                                      "lower bench.context_tokens")
+        if limit is not None and limit < C0:
+            raise ConfigError(f"bench.context_tokens={C0} is more than {name} takes ({limit} positions); "
+                              "lower bench.context_tokens")
+        seed_everything(cfg.run.seed)
+        res = scored[d][name] = q.score_lm(model, tok, docs[d], context_tokens=C0, stride=bcfg.stride_for(C0),
+                                           name=name, batch_size=bcfg.lm_batch_size, device=device)
+        for c in sweep_cs if sweep else []:
+            if c == C0 and sweep_docs[d] is docs[d]:
+                swept[d][c][name] = res
+            elif limit is not None and c > limit:
                 _note(notes, f"context {c}: {name} not scored (it takes at most {limit} positions)")
+            else:
+                seed_everything(cfg.run.seed)
+                swept[d][c][name] = q.score_lm(model, tok, sweep_docs[d], context_tokens=c, stride=bcfg.stride_for(c),
+                                               name=name, batch_size=bcfg.lm_batch_size, device=device)
+        return res
+
+    def score_sllm_all(name: str, model: Any, seg: Any, tok: Any, d: str,
+                       sweep: bool = True) -> tuple[q.QualityResult, Any]:
+        """The SLLM at the headline context, then at every context of the sweep; its headline
+        result and the scored texts' segment table."""
+        table = q.sllm_table(docs[d], tok, seg)
+        seed_everything(cfg.run.seed)
+        res = scored[d][name] = q.score_sllm(model, table, docs[d], context_tokens=C0, stride=bcfg.stride_for(C0),
+                                             name=name, batch_size=bcfg.sllm_batch_size, device=device)
+        sweep_table = table if sweep_docs[d] is docs[d] else q.sllm_table(sweep_docs[d], tok, seg) if sweep else None
+        for c in sweep_cs if sweep else []:
+            if c == C0 and sweep_docs[d] is docs[d]:
+                swept[d][c][name] = res
                 continue
             seed_everything(cfg.run.seed)
-            scored[d][c][name] = q.score_lm(model, tok, docs[d], context_tokens=c, stride=bcfg.stride_for(c), name=name,
-                                            batch_size=bcfg.lm_batch_size, device=device)
-        return scored[d][C0][name]
-
-    def score_sllm_all(name: str, model: Any, table: Any, d: str, sweep: bool = True) -> q.QualityResult:
-        for c in contexts if sweep else [C0]:
-            seed_everything(cfg.run.seed)
             try:
-                scored[d][c][name] = q.score_sllm(model, table, docs[d], context_tokens=c, stride=bcfg.stride_for(c),
-                                                  name=name, batch_size=bcfg.sllm_batch_size, device=device)
+                swept[d][c][name] = q.score_sllm(model, sweep_table, sweep_docs[d], context_tokens=c,
+                                                 stride=bcfg.stride_for(c), name=name,
+                                                 batch_size=bcfg.sllm_batch_size, device=device)
             except DataError as e:  # a segment longer than a sweep context
-                if c == C0:
-                    raise
                 _note(notes, f"context {c}: {name} not scored ({e})")
-        return scored[d][C0][name]
+        return res, table
 
     with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()}) as run:
         # ---- compressor floors on exactly the scored bytes
@@ -345,9 +363,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             for n in other_units:
                 warnings.warn(mismatch_message(n, lm_dirs[n], path), stacklevel=2)
             for d in domains:
-                table = q.sllm_table(docs[d], tok, seg)
-                sq = score_sllm_all(f"{SLLM_NAME}{spec}", model, table, d)
-                q.check_same_bytes([sq, *scored[d][C0].values()])
+                sq, table = score_sllm_all(f"{SLLM_NAME}{spec}", model, seg, tok, d)
+                q.check_same_bytes(list(scored[d].values()))
                 comp = q.compression(table)
                 em, em_n = q.vae_exact_match(model.vae, table, np.arange(len(table)), bcfg.exact_match_segments,
                                              device=device)
@@ -361,10 +378,10 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     "sllm_max_window_tokens": sq.extra["max_window_tokens"],
                 }
                 for name in lm_dirs:
-                    r = scored[d][C0][name]
+                    r = scored[d][name]
                     row[f"{name}_bits_per_byte"] = r.bits_per_byte
                     row[f"{name}_token_perplexity"] = r.token_perplexity
-                matched = scored[d][C0].get(f"{MATCHED_PREFIX}{spec}")
+                matched = scored[d].get(f"{MATCHED_PREFIX}{spec}")
                 if matched is not None:
                     row["matched_bits_per_byte"] = matched.bits_per_byte
                 if bcfg.speed:
@@ -408,27 +425,28 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         speed_lm = None
 
         # ---- further seeds: the headline quality of every model, for mean ± sd
-        seed_values = {d: {name: [r.bits_per_byte] for name, r in scored[d][C0].items()} for d in domains}
+        seed_values = {d: {name: [r.bits_per_byte] for name, r in scored[d].items()} for d in domains}
         for k, seed_dir in enumerate(arts.seeds, 2):
             say(f"seed {k} of {len(arts.seeds) + 1}: {seed_dir}")
             _score_seed(find_artifacts(seed_dir, segmenters), segmenters, domains, seed_values, score_token_lm,
-                        score_sllm_all, docs, device)
+                        score_sllm_all, device)
 
         # ---- intervals: one paired bootstrap per domain over models and floors
         quality: dict[str, Any] = {}
         sweep: dict[str, Any] = {}
         for d in domains:
-            quality[d] = domain_quality(scored[d][C0], floor_docs[d], segmenters, n_resamples=bcfg.bootstrap_resamples,
+            quality[d] = domain_quality(scored[d], floor_docs[d], segmenters, n_resamples=bcfg.bootstrap_resamples,
                                         level=bcfg.level, seed=cfg.run.seed, seed_values=seed_values[d],
-                                        budgets=_model_budgets(budgets, scored[d][C0], slugs))
+                                        budgets=_model_budgets(budgets, scored[d], slugs))
             quality[d].update({
                 "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0), "n_docs": docs[d].n_docs,
                 "bytes": docs[d].total_bytes, "truncated_docs": docs[d].truncated, "doc_ids": docs[d].ids,
                 "doc_bytes": docs[d].doc_bytes.tolist(), "n_seeds": len(arts.seeds) + 1,
                 "floors_whole_set": floor_sets[d],
             })
-            sweep[d] = {str(c): sweep_point(scored[d][c], bcfg.bootstrap_resamples, bcfg.level, cfg.run.seed)
-                        for c in sorted(contexts) if scored[d][c]}
+            sweep[d] = {str(c): sweep_point(swept[d][c], bcfg.bootstrap_resamples, bcfg.level, cfg.run.seed)
+                        for c in sweep_cs if swept[d][c]}
+            quality[d]["sweep_docs"] = {"n_docs": sweep_docs[d].n_docs, "bytes": sweep_docs[d].total_bytes}
             for row in rows:
                 if row["domain"] == d:
                     _interval_columns(row, quality[d])
@@ -451,7 +469,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             "segmenters": segmenters, "domains": domains, "split": bcfg.split, "device": str(device),
             "seed": cfg.run.seed, "settings": dataclasses.asdict(bcfg), "load_average": _load_average(),
             "cpu_count": os.cpu_count(), "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0),
-            "contexts": sorted(contexts), "notes": notes, "budgets": budgets,
+            "contexts": sweep_cs, "notes": notes, "budgets": budgets,
             "seeds": [str(p) for p in arts.seeds],
             "artifacts": {"sllm": {k: str(v) for k, v in arts.sllm.items()},
                           "matched": {k: str(v) for k, v in arts.matched.items()},
@@ -483,9 +501,8 @@ def _note(notes: list[str], text: str) -> None:
 
 def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
                 values: dict[str, dict[str, list[float]]], score_lm: Callable[..., Any], score_sllm: Callable[..., Any],
-                docs: dict[str, Any], device: Any) -> None:
+                device: Any) -> None:
     """Headline bits/byte of every model of one further seed folder, appended to ``values``."""
-    from segsllm.bench import quality as q
     from segsllm.generate import load_sllm
     from segsllm.segment import build_segmenter
 
@@ -505,7 +522,7 @@ def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
         seg = build_segmenter(spec, tokenizer=tok, max_len=model.vae.config.max_len)
         for d in domains:
             name = f"{SLLM_NAME}{spec}"
-            res = score_sllm(name, model, q.sllm_table(docs[d], tok, seg), d, sweep=False)
+            res, _ = score_sllm(name, model, seg, tok, d, sweep=False)
             values[d].setdefault(name, []).append(res.bits_per_byte)
         del model
 

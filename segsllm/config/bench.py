@@ -17,7 +17,8 @@ class BenchConfig:
     more than ``max_doc_share`` of them (:mod:`segsllm.bench.selection`), the same bytes for
     every model, with the same token context ``context_tokens`` for the LM (sliding window,
     ``stride_tokens`` new tokens per window; null: half the context) and the SLLM (windows of
-    whole segments of at most that many tokens), and again at every ``context_sweep`` value.
+    whole segments of at most that many tokens), and again at every ``context_sweep`` value
+    (on whole scored documents of about ``sweep_bytes``; null: all of them).
     Intervals: a paired bootstrap over documents (``bootstrap_resamples`` draws, ``level``).
     Floors: gzip/bzip2/xz on the same bytes, and xz primed with the first ``prime_bytes`` of
     the train split (0: no primed floor). Speed: ``prompts`` prompts of ``prompt_tokens`` tokens per
@@ -40,6 +41,7 @@ class BenchConfig:
     context_tokens: int = 256  # the token context C both the LM and the SLLM are scored with
     stride_tokens: int | None = None  # new tokens scored per window (< C); None: C // 2
     context_sweep: list[int] = field(default_factory=lambda: [128, 256, 512])  # extra C values (quality only)
+    sweep_bytes: int | None = None  # the sweep scores evenly spread scored documents of about this many bytes
     bootstrap_resamples: int = 2000
     level: float = 0.95
     prime_bytes: int = 4_000_000  # train-split bytes that prime the xz floor (0: none)
@@ -79,6 +81,8 @@ class BenchConfig:
             raise ConfigError(f"bench.level must be in (0, 1), got {self.level}")
         if self.prime_bytes < 0:
             raise ConfigError(f"bench.prime_bytes must be >= 0, got {self.prime_bytes}")
+        if self.sweep_bytes is not None and self.sweep_bytes < 1:
+            raise ConfigError(f"bench.sweep_bytes must be >= 1 (or null: every scored byte), got {self.sweep_bytes}")
         if self.eval_bytes is not None and self.eval_bytes < 1:
             raise ConfigError(f"bench.eval_bytes must be >= 1 (or null: all), got {self.eval_bytes}")
         if any(n < 1 for n in self.context_lengths):
@@ -93,10 +97,6 @@ class BenchConfig:
         if self.stride_tokens is None:
             return max(1, context_tokens // 2)
         return max(1, min(context_tokens, round(self.stride_tokens * context_tokens / self.context_tokens)))
-
-    def contexts(self) -> list[int]:
-        """The headline context first, then the other sweep values in increasing order."""
-        return [self.context_tokens, *sorted(set(self.context_sweep) - {self.context_tokens})]
 
 
 def sllm_pairs(entries: list[str]) -> dict[str, str]:
