@@ -139,6 +139,18 @@ def _check_bytes(got: np.ndarray, docs: EvalDocs, who: str) -> None:
 # --------------------------------------------------------------------------- token LM
 
 
+def trained_context(lm_dir: str | Path | None) -> int | None:
+    """The window length the token LM was trained with (``lm.context_len`` of its
+    config.yaml; None when unknown)."""
+    path = Path(lm_dir) / "config.yaml" if lm_dir else None
+    if path is None or not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    value = (OmegaConf.load(path).get("lm") or {}).get("context_len")
+    return int(value) if value else None
+
+
 def lm_context_limit(model: Any) -> int | None:
     """The most input positions the token LM can take (None: unknown)."""
     from segsllm.models.token_lm import max_positions
@@ -285,7 +297,8 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
         paper_style_perplexity=math.exp(min(parts["ps_ce"] / parts["ps_n"], 700.0)) if parts["ps_n"] else math.nan,
         extra={"bits_per_byte_tokens": bits_per_byte(parts["tokens"], docs.total_bytes),
                "bits_per_byte_boundaries": bits_per_byte(parts["seg_eos"] + parts["stop"], docs.total_bytes),
-               "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0)},
+               "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0),
+               "max_window_segments": max((len(it["lengths"]) for it in items), default=0)},
     )
 
 
@@ -337,4 +350,4 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
 
 
 __all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "lm_context_limit", "score_lm", "score_sllm",
-           "scored_documents", "sllm_table", "sllm_windows", "subset", "vae_exact_match"]
+           "scored_documents", "sllm_table", "sllm_windows", "subset", "trained_context", "vae_exact_match"]

@@ -242,6 +242,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     sweep_docs = {d: q.subset(docs[d], bcfg.sweep_bytes) for d in domains}  # docs[d] itself when all fit
     swept: dict[str, dict[int, dict[str, q.QualityResult]]] = {d: {c: {} for c in sweep_cs} for d in domains}
     notes: list[str] = []  # what the sweep could not score, and why
+    over: dict[tuple[int, str, int], int] = {}  # (C, SLLM, trained max_segments) -> most segments in a window
     speed_lm: tuple[Any, Any] | None = None  # the speed reference LM, kept loaded for the interleaved pairs
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
     prompts: dict[str, list[str]] = {}
@@ -251,9 +252,14 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
 
-    def score_token_lm(name: str, model: Any, tok: Any, d: str, sweep: bool = True) -> q.QualityResult:
+    def score_token_lm(name: str, model: Any, tok: Any, d: str, sweep: bool = True,
+                       path: Path | None = None) -> q.QualityResult:
         """The LM at the headline context, then at every context of the sweep; its headline result."""
         limit = q.lm_context_limit(model)
+        trained = q.trained_context(path)
+        for c in ([C0, *sweep_cs] if sweep else [C0]):
+            if trained is not None and trained < c <= (limit or c):
+                _note(notes, f"context {c}: more than the {trained} tokens {name} was trained on")
         if limit is not None and limit < C0:
             raise ConfigError(f"bench.context_tokens={C0} is more than {name} takes ({limit} positions); "
                               "lower bench.context_tokens")
@@ -291,6 +297,10 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                                                  batch_size=bcfg.sllm_batch_size, device=device)
             except DataError as e:  # a segment longer than a sweep context
                 _note(notes, f"context {c}: {name} not scored ({e})")
+        for c, r in [(C0, res), *((c, swept[d][c].get(name)) for c in sweep_cs)]:
+            if r is not None and r.extra["max_window_segments"] > model.config.max_segments:
+                key = (c, name, model.config.max_segments)
+                over[key] = max(over.get(key, 0), int(r.extra["max_window_segments"]))
         return res, table
 
     with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()}) as run:
@@ -315,7 +325,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             model, tok = _load_lm(path, device)
             lm_toks[name] = tok
             for d in domains:
-                res = score_token_lm(name, model, tok, d)
+                res = score_token_lm(name, model, tok, d, path=path)
                 entry: dict[str, Any] = {"model": name, "domain": d, "path": str(path), **res.as_dict()}
                 entry.pop("extra", None)
                 if name == speed_ref:
@@ -341,7 +351,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             say(f"scoring the token-matched LM of {spec} ({path})")
             model, tok = _load_lm(path, device)
             for d in domains:
-                res = score_token_lm(name, model, tok, d)
+                res = score_token_lm(name, model, tok, d, path=path)
                 baselines.append({"model": name, "domain": d, "path": str(path),
                                   **{k: v for k, v in res.as_dict().items() if k != "extra"}})
             del model
@@ -423,6 +433,9 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         speed_lm = None
+
+        notes += [f"context {c}: {name} windows hold up to {n} segments, more than the {m} it was trained on"
+                  for (c, name, m), n in sorted(over.items())]
 
         # ---- further seeds: the headline quality of every model, for mean ± sd
         seed_values = {d: {name: [r.bits_per_byte] for name, r in scored[d].items()} for d in domains}
