@@ -87,6 +87,18 @@ def test_slug_and_pipeline_layout(pipeline_dir):
     assert set(find_artifacts(pipeline_dir, []).sllm) == {"punctuation", "fixed:k=8"}  # from the manifests
 
 
+def test_layout_seeds_matched_and_budgets(tmp_path):
+    from segsllm.layout import budgets_path, matched_lm_dir, seed_dirs
+
+    assert seed_dirs(tmp_path) == [tmp_path]
+    for name in ("seed-10", "seed-2", "seed-x", "seed-0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "seed-3").write_text("not a folder")
+    assert [p.name for p in seed_dirs(tmp_path)] == ["seed-0", "seed-2", "seed-10"]
+    assert matched_lm_dir(tmp_path, "fixed-k-8") == tmp_path / "lm-matched" / "fixed-k-8"
+    assert budgets_path(tmp_path) == tmp_path / "budgets.json"
+
+
 def _docs(data_dir, domain="prose", target=1500):
     return q.scored_documents(data_dir, domain, "test", target_bytes=target, min_docs=3, max_share=0.5)
 
