@@ -9,6 +9,9 @@
     DIR/vae-<slug>/            SentenceVAE of one segmenter (train-vae output)
     DIR/sllm-<slug>/           SLLM of one segmenter (finetune output)
     DIR/splitter-<teacher>/    learned segmenter taught by one teacher (train-splitter output)
+    DIR/lm-matched/<slug>/     token LM trained on as many tokens as the SLLM of <slug> (HF folder)
+    DIR/budgets.json           stage folder name -> training tokens it saw
+    DIR/seed-<k>/              one whole run per seed (``pipeline --seeds``), each laid out as DIR
     DIR/bench/                 the bench's results
 
 ``<slug>`` is :func:`segmenter_slug` of the segmenter spec as written in the list of
@@ -25,6 +28,7 @@ from pathlib import Path
 from segsllm.errors import ConfigError
 
 TOKENIZER_DIR, BASELINE_DIR, BASE_LM_DIR, BENCH_DIR = "tokenizer", "lm", "base-lm", "bench"
+MATCHED_DIR, BUDGETS_FILE, SEED_PREFIX = "lm-matched", "budgets.json", "seed-"
 VAE_PREFIX, SLLM_PREFIX, SPLITTER_PREFIX = "vae-", "sllm-", "splitter-"
 
 
@@ -54,6 +58,27 @@ def sllm_name(spec: str) -> str:
 def splitter_name(teacher: str) -> str:
     """Folder name of the learned segmenter taught by ``teacher``."""
     return SPLITTER_PREFIX + teacher
+
+
+def matched_lm_dir(run_dir: str | Path, seg_slug: str) -> Path:
+    """The token LM trained for as many tokens as the SLLM of segmenter slug ``seg_slug``."""
+    return Path(run_dir) / MATCHED_DIR / seg_slug
+
+
+def seed_dirs(run_dir: str | Path) -> list[Path]:
+    """The per-seed run folders ``<run>/seed-<k>/`` in seed order, else ``[run_dir]``."""
+    root = Path(run_dir)
+    found = []
+    for p in root.glob(f"{SEED_PREFIX}*"):
+        k = p.name[len(SEED_PREFIX):]
+        if p.is_dir() and k.isdigit():
+            found.append((int(k), p))
+    return [p for _, p in sorted(found)] or [root]
+
+
+def budgets_path(run_dir: str | Path) -> Path:
+    """``<run>/budgets.json``: stage folder name -> training tokens."""
+    return Path(run_dir) / BUDGETS_FILE
 
 
 @dataclass(frozen=True)
@@ -92,8 +117,14 @@ __all__ = [
     "BASELINE_DIR",
     "BASE_LM_DIR",
     "BENCH_DIR",
+    "BUDGETS_FILE",
+    "MATCHED_DIR",
+    "SEED_PREFIX",
     "SLLM_PREFIX",
     "PipelineLayout",
+    "budgets_path",
+    "matched_lm_dir",
+    "seed_dirs",
     "segmenter_slug",
     "sllm_name",
     "splitter_name",

@@ -9,6 +9,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -71,6 +72,8 @@ def _cfg(data_dir, pipeline_dir, out, **bench):
     b.eval_bytes, b.prompts, b.prompt_tokens, b.new_tokens = 2500, 1, 12, 8
     b.pairs, b.warmup, b.context_lengths, b.exact_match_segments = 3, 0, [16, 32, 48], 16
     b.memory_samples = 2
+    b.min_docs, b.max_doc_share, b.context_tokens, b.context_sweep = 4, 0.5, 32, [16, 32, 64]
+    b.prime_bytes, b.bootstrap_resamples = 3000, 200
     for k, v in bench.items():
         setattr(b, k, v)
     return cfg
@@ -85,32 +88,48 @@ def test_slug_and_pipeline_layout(pipeline_dir):
     assert set(find_artifacts(pipeline_dir, []).sllm) == {"punctuation", "fixed:k=8"}  # from the manifests
 
 
+def test_layout_seeds_matched_and_budgets(tmp_path):
+    from segsllm.layout import budgets_path, matched_lm_dir, seed_dirs
+
+    assert seed_dirs(tmp_path) == [tmp_path]
+    for name in ("seed-10", "seed-2", "seed-x", "seed-0"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "seed-3").write_text("not a folder")
+    assert [p.name for p in seed_dirs(tmp_path)] == ["seed-0", "seed-2", "seed-10"]
+    assert matched_lm_dir(tmp_path, "fixed-k-8") == tmp_path / "lm-matched" / "fixed-k-8"
+    assert budgets_path(tmp_path) == tmp_path / "budgets.json"
+
+
+def _docs(data_dir, domain="prose", target=1500):
+    return q.scored_documents(data_dir, domain, "test", target_bytes=target, min_docs=3, max_share=0.5)
+
+
 def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
-    """Uniform predictions make bits/byte computable by hand; both models see the same bytes."""
+    """Uniform predictions make bits/byte computable by hand: every token, EOS and stop
+    decision is scored exactly once under sliding windows; both models see the same bytes."""
     from segsllm.config.sllm import SLLMConfig
     from segsllm.data.tokenizer import encode
     from segsllm.models.sllm import SLLM
     from segsllm.segment import build_segmenter
 
-    split_bytes, texts = q.split_doc_bytes(tiny_data_dir, "prose", "test")
-    docs = q.choose_documents("prose", "test", split_bytes, 1500)
-    n_bytes = sum(len(texts[int(i)].encode("utf-8")) for i in docs.doc_index)
-    n_tok = sum(len(encode(tokenizer, texts[int(i)])) for i in docs.doc_index)
-    assert docs.n_docs >= 2 and docs.total_bytes == n_bytes
+    docs = _docs(tiny_data_dir)
+    n_bytes = sum(len(t.encode("utf-8")) for t in docs.texts)
+    n_tok = sum(len(encode(tokenizer, t)) for t in docs.texts)
+    assert docs.n_docs >= 3 and docs.total_bytes == n_bytes
 
     # Token LM with a zeroed final norm: logits 0, every target costs ln V.
     lm = _tiny_backbone(tokenizer, 0).model.eval()
     with torch.no_grad():
         lm.model.norm.weight.zero_()
     V = lm.config.vocab_size
-    rl = q.score_lm(lm, tokenizer, tiny_data_dir, docs, context_len=64)
+    rl = q.score_lm(lm, tokenizer, docs, context_tokens=32, stride=8)
     expected = (n_tok + docs.n_docs) * math.log2(V) / n_bytes  # tokens + one EOS per document
     assert rl.bits_per_byte == pytest.approx(expected, rel=1e-5)
     assert rl.token_perplexity == pytest.approx(V, rel=1e-4)
+    assert rl.doc_nats.shape == (docs.n_docs,) and rl.doc_bytes.tolist() == docs.doc_bytes.tolist()
 
     # SLLM with a zeroed decoder norm and a zero stop head: each decoder target costs ln V,
-    # each stop decision ln 2: one after every segment but a window's last, and after each
-    # document's last segment (the start vector's decision counts as the first of those).
+    # each stop decision ln 2: one before every segment, and the document's final stop.
     vae = tiny_vae(len(tokenizer), 16)
     model = SLLM(SLLMConfig(max_segments=8), vae, _tiny_backbone(tokenizer, 0).model).eval()
     with torch.no_grad():
@@ -119,21 +138,127 @@ def test_bits_per_byte_hand_computed_and_same_bytes(tiny_data_dir, tokenizer):
         model.stop_head.weight.zero_()
         model.stop_head.bias.zero_()
     seg = build_segmenter("punctuation", tokenizer=tokenizer, max_len=16)
-    table, sel = q.sllm_table(tiny_data_dir, docs, tokenizer, seg)
-    rs = q.score_sllm(model, table, docs)
-    n_seg = len(sel)
-    n_windows = sum(math.ceil(len(seg.split_ids(encode(tokenizer, texts[int(i)]))) / 8) for i in docs.doc_index)
-    assert n_windows > docs.n_docs  # several windows per document are exercised
+    table = q.sllm_table(docs, tokenizer, seg)
+    rs = q.score_sllm(model, table, docs, context_tokens=32, stride=16)
+    n_seg = len(table)
+    assert rs.extra["windows"] > docs.n_docs  # several windows per document are exercised
     nll = (n_tok + n_seg) * math.log(len(tokenizer)) + (n_seg + docs.n_docs) * math.log(2)
     assert rs.bits_per_byte == pytest.approx(nll / (math.log(2) * n_bytes), rel=1e-5)
 
     # Same documents, same bytes, same perplexity denominator (one tokenizer).
     q.check_same_bytes([rs, rl])
-    assert rs.doc_index == rl.doc_index == docs.doc_index.tolist()
+    assert rs.doc_ids == rl.doc_ids == docs.ids
     assert rs.n_bytes == rl.n_bytes == n_bytes and rs.n_tokens == rl.n_tokens
-    other = q.score_lm(lm, tokenizer, tiny_data_dir, q.choose_documents("prose", "test", split_bytes, 1))
+    sub = q.subset(docs, 600)  # the context sweep's cheaper sample: whole scored documents
+    assert q.subset(docs, None) is docs and 1 <= sub.n_docs < docs.n_docs and set(sub.ids) < set(docs.ids)
+    assert sub.total_bytes >= 600 and all(t in docs.texts for t in sub.texts)
+    other = q.score_lm(lm, tokenizer, _docs(tiny_data_dir, target=300), context_tokens=32, stride=8)
     with pytest.raises(Exception, match="different documents"):
         q.check_same_bytes([rs, other])
+
+
+def test_sliding_window_lm_scores_every_token_once_with_its_context(tiny_data_dir, tokenizer):
+    """Stride < C: each position is scored once, by the window that gives it the most
+    context C allows; with C >= the document the NLL is one plain forward pass."""
+    from segsllm.data.token_windows import IGNORE, window_bounds
+
+    for n, c, stride in ((100, 32, 8), (7, 32, 8), (65, 16, 16), (50, 20, 1)):
+        seen = np.zeros(n, dtype=int)
+        for a, b, e in window_bounds(n, c, stride):
+            assert e - a <= c and a <= b < e
+            seen[b:e] += 1
+            for p in range(b, e):  # context of position p: positions [a, p)
+                assert p - a >= min(p, c - stride)
+        assert (seen == 1).all()
+
+    docs = _docs(tiny_data_dir, "code", 800)
+    lm = _tiny_backbone(tokenizer, 5).model.eval()
+    wide = q.score_lm(lm, tokenizer, docs, context_tokens=256, stride=128)
+    for i, text in enumerate(docs.texts):  # by hand: one forward over BOS d, targets d EOS
+        from segsllm.data.tokenizer import encode
+
+        ids = encode(tokenizer, text)
+        bos, eos = tokenizer.bos_token_id or tokenizer.eos_token_id, tokenizer.eos_token_id
+        assert len(ids) + 1 <= 256
+        x = torch.tensor([[bos, *ids]])
+        t = torch.tensor([[*ids, eos]])
+        with torch.no_grad():
+            logits = lm(input_ids=x).logits
+        ref = torch.nn.functional.cross_entropy(logits[0], t[0], reduction="sum", ignore_index=IGNORE)
+        assert wide.doc_nats[i] == pytest.approx(float(ref), rel=1e-5)
+    narrow = q.score_lm(lm, tokenizer, docs, context_tokens=16, stride=4)
+    assert narrow.n_tokens == wide.n_tokens and not np.allclose(narrow.doc_nats, wide.doc_nats)
+
+
+def test_sllm_windows_hold_at_most_c_tokens_and_score_each_segment_once(tiny_data_dir, tokenizer):
+    from segsllm.bench.context import segment_window_bounds
+    from segsllm.config.sllm import SLLMConfig
+    from segsllm.errors import DataError
+    from segsllm.models.sllm import SLLM
+    from segsllm.segment import build_segmenter
+
+    lengths = np.array([5, 3, 9, 1, 1, 7, 4, 12, 2, 6])
+    for c, stride, cap in ((16, 8, None), (12, 12, None), (40, 10, 3), (12, 1, None)):
+        seen = np.zeros(lengths.size, dtype=int)
+        for a, b, e in segment_window_bounds(lengths, c, stride, cap):
+            assert lengths[a:e].sum() <= c and a <= b < e
+            assert cap is None or e - a <= cap
+            if b > 0:  # a later window scores what fits in the stride (at least one segment)
+                assert e - b == 1 or lengths[b:e].sum() <= stride
+            seen[b:e] += 1
+        assert (seen == 1).all()
+    with pytest.raises(DataError, match="does not fit"):
+        segment_window_bounds(lengths, 10, 5)
+
+    docs = _docs(tiny_data_dir, "prose", 1200)
+    seg = build_segmenter("punctuation", tokenizer=tokenizer, max_len=16)
+    table = q.sllm_table(docs, tokenizer, seg)
+    items = q.sllm_windows(table, 24, 12, None)
+    assert max(it["tokens"] for it in items) <= 24 and len(items) > docs.n_docs
+    assert sum(len(it["lengths"]) - it["offset"] for it in items) == len(table)
+    # Carried-over context: with one window per document the NLL equals the model's own
+    # forward over the whole document.
+    torch.manual_seed(3)
+    model = SLLM(SLLMConfig(max_segments=256), tiny_vae(len(tokenizer), 16), _tiny_backbone(tokenizer, 3).model).eval()
+    whole = q.score_sllm(model, table, docs, context_tokens=10_000, stride=10_000)
+    from segsllm.data.segment_windows import SegmentWindows, collate_windows
+
+    data = SegmentWindows([table], 10_000)
+    for i in range(len(data)):
+        it = data[i]
+        b = collate_windows([it], model.vae.config.pad_id)
+        with torch.no_grad():
+            out = model(b["ids"], b["lengths"], is_last=b["is_last"])
+        ref = float(out["nll_tokens"] + out["nll_seg_eos"] + out["nll_stop"])
+        doc = int(table.doc_index[int(data.index[i, 1])])
+        assert whole.doc_nats[doc] == pytest.approx(ref, rel=1e-5)
+    short = q.score_sllm(model, table, docs, context_tokens=24, stride=12)
+    assert short.n_tokens == whole.n_tokens and not np.allclose(short.doc_nats, whole.doc_nats)
+
+
+def test_identical_models_give_a_zero_difference_not_significant(tiny_data_dir, tokenizer):
+    """Bootstrap wiring: the same LM under two names differs by exactly [0, 0]; a worse model
+    (uniform predictions) is flagged."""
+    from segsllm.bench.floors import per_document_bits
+    from segsllm.bench.intervals import domain_quality
+
+    docs = _docs(tiny_data_dir, "csv", 1500)
+    lm = _tiny_backbone(tokenizer, 7).model.eval()
+    res = q.score_lm(lm, tokenizer, docs, context_tokens=32, stride=16)
+    twin = q.score_lm(lm, tokenizer, docs, context_tokens=32, stride=16, name="matched:punctuation")
+    sllm = q.score_lm(lm, tokenizer, docs, context_tokens=32, stride=16, name="sllm:punctuation")
+    sllm.doc_nats = sllm.doc_nats * 1.5  # a clearly worse "SLLM" on every document
+    out = domain_quality({"baseline": res, "matched:punctuation": twin, "sllm:punctuation": sllm},
+                         per_document_bits(docs.texts), ["punctuation"], n_resamples=300)
+    by = {(d["a"], d["b"]): d for d in out["differences"]}
+    same = by["matched:punctuation", "baseline"]
+    assert same["estimate"] == same["low"] == same["high"] == 0.0 and not same["significant"]
+    worse = by["sllm:punctuation", "baseline"]
+    assert worse["significant"] and worse["low"] > 0
+    assert worse["estimate"] == pytest.approx(0.5 * res.bits_per_byte)
+    m = out["models"]["baseline"]
+    assert m["low"] <= m["estimate"] <= m["high"] and m["kind"] == "lm"
+    assert {"floor:gzip-9", "floor:bzip2-9", "floor:xz-9e"} <= set(out["models"])
 
 
 def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_path):
@@ -171,6 +296,61 @@ def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_pat
     assert len(doc["rows"]) == 4 and {b["model"] for b in doc["baselines"]} == {"baseline"}
     assert "paper-style" in (tmp_path / "a" / "results.md").read_text().lower()
     assert "speed_quality.png" not in r2.files  # no speed measured: no speed plot
+
+
+def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipeline_dir, tmp_path):
+    """A fake matched LM (a copy of lm/) and a second seed (a copy of the run): the floors
+    are computed on exactly the scored bytes, the matched row equals the untouched LM with a
+    [0, 0] difference, seeds give mean ± sd, budgets come from budgets.json."""
+    import shutil
+
+    from segsllm.bench import floors as fl
+    from segsllm.bench.run import run_bench
+    from segsllm.data.store import iter_documents
+
+    run = tmp_path / "run"
+    seed0 = run / "seed-0"
+    shutil.copytree(pipeline_dir, seed0)
+    shutil.copytree(pipeline_dir / "lm", seed0 / "lm-matched" / "punctuation")
+    shutil.copytree(seed0, run / "seed-1")
+    (seed0 / "budgets.json").write_text(json.dumps({"lm": 1000, "sllm-punctuation": 700, "vae-punctuation": 300,
+                                                    "lm-matched/punctuation": 1700}), encoding="utf-8")
+    cfg = _cfg(tiny_data_dir, run, tmp_path / "out", speed=False, memory=False, segmenters=["punctuation"])
+    cfg.data.domains = ["code"]
+    res = run_bench(cfg)
+    qd = res.quality["code"]
+    texts = {d.id: d.text for d in iter_documents(tiny_data_dir, "code", "test")}
+    scored = [texts[i].encode()[:n].decode() for i, n in zip(qd["doc_ids"], qd["doc_bytes"], strict=True)]
+    assert sum(len(t.encode()) for t in scored) == qd["bytes"] == res.rows[0]["eval_bytes"]
+    prime = fl.fixed_prime([d.text for d in iter_documents(tiny_data_dir, "code", "train")], 3000)
+    assert qd["floors_whole_set"] == {**fl.floors(scored, prime), "prime_bytes": 3000}
+    per_doc = fl.per_document_bits(scored)
+    assert qd["models"]["floor:xz-9e"]["estimate"] == pytest.approx(per_doc["xz-9e"].sum() / qd["bytes"])
+    # The matched LM is a copy of lm/: identical per document, so its difference is exactly 0.
+    by = {(d["a"], d["b"]): d for d in qd["differences"]}
+    same = by["matched:punctuation", "baseline"]
+    assert same["low"] == same["high"] == 0.0 and not same["significant"]
+    assert {("sllm:punctuation", "baseline"), ("sllm:punctuation", "matched:punctuation")} <= set(by)
+    row = res.rows[0]
+    assert row["matched_bits_per_byte"] == row["baseline_bits_per_byte"]
+    assert row["sllm_bits_per_byte_low"] <= row["sllm_bits_per_byte"] <= row["sllm_bits_per_byte_high"]
+    assert row["context_tokens"] == 32 and row["sllm_max_window_tokens"] <= 32
+    # Two seeds (identical copies): mean ± sd with sd 0; budgets in tokens.
+    assert qd["n_seeds"] == 2 and qd["models"]["sllm:punctuation"]["seeds"] == {
+        "mean": pytest.approx(row["sllm_bits_per_byte"]), "sd": 0.0, "n": 2}
+    assert qd["models"]["baseline"]["budget"] == 1000 and qd["models"]["matched:punctuation"]["budget"] == 1700
+    assert qd["models"]["sllm:punctuation"]["vae_budget"] == 300
+    # The context sweep: every model at every C, a plot, and the tables in results.md.
+    assert set(res.context_sweep["code"]) == {"16", "32", "64"}
+    assert res.context_sweep["code"]["32"]["baseline"]["estimate"] == pytest.approx(row["baseline_bits_per_byte"])
+    assert (tmp_path / "out" / "context.png").read_bytes()[:4] == b"\x89PNG"
+    md = (tmp_path / "out" / "results.md").read_text()
+    for text in ("xz -9e (whole set)", "xz -9e primed (whole set)", "gzip -9 (per document, cold)",
+                 "token LM matched to punctuation", "Context sweep", "context C = 32 tokens", "± 0.0000 (n=2)"):
+        assert text in md, text
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert doc["quality"]["code"]["differences"][0]["significant"] in (True, False)
+    assert doc["meta"]["context_tokens"] == 32 and doc["meta"]["budgets"]["lm"] == 1000
 
 
 def test_cli_smoke_and_bad_input(tiny_data_dir, pipeline_dir, tmp_path, monkeypatch):
@@ -231,7 +411,8 @@ def test_mlflow_parent_and_child_runs(tiny_data_dir, pipeline_dir, tmp_path):
     assert parent.info.run_name == f"bench · {pipeline_dir.parent.name}/{pipeline_dir.name}"
     assert kids[0].info.run_name == "csv · fixed:k=8"
     assert "csv.sllm_bits_per_byte.fixed-k-8" in parent.data.metrics
-    assert all("/" not in k for k in parent.data.metrics), parent.data.metrics
+    # (MLflow's own system metrics, sampled while a slow run lasts, are named system/...)
+    assert all("/" not in k for k in parent.data.metrics if not k.startswith("system/")), parent.data.metrics
     table = json.loads((Path(client.download_artifacts(res.run_id, "results_table.json", str(tmp_path)))).read_text())
     # The runs page's artifact view groups by the first column and shows the second.
     assert table["columns"][:2] == ["domain · segmenter", "sllm_bits_per_byte"] and "segmenter" in table["columns"]

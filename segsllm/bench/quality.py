@@ -1,17 +1,20 @@
-"""Quality on the test split: bits/byte, token perplexity, compression, VAE exact match.
+"""Quality on the test split: bits/byte per document, token perplexity, compression, VAE exact match.
 
-Every model of a domain is scored on **the same whole documents and the same bytes**:
-:func:`choose_documents` picks them once per domain from the split's exact UTF-8 byte
-counts (independent of any tokenizer or segmenter), each scorer maps them onto its own
-segment table and checks that it covers exactly those documents, and bits/byte divides
-every model's NLL by the same exact byte total (docs/DESIGN.md §7).
+Every model of a domain is scored on **the same bytes**: :func:`scored_documents` picks the
+test documents and the prefix of each once per domain (:func:`segsllm.bench.selection.select_scored`:
+at least ``min_docs`` documents, none more than ``max_share`` of the scored bytes), every
+scorer tokenises exactly those texts, and every bits/byte divides by their exact UTF-8 bytes
+(checked, docs/DESIGN.md §7). Every scorer returns the NLL **per document**, the unit the
+paired bootstrap (:mod:`segsllm.stats`) resamples.
 
-- Token LM (:func:`score_lm`): each document is ``BOS d EOS``, windows of the LM's own
-  ``context_len``/stride (:mod:`segsllm.data.token_windows`); NLL over the document's tokens and
-  its final EOS.
-- SLLM (:func:`score_sllm`): windows of ``max_segments`` segments, teacher-forced
-  (:meth:`segsllm.models.sllm.SLLM.forward`); NLL over every segment's tokens and EOS plus
-  every stop decision. Token perplexity divides by document tokens + 1 per document, the
+Both models see the same token context ``C`` (:mod:`segsllm.bench.context`):
+
+- Token LM (:func:`score_lm`): each document is ``BOS d EOS``, a sliding window of ``C``
+  positions and ``stride`` new ones per window; NLL over the document's tokens and its EOS.
+- SLLM (:func:`score_sllm`): windows of whole segments whose tokens sum to at most ``C``,
+  teacher-forced (:meth:`segsllm.models.sllm.SLLM.forward`), earlier segments carried as
+  context; NLL over every scored segment's tokens and EOS plus its stop decision (and the
+  document's final stop). Token perplexity divides by document tokens + 1 per document, the
   LM's denominator; the paper-style perplexity is reported for comparison only.
 """
 
@@ -30,202 +33,272 @@ from segsllm.errors import DataError
 
 @dataclass
 class EvalDocs:
-    """The documents of one domain/split every model is scored on."""
+    """The scored documents of one domain/split: every model is scored on exactly these texts."""
 
     domain: str
     split: str
-    doc_index: np.ndarray  # (D,) sorted indices of the documents in their split
-    doc_bytes: np.ndarray  # (D,) their exact UTF-8 byte counts
-    split_bytes: np.ndarray  # (N,) byte count of every document of the split (index = doc index)
+    ids: list[str]  # (D,) document ids
+    texts: list[str]  # (D,) the scored text of each (a prefix when capped)
+    doc_bytes: np.ndarray  # (D,) exact UTF-8 bytes of each scored text
+    full_bytes: np.ndarray  # (D,) UTF-8 bytes of each whole document
 
     @property
     def n_docs(self) -> int:
-        return int(self.doc_index.shape[0])
+        return len(self.ids)
 
     @property
     def total_bytes(self) -> int:
         return int(self.doc_bytes.sum())
 
+    @property
+    def truncated(self) -> int:
+        """Documents scored as a prefix (cut to the share cap or the byte budget)."""
+        return int((self.doc_bytes < self.full_bytes).sum())
+
 
 @dataclass
 class QualityResult:
-    """Summed NLL and the metrics derived from it, for one model on one :class:`EvalDocs`."""
+    """Per-document NLL and the metrics derived from it, for one model on one :class:`EvalDocs`."""
 
-    model: str  # "sllm" | "baseline" | "base_lm"
-    nll_nats: float
-    n_bytes: int  # exact UTF-8 bytes of the documents (the bits/byte denominator)
+    model: str  # "baseline" | "base_lm" | "matched:<spec>" | "sllm:<spec>"
+    doc_nats: np.ndarray  # (D,) NLL per document, nats
+    doc_bytes: np.ndarray  # (D,) bytes per document (the same for every model)
+    doc_ids: list[str]
     n_tokens: int  # perplexity denominator: document tokens + 1 per document
-    n_docs: int
-    bits_per_byte: float
-    token_perplexity: float
+    context_tokens: int
+    stride_tokens: int
     paper_style_perplexity: float = math.nan  # SLLM only, "paper-style" (labelled everywhere)
-    doc_index: list[int] = field(default_factory=list)  # the documents scored (for checks)
     extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def nll_nats(self) -> float:
+        return float(self.doc_nats.sum())
+
+    @property
+    def n_bytes(self) -> int:
+        return int(self.doc_bytes.sum())
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.doc_ids)
+
+    @property
+    def bits_per_byte(self) -> float:
+        from segsllm.metrics import bits_per_byte
+
+        return bits_per_byte(self.nll_nats, self.n_bytes)
+
+    @property
+    def token_perplexity(self) -> float:
+        from segsllm.metrics import token_perplexity
+
+        return token_perplexity(self.nll_nats, self.n_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.pop("doc_index")
+        for k in ("doc_nats", "doc_bytes", "doc_ids"):
+            d.pop(k)
+        d.update(nll_nats=self.nll_nats, n_bytes=self.n_bytes, n_docs=self.n_docs, bits_per_byte=self.bits_per_byte,
+                 token_perplexity=self.token_perplexity)
         return d
 
 
-def split_doc_bytes(data_dir: str | Path, domain: str, split: str, max_docs: int | None = None,
-                    max_doc_bytes: int | None = None) -> tuple[np.ndarray, list[str]]:
-    """(N,) UTF-8 bytes of every document of a split, and their texts, in stored order
-    (the order of ``doc_index`` in segment tables)."""
+def scored_documents(data_dir: str | Path, domain: str, split: str, *, target_bytes: int | None, min_docs: int = 20,
+                     max_share: float = 1 / 8, caps: Mapping[str, Any] | None = None) -> EvalDocs:
+    """The documents (and prefixes) of a split every model is scored on (module docstring)."""
+    from segsllm.bench.selection import select_scored
     from segsllm.data.store import iter_documents
 
-    texts = [d.text for d in iter_documents(data_dir, domain, split, max_docs, max_doc_bytes)]
-    return np.asarray([len(t.encode("utf-8")) for t in texts], dtype=np.int64), texts
+    docs = [(d.id, d.text) for d in iter_documents(data_dir, domain, split, **dict(caps or {}))]
+    chosen = select_scored(docs, target_bytes, min_docs=min_docs, max_share=max_share)
+    if not chosen:
+        raise DataError(f"{domain}: the {split} split has no non-empty document to evaluate")
+    return EvalDocs(domain, split, [c.id for c in chosen], [c.text for c in chosen],
+                    np.asarray([c.n_bytes for c in chosen], dtype=np.int64),
+                    np.asarray([c.full_bytes for c in chosen], dtype=np.int64))
 
 
-def choose_documents(domain: str, split: str, split_bytes: np.ndarray, max_bytes: int | None) -> EvalDocs:
-    """Whole non-empty documents, evenly spread over the split, about ``max_bytes`` in total
-    (all when None). Deterministic; depends on byte counts only."""
+def subset(docs: EvalDocs, max_bytes: int | None) -> EvalDocs:
+    """Whole scored documents, evenly spread, about ``max_bytes`` in all (``docs`` itself
+    when they all fit): the cheaper sample a context sweep scores."""
     from segsllm.data.token_windows import pick_documents
 
-    nonempty = np.flatnonzero(split_bytes > 0)
-    if nonempty.size == 0:
-        raise DataError(f"{domain}: the {split} split has no non-empty document to evaluate")
-    rows = nonempty[pick_documents(split_bytes[nonempty], max_bytes)]
-    return EvalDocs(domain, split, rows.astype(np.int64), split_bytes[rows], split_bytes)
+    rows = pick_documents(docs.doc_bytes, max_bytes)
+    if rows.size == docs.n_docs:
+        return docs
+    return EvalDocs(docs.domain, docs.split, [docs.ids[i] for i in rows], [docs.texts[i] for i in rows],
+                    docs.doc_bytes[rows], docs.full_bytes[rows])
 
 
-def _check_same_docs(covered: np.ndarray, docs: EvalDocs, who: str) -> None:
-    got = np.unique(covered)
-    if not np.array_equal(got, docs.doc_index):
-        raise DataError(f"{docs.domain}: {who} covers {got.size} documents, expected the {docs.n_docs} "
-                        "chosen ones (same documents for every model)")
+def _check_bytes(got: np.ndarray, docs: EvalDocs, who: str) -> None:
+    if got.shape != docs.doc_bytes.shape or not np.array_equal(got, docs.doc_bytes):
+        raise DataError(f"{docs.domain}: {who} covers {int(np.sum(got))} bytes in {got.size} documents, expected "
+                        f"{docs.total_bytes} in {docs.n_docs} (same bytes for every model)")
 
 
 # --------------------------------------------------------------------------- token LM
 
 
-def lm_eval_settings(lm_dir: str | Path | None, model: Any) -> tuple[int, int]:
-    """(context_len, stride) the token LM was evaluated with by ``train-lm`` (its
-    config.yaml), capped at its positions; defaults of :class:`LMConfig` otherwise."""
-    from segsllm.config.lm import LMConfig
+def trained_context(lm_dir: str | Path | None) -> int | None:
+    """The window length the token LM was trained with (``lm.context_len`` of its
+    config.yaml; None when unknown)."""
+    path = Path(lm_dir) / "config.yaml" if lm_dir else None
+    if path is None or not path.is_file():
+        return None
+    from omegaconf import OmegaConf
+
+    value = (OmegaConf.load(path).get("lm") or {}).get("context_len")
+    return int(value) if value else None
+
+
+def lm_context_limit(model: Any) -> int | None:
+    """The most input positions the token LM can take (None: unknown)."""
     from segsllm.models.token_lm import max_positions
 
-    ctx, stride = LMConfig().context_len, None
-    path = Path(lm_dir) / "config.yaml" if lm_dir else None
-    if path is not None and path.is_file():
-        from omegaconf import OmegaConf
-
-        lm = OmegaConf.load(path).get("lm") or {}
-        ctx = int(lm.get("context_len") or ctx)
-        stride = lm.get("eval_stride")
-    limit = max_positions(model)
-    if limit is not None:
-        ctx = min(ctx, limit)
-    stride = min(int(stride), ctx) if stride else ctx
-    return ctx, stride
+    return max_positions(model)
 
 
-def score_lm(model: Any, tokenizer: Any, data_dir: str | Path, docs: EvalDocs, *, name: str = "baseline",
-             context_len: int = 256, stride: int | None = None, batch_size: int = 8, device: Any = "cpu",
-             caps: Mapping[str, Any] | None = None) -> QualityResult:
-    """bits/byte and token perplexity of a ``*ForCausalLM`` on ``docs``."""
+def score_lm(model: Any, tokenizer: Any, docs: EvalDocs, *, context_tokens: int, stride: int, name: str = "baseline",
+             batch_size: int = 8, device: Any = "cpu") -> QualityResult:
+    """Per-document NLL of a ``*ForCausalLM`` on ``docs``: sliding windows of ``context_tokens``."""
     import torch
+    import torch.nn.functional as F
 
-    from segsllm.data.batches import move_to
+    from segsllm.data.segments import build_segment_table
     from segsllm.data.token_windows import (
+        IGNORE,
         DocumentSpans,
         TokenWindows,
+        _WholeDocument,
         collate_windows,
-        token_streams,
     )
     from segsllm.data.vocab import vocab_bytes
-    from segsllm.metrics import bits_per_byte, token_perplexity
-    from segsllm.models.token_lm import lm_loss, special_ids
+    from segsllm.models.token_lm import special_ids
 
-    table = token_streams(data_dir, docs.domain, docs.split, tokenizer, **dict(caps or {}))
+    limit = lm_context_limit(model)
+    if limit is not None and context_tokens > limit:
+        raise DataError(f"{name} takes at most {limit} positions, asked to score with a context of {context_tokens}")
+    table = build_segment_table(docs.texts, tokenizer, _WholeDocument(), docs.domain)
     spans = DocumentSpans.from_table(table)
-    rows = np.flatnonzero(np.isin(spans.doc_index, docs.doc_index))
-    spans = spans.subset(rows)
-    _check_same_docs(spans.doc_index, docs, name)
+    if not np.array_equal(spans.doc_index, np.arange(docs.n_docs)):
+        raise DataError(f"{docs.domain}: {name} found no tokens in some scored document")
     bos, eos, pad = special_ids(tokenizer)
-    windows = TokenWindows(spans, context_len=context_len, bos_id=bos, eos_id=eos, stride=stride,
-                              token_bytes=vocab_bytes(tokenizer).lengths.copy(), doc_bytes=docs.split_bytes,
-                              domain=docs.domain)
-    if int(windows.n_bytes.sum()) != docs.total_bytes:  # exact per-document bytes by construction
-        raise DataError(f"{docs.domain}: {name} windows hold {int(windows.n_bytes.sum())} bytes, "
-                        f"the documents {docs.total_bytes}")
+    windows = TokenWindows(spans, context_len=context_tokens, bos_id=bos, eos_id=eos, stride=stride,
+                           token_bytes=vocab_bytes(tokenizer).lengths.copy(), doc_bytes=docs.doc_bytes,
+                           domain=docs.domain)
+    _check_bytes(np.bincount(windows.row, weights=windows.n_bytes, minlength=docs.n_docs).astype(np.int64), docs, name)
+    doc_nats = np.zeros(docs.n_docs, dtype=np.float64)  # (D,)
     was_training = model.training
     model.eval()
-    nll, n_tok = 0.0, 0
+    dev = torch.device(device)
     try:
         with torch.no_grad():
             for start in range(0, len(windows), batch_size):
-                batch = collate_windows([windows[i] for i in range(start, min(start + batch_size, len(windows)))],
-                                        pad_id=pad)
-                _, stats = lm_loss(model, move_to(batch, torch.device(device)))
-                nll += stats["nll_sum"]
-                n_tok += int(stats["n_tokens"])
+                rows = range(start, min(start + batch_size, len(windows)))
+                batch = collate_windows([windows[i] for i in rows], pad_id=pad)
+                logits = model(input_ids=batch["input_ids"].to(dev), use_cache=False).logits  # (B, T, V)
+                labels = batch["labels"].to(dev)  # (B, T)
+                nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
+                                      reduction="none")  # (B, T)
+                np.add.at(doc_nats, windows.row[list(rows)], nll.sum(1).double().cpu().numpy())
     finally:
         model.train(was_training)
-    return QualityResult(model=name, nll_nats=nll, n_bytes=docs.total_bytes, n_tokens=n_tok, n_docs=docs.n_docs,
-                         bits_per_byte=bits_per_byte(nll, docs.total_bytes),
-                         token_perplexity=token_perplexity(nll, n_tok),
-                         doc_index=spans.doc_index.tolist())
+    n_tok = int(spans.lengths.sum()) + docs.n_docs
+    if windows.n_targets != n_tok:  # pragma: no cover - window_bounds tiles by construction
+        raise DataError(f"{docs.domain}: {name} scored {windows.n_targets} positions, expected {n_tok}")
+    return QualityResult(model=name, doc_nats=doc_nats, doc_bytes=docs.doc_bytes.copy(), doc_ids=list(docs.ids),
+                         n_tokens=n_tok, context_tokens=context_tokens, stride_tokens=stride)
 
 
 # --------------------------------------------------------------------------- SLLM
 
 
-SLLM_SUMS = ("nll_tokens", "nll_seg_eos", "nll_stop", "n_tokens", "n_segments", "n_docs", "ps_ce_sum", "ps_count",
-             "n_correct", "n_targets")
+def sllm_table(docs: EvalDocs, tokenizer: Any, segmenter: Any) -> Any:
+    """The scored texts cut by ``segmenter`` (a :class:`~segsllm.data.segments.SegmentTable`,
+    document ``i`` = ``docs.texts[i]``)."""
+    from segsllm.data.segments import build_segment_table
+
+    return build_segment_table(docs.texts, tokenizer, segmenter, docs.domain)
 
 
-def sllm_table(data_dir: str | Path, docs: EvalDocs, tokenizer: Any, segmenter: Any,
-               caps: Mapping[str, Any] | None = None) -> tuple[Any, np.ndarray]:
-    """The split's segment table under ``segmenter`` and the (S',) indices of the segments
-    of the chosen documents."""
-    from segsllm.data.segments import load_segments
+def sllm_windows(table: Any, context_tokens: int, stride: int, max_segments: int | None) -> list[dict[str, Any]]:
+    """Every equal-context window of ``table`` as an item for
+    :func:`segsllm.data.segment_windows.collate_windows` + ``doc``, ``offset`` (first scored
+    slot) and ``tokens`` (the window's segment tokens, at most ``context_tokens``)."""
+    from segsllm.bench.context import segment_window_bounds
+    from segsllm.data.segment_windows import document_bounds
 
-    table = load_segments(data_dir, docs.domain, docs.split, tokenizer, segmenter, **dict(caps or {}))
-    sel = np.flatnonzero(np.isin(np.asarray(table.doc_index), docs.doc_index))
-    return table, sel
+    lengths = np.asarray(table.lengths, dtype=np.int64)
+    starts = np.asarray(table.starts, dtype=np.int64)
+    seg_doc = np.asarray(table.doc_index)
+    items = []
+    for lo, hi in document_bounds(table).tolist():
+        for a, b, e in segment_window_bounds(lengths[lo:hi], context_tokens, stride, max_segments):
+            s0, s1 = lo + a, lo + e
+            tok0, n_tok = int(starts[s0]), int(lengths[s0:s1].sum())
+            items.append({"ids": np.asarray(table.ids[tok0 : tok0 + n_tok], dtype=np.int64),
+                          "lengths": lengths[s0:s1], "n_bytes": int(np.asarray(table.n_bytes[lo + b : s1]).sum()),
+                          "is_first": a == 0, "is_last": s1 == hi, "doc": int(seg_doc[lo]), "offset": b - a,
+                          "tokens": n_tok})
+    return items
 
 
-def score_sllm(model: Any, table: Any, docs: EvalDocs, *, batch_size: int = 4, device: Any = "cpu") -> QualityResult:
-    """bits/byte, token perplexity and the paper-style perplexity of an SLLM on ``docs``
-    (``table``: the split cut by the SLLM's segmenter, see :func:`sllm_table`)."""
+def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, stride: int, name: str = "sllm",
+               batch_size: int = 4, device: Any = "cpu") -> QualityResult:
+    """Per-document NLL of an SLLM on ``docs`` (``table``: the texts cut by its segmenter,
+    :func:`sllm_table`) with windows of at most ``context_tokens`` segment tokens."""
     import torch
 
-    from segsllm.data.batches import move_to
-    from segsllm.data.segment_windows import SegmentWindows, collate_windows
-    from segsllm.metrics import bits_per_byte, token_perplexity
+    from segsllm.data.segment_windows import collate_windows
 
-    data = SegmentWindows([table], model.config.max_segments)
-    window_doc = np.asarray(table.doc_index)[data.index[:, 1]]  # (W,) document of each window
-    keep = np.isin(window_doc, docs.doc_index)
-    data.index = data.index[keep]
-    _check_same_docs(window_doc[keep], docs, "the SLLM")
+    limit = model.max_positions
+    items = sllm_windows(table, context_tokens, stride, (limit - 1) if limit else None)
+    seg_doc = np.asarray(table.doc_index)
+    _check_bytes(np.bincount(seg_doc, weights=np.asarray(table.n_bytes), minlength=docs.n_docs).astype(np.int64),
+                 docs, name)
+    D = docs.n_docs
+    doc_nats = np.zeros(D, dtype=np.float64)  # (D,)
+    parts = dict.fromkeys(("tokens", "seg_eos", "stop", "ps_ce", "ps_n"), 0.0)
     pad = model.vae.config.pad_id
-    sums = dict.fromkeys(SLLM_SUMS, 0.0)
+    dev = torch.device(device)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(data), batch_size):
-                batch = collate_windows([data[i] for i in range(start, min(start + batch_size, len(data)))], pad)
-                batch = move_to(batch, torch.device(device))
-                out = model(batch["ids"], batch["lengths"], is_last=batch["is_last"])
-                for k in SLLM_SUMS:
-                    sums[k] += float(out[k])
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                batch = collate_windows(chunk, pad)
+                out = model(batch["ids"].to(dev), batch["lengths"].to(dev), is_last=batch["is_last"].to(dev),
+                            return_details=True)
+                seg_nll = out["seg_nll"].double().cpu().numpy()  # (B, S)
+                eos_nll = out["seg_eos_nll"].double().cpu().numpy()  # (B, S)
+                stop_nll = out["stop_nll"].double().cpu().numpy()  # (B, S+1), 0 where not scored
+                for r, it in enumerate(chunk):
+                    o, k = it["offset"], len(it["lengths"])
+                    seg = seg_nll[r, o:k]
+                    stop = stop_nll[r, o : k + 1].sum()  # the decision before each scored segment (+ final stop)
+                    doc_nats[it["doc"]] += seg.sum() + stop
+                    parts["tokens"] += seg.sum() - eos_nll[r, o:k].sum()
+                    parts["seg_eos"] += eos_nll[r, o:k].sum()
+                    parts["stop"] += stop
+                    mean_ce = seg / (np.asarray(it["lengths"][o:k]) + 1.0)  # paper-style: per-segment mean CE
+                    if it["is_first"] and o == 0:
+                        mean_ce = mean_ce[1:]  # each document's first segment excluded
+                    parts["ps_ce"] += mean_ce.sum()
+                    parts["ps_n"] += mean_ce.size
     finally:
         model.train(was_training)
-    nll = sums["nll_tokens"] + sums["nll_seg_eos"] + sums["nll_stop"]
-    n_tok = int(sums["n_tokens"] + sums["n_docs"])  # the token LM's denominator: tokens + final EOS
+    from segsllm.metrics import bits_per_byte
+
+    n_tok = int(np.asarray(table.lengths).sum()) + D
     return QualityResult(
-        model="sllm", nll_nats=nll, n_bytes=docs.total_bytes, n_tokens=n_tok, n_docs=docs.n_docs,
-        bits_per_byte=bits_per_byte(nll, docs.total_bytes), token_perplexity=token_perplexity(nll, n_tok),
-        paper_style_perplexity=math.exp(min(sums["ps_ce_sum"] / sums["ps_count"], 700.0))
-        if sums["ps_count"] else math.nan,
-        doc_index=np.unique(window_doc[keep]).tolist(),
-        extra={"bits_per_byte_tokens": bits_per_byte(sums["nll_tokens"], docs.total_bytes),
-               "bits_per_byte_boundaries": bits_per_byte(sums["nll_seg_eos"] + sums["nll_stop"], docs.total_bytes),
-               "decoder_token_accuracy": sums["n_correct"] / max(sums["n_targets"], 1.0)},
+        model=name, doc_nats=doc_nats, doc_bytes=docs.doc_bytes.copy(), doc_ids=list(docs.ids), n_tokens=n_tok,
+        context_tokens=context_tokens, stride_tokens=stride,
+        paper_style_perplexity=math.exp(min(parts["ps_ce"] / parts["ps_n"], 700.0)) if parts["ps_n"] else math.nan,
+        extra={"bits_per_byte_tokens": bits_per_byte(parts["tokens"], docs.total_bytes),
+               "bits_per_byte_boundaries": bits_per_byte(parts["seg_eos"] + parts["stop"], docs.total_bytes),
+               "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0),
+               "max_window_segments": max((len(it["lengths"]) for it in items), default=0)},
     )
 
 
@@ -235,7 +308,7 @@ def check_same_bytes(results: list[QualityResult]) -> None:
         return
     ref = results[0]
     for r in results[1:]:
-        if r.doc_index != ref.doc_index or r.n_bytes != ref.n_bytes:
+        if r.doc_ids != ref.doc_ids or not np.array_equal(r.doc_bytes, ref.doc_bytes):
             raise DataError(f"{r.model} and {ref.model} were scored on different documents or bytes "
                             f"({r.n_docs} docs/{r.n_bytes} B vs {ref.n_docs} docs/{ref.n_bytes} B)")
 
@@ -243,11 +316,12 @@ def check_same_bytes(results: list[QualityResult]) -> None:
 # --------------------------------------------------------------------------- compression, exact match
 
 
-def compression(table: Any, sel: np.ndarray) -> dict[str, float]:
-    """Mean, p50, p95, max tokens per segment over the selected segments."""
+def compression(table: Any, sel: np.ndarray | None = None) -> dict[str, float]:
+    """Mean, p50, p95, max tokens per segment over the selected segments (all when None)."""
     from segsllm.metrics import length_stats
 
-    return length_stats(np.asarray(table.lengths)[sel])
+    lengths = np.asarray(table.lengths)
+    return length_stats(lengths if sel is None else lengths[sel])
 
 
 def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *, batch_size: int = 64,
@@ -275,5 +349,5 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
     return hits / len(refs), len(refs)
 
 
-__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "choose_documents", "compression", "lm_eval_settings",
-           "score_lm", "score_sllm", "sllm_table", "split_doc_bytes", "vae_exact_match"]
+__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "lm_context_limit", "score_lm", "score_sllm",
+           "scored_documents", "sllm_table", "sllm_windows", "subset", "trained_context", "vae_exact_match"]

@@ -3,8 +3,15 @@
 Plots (matplotlib, Agg backend, imported only here):
 - ``speed_quality.png`` — one panel per domain: speedup against bits/byte, one point per
   segmenter: the FLOP speedup (filled), the wall-clock median with its IQR (hollow, bar) and
-  the analytic bound (×); the token baseline at 1×; lower-right is better.
+  the analytic bound (×); the token baseline at 1×; lower-right is better; the compressor
+  floors as vertical reference lines.
+- ``context.png`` — one panel per domain: bits/byte (95 % interval) against the token context
+  C of the sweep, a line per model, the compressor floors as horizontal reference lines.
 - ``memory.png`` — one panel per domain: KV-cache KB against context tokens, one line per model.
+
+results.md has per domain a quality table (floors, untouched LM, matched LM, each SLLM, each
+with its 95 % paired-bootstrap interval, mean ± sd over seeds, training budget), the paired
+differences (``*``: the interval excludes 0), the context sweep, then the speed/memory table.
 """
 
 from __future__ import annotations
@@ -18,8 +25,30 @@ from pathlib import Path
 from typing import Any
 
 DEFINITIONS = {
-    "bits_per_byte": "NLL (nats) / (ln 2 x UTF-8 bytes of the same test documents); SLLM NLL = segment tokens + "
+    "bits_per_byte": "NLL (nats) / (ln 2 x UTF-8 bytes of the same scored test bytes); SLLM NLL = segment tokens + "
                      "segment EOS + stop decisions; token LM NLL = document tokens + final EOS",
+    "scored bytes": "at least bench.min_docs test documents per domain (where the split has them), taken in a fixed "
+                    "sha256(id) order until about bench.eval_bytes bytes, each cut (after a line end) so that none is "
+                    "more than bench.max_doc_share of the scored bytes; every model and floor scores exactly these",
+    "context C": "every model is scored with the same token context C: the token LM with a sliding window of C "
+                 "positions (BOS included) that scores stride new tokens per window (the first window all of its C), "
+                 "the SLLM with windows of whole segments whose tokens sum to at most C (and at most its backbone's "
+                 "positions), earlier segments carried as context, stride new tokens' worth of segments scored per "
+                 "window; every token, EOS and stop decision is scored exactly once. The context sweep repeats "
+                 "this at each C of bench.context_sweep on whole scored documents of about bench.sweep_bytes",
+    "interval": "95 % paired bootstrap over documents (bench.bootstrap_resamples draws, expanded percentile "
+                "interval for few documents): every model and floor is resampled with the same draws, so a "
+                "difference's interval is paired",
+    "difference": "bits/byte of a minus b on the same bytes (negative: a is better); * = its interval excludes 0. "
+                  "sllm - lm: the SLLM against the untouched lm stage it started from; sllm - matched: against the "
+                  "token LM trained on as many tokens; segmenter - segmenter: SLLM against SLLM",
+    "seeds": "mean +- sample sd of bits/byte over the seed-<k> folders of the run (pipeline --seeds), beside the "
+             "bootstrap interval of the first seed",
+    "budget": "training tokens of each model's stage, from the run's budgets.json (the VAE's pre-training beside)",
+    "floors": "gzip -9, bzip2 -9, xz -9e on exactly the scored bytes: whole set = the concatenation compressed once; "
+              "per document = each document compressed on its own (cold start, like the models; headers included), "
+              "with its interval; xz primed = size(xz(prime + scored)) - size(xz(prime)), prime = the first "
+              "bench.prime_bytes of the train split (whole set only)",
     "token_perplexity": "exp(NLL / (document tokens + 1 per document)), same tokenizer on both sides",
     "sllm_paper_style_perplexity": "PAPER-STYLE, for comparison with the paper only: exp(mean over segments of "
                                    "per-segment mean decoder CE), first segment of each window excluded",
@@ -55,7 +84,11 @@ DEFINITIONS = {
 COLUMNS = [
     ("segmenter", "segmenter", "{}"),
     ("sllm_bits_per_byte", "SLLM bits/B", "{:.4f}"),
+    ("sllm_ci", "SLLM 95 %", "{}"),
     ("baseline_bits_per_byte", "LM bits/B", "{:.4f}"),
+    ("diff_vs_lm", "SLLM−LM", "{}"),
+    ("matched_bits_per_byte", "matched bits/B", "{:.4f}"),
+    ("diff_vs_matched", "SLLM−matched", "{}"),
     ("base_lm_bits_per_byte", "base bits/B", "{:.4f}"),
     ("sllm_token_perplexity", "SLLM tok ppl", "{:.2f}"),
     ("baseline_token_perplexity", "LM tok ppl", "{:.2f}"),
@@ -87,6 +120,10 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
     """A table cell; speed cells of an n/a row read ``n/a``."""
     if row.get("speed_na") and key in SPEED_KEYS:
         return "n/a"
+    if key == "sllm_ci":
+        return _ci(row.get("sllm_bits_per_byte_low"), row.get("sllm_bits_per_byte_high"))
+    if key in ("diff_vs_lm", "diff_vs_matched"):
+        return _signed(row.get(key), row.get(f"{key}_low"), row.get(f"{key}_high"), row.get(f"{key}_significant"))
     if key == "speedup_iqr":
         lo, hi = row.get("speedup_q25"), row.get("speedup_q75")
         return "–" if not (_finite(lo) and _finite(hi)) else f"{lo:.2f}–{hi:.2f}" + (" ⚠" if row.get("speedup_noisy")
@@ -96,6 +133,18 @@ def _cell(row: dict[str, Any], key: str, fmt: str) -> str:
 
 SPEED_KEYS = {"speedup_flops", "sllm_flops_per_token", "baseline_flops_per_token", "speedup", "speedup_iqr", "bound",
               "speedup_over_bound", "sllm_tokens_per_s", "baseline_tokens_per_s"}
+
+
+def _ci(lo: Any, hi: Any) -> str:
+    return f"[{lo:.4f}, {hi:.4f}]" if _finite(lo) and _finite(hi) else "–"
+
+
+def _signed(est: Any, lo: Any, hi: Any, significant: Any) -> str:
+    """``+0.0123 [+0.0010, +0.0230] *`` (``*``: the interval excludes 0)."""
+    if not _finite(est):
+        return "–"
+    ci = f" [{lo:+.4f}, {hi:+.4f}]" if _finite(lo) and _finite(hi) else ""
+    return f"{est:+.4f}{ci}" + (" *" if significant else "")
 
 
 def _fmt(value: Any, fmt: str) -> str:
@@ -108,10 +157,12 @@ def _fmt(value: Any, fmt: str) -> str:
 
 
 # The terminal table keeps the headline columns; results.md/csv hold all of them.
-TERMINAL = ("segmenter", "sllm_bits_per_byte", "baseline_bits_per_byte", "base_lm_bits_per_byte", "speedup_flops",
+TERMINAL = ("segmenter", "sllm_bits_per_byte", "baseline_bits_per_byte", "diff_vs_lm", "matched_bits_per_byte",
+            "diff_vs_matched", "base_lm_bits_per_byte", "speedup_flops",
             "speedup", "speedup_iqr", "bound", "gen_segment_len", "gen_eos_share", "sllm_kv_bytes_per_token",
             "baseline_kv_bytes_per_token", "mean_segment_len", "vae_exact_match")
-SHORT = {"speedup_flops": "FLOP x", "speedup": "wall x", "speedup_iqr": "IQR", "gen_eos_share": "EOS",
+SHORT = {"diff_vs_lm": "−LM", "diff_vs_matched": "−matched", "matched_bits_per_byte": "matched b/B",
+         "speedup_flops": "FLOP x", "speedup": "wall x", "speedup_iqr": "IQR", "gen_eos_share": "EOS",
          "sllm_bits_per_byte": "SLLM b/B", "baseline_bits_per_byte": "LM b/B", "base_lm_bits_per_byte": "base b/B",
          "sllm_kv_bytes_per_token": "SLLM KV/tok", "baseline_kv_bytes_per_token": "LM KV/tok",
          "mean_segment_len": "len", "vae_exact_match": "VAE EM"}
@@ -122,6 +173,8 @@ def _columns(rows: Sequence[dict[str, Any]], keys: Sequence[str] | None = None) 
     have = set().union(*(r.keys() for r in rows)) if rows else set()
     if "speedup_q25" in have:
         have.add("speedup_iqr")
+    if "sllm_bits_per_byte_low" in have:
+        have.add("sllm_ci")
     return [c for c in COLUMNS if c[0] in have and (keys is None or c[0] in keys)]
 
 
@@ -142,19 +195,28 @@ def _by_domain(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]
     return out
 
 
+def _terminal_cell(row: dict[str, Any], key: str, fmt: str) -> str:
+    """A narrower cell for the terminal: a difference without its interval (``*`` kept)."""
+    if key in ("diff_vs_lm", "diff_vs_matched") and _finite(row.get(key)):
+        return f"{row[key]:+.3f}" + ("*" if row.get(f"{key}_significant") else "")
+    return _cell(row, key, fmt)
+
+
 def rich_table(result: Any) -> Any:
     """One rich Table, a section per domain."""
     from rich.table import Table
 
     cols = _columns(result.rows, TERMINAL)
-    table = Table(title=f"bench on the {result.meta.get('split', 'test')} split ({result.meta.get('device', '')}); "
-                        "all columns in results.md")
+    ctx = result.meta.get("context_tokens")
+    table = Table(title=f"bench on the {result.meta.get('split', 'test')} split ({result.meta.get('device', '')})"
+                        + (f", context C = {ctx} tokens for every model" if ctx else "")
+                        + "; * = 95 % interval excludes 0; all columns and floors in results.md")
     table.add_column("domain")
     for key, header, _ in cols:
         table.add_column(SHORT.get(key, header), justify="left" if key == "segmenter" else "right")
     for domain, rows in _by_domain(result.rows).items():
         for i, r in enumerate(rows):
-            table.add_row(domain if i == 0 else "", *[_cell(r, k, f) for k, _, f in cols],
+            table.add_row(domain if i == 0 else "", *[_terminal_cell(r, k, f) for k, _, f in cols],
                           end_section=i == len(rows) - 1)
     return table
 
@@ -168,18 +230,105 @@ def markdown(result: Any) -> str:
            f"Machine: {meta.get('device', '')}" + (f" ({meta['cuda']})" if meta.get("cuda") else "")
            + f", {meta.get('cpu_count')} CPUs, load average {load} at the end. FLOP figures are exact and "
            "machine-independent; wall-clock figures hold for this machine and load only.", ""]
+    quality = getattr(result, "quality", None) or {}
+    sweep = getattr(result, "context_sweep", None) or {}
     for domain, rows in _by_domain(result.rows).items():
         r0 = rows[0]
         out += [f"## {domain}", "", f"{r0.get('eval_docs')} documents, {r0.get('eval_bytes')} bytes "
                                     "(the same for every model)", ""]
+        if domain in quality:
+            out += quality_markdown(quality[domain], result.meta.get("segmenters") or [])
+        if domain in sweep:
+            out += sweep_markdown(sweep[domain], (quality.get(domain) or {}).get("sweep_docs"))
+        out += ["### Speed, memory, compression", ""]
         out.append("| " + " | ".join(h for _, h, _ in cols) + " |")
         out.append("|" + "|".join("---" for _ in cols) + "|")
         for r in rows:
             out.append("| " + " | ".join(_cell(r, k, f) for k, _, f in cols) + " |")
         out.append("")
         out += _reading(rows)
+    notes = meta.get("notes") or []
+    if notes:
+        out += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     out += ["## Definitions", ""] + [f"- **{k}**: {v}" for k, v in DEFINITIONS.items()] + [""]
     return "\n".join(out)
+
+
+FLOOR_LABELS = {"gzip-9": "gzip -9", "bzip2-9": "bzip2 -9", "xz-9e": "xz -9e", "xz-9e-primed": "xz -9e primed"}
+
+
+def _model_label(name: str) -> str:
+    """How a model of :mod:`segsllm.bench.intervals` is named in the tables."""
+    if name == "baseline":
+        return "token LM (lm, untouched start)"
+    if name == "base_lm":
+        return "base LM (pretrained, untouched)"
+    if name.startswith("floor:"):
+        return f"{FLOOR_LABELS.get(name[6:], name[6:])} (per document, cold)"
+    if name.startswith("matched:"):
+        return f"token LM matched to {_short(name[8:])}"
+    if name.startswith("sllm:"):
+        return f"SLLM {_short(name[5:])}"
+    return name
+
+
+def _order(models: dict[str, Any], segmenters: Sequence[str]) -> list[str]:
+    """Floors, untouched LM, base LM, then per segmenter: matched LM, SLLM."""
+    first = [n for n in models if n.startswith("floor:")] + [n for n in ("baseline", "base_lm") if n in models]
+    per_seg = [n for s in segmenters for n in (f"matched:{s}", f"sllm:{s}") if n in models]
+    return first + per_seg + [n for n in models if n not in first and n not in per_seg]
+
+
+def quality_markdown(q: dict[str, Any], segmenters: Sequence[str]) -> list[str]:
+    """One domain's quality table (floors and models with intervals) and its differences."""
+    level = round(100 * q.get("level", 0.95))
+    out = [f"### Quality at context C = {q.get('context_tokens')} tokens (stride {q.get('stride_tokens')}) "
+           f"for every model", "",
+           f"{q.get('n_docs')} documents, {q.get('bytes')} bytes ({q.get('truncated_docs')} cut to a prefix), the "
+           f"same for every row; {level} % paired-bootstrap intervals over documents ({q.get('resamples')} draws)"
+           + (f"; {q.get('n_seeds')} seeds" if (q.get("n_seeds") or 1) > 1 else "") + ".", "",
+           f"| model | bits/byte | {level} % interval | seeds mean ± sd | training tokens |", "|---|---|---|---|---|"]
+    whole = q.get("floors_whole_set") or {}
+    for k, label in FLOOR_LABELS.items():
+        if _finite(whole.get(k)):
+            extra = f" (prime: {whole.get('prime_bytes')} train bytes)" if k == "xz-9e-primed" else ""
+            out.append(f"| {label} (whole set){extra} | {whole[k]:.4f} | – | – | – |")
+    models = q.get("models") or {}
+    for name in _order(models, segmenters):
+        m = models[name]
+        seeds = m.get("seeds")
+        sd = f"{seeds['mean']:.4f} ± {seeds['sd']:.4f} (n={seeds['n']})" if seeds else "–"
+        budget = _fmt(m.get("budget"), "{:,}")
+        if m.get("vae_budget") is not None:
+            budget += f" (+ VAE {_fmt(m['vae_budget'], '{:,}')})"
+        out.append(f"| {_model_label(name)} | {m['estimate']:.4f} | {_ci(m['low'], m['high'])} | {sd} | {budget} |")
+    out.append("")
+    diffs = q.get("differences") or []
+    if diffs:
+        out += [f"| difference (a − b) | Δ bits/byte | {level} % interval | interval excludes 0 |", "|---|---|---|---|"]
+        for dd in diffs:
+            star = "yes *" if dd["significant"] else "no"
+            out.append(f"| {_model_label(dd['a'])} − {_model_label(dd['b'])} | {dd['estimate']:+.4f} | "
+                       f"[{dd['low']:+.4f}, {dd['high']:+.4f}] | {star} |")
+        out.append("")
+    return out
+
+
+def sweep_markdown(sweep: dict[str, Any], on: dict[str, Any] | None = None) -> list[str]:
+    """Bits/byte [interval] of each model at each context C of the sweep (``on``: the
+    documents and bytes it scored)."""
+    cs = sorted(sweep, key=int)
+    if len(cs) < 2:
+        return []
+    names = list(dict.fromkeys(n for c in cs for n in sweep[c]))
+    where = f" on {on['n_docs']} documents, {on['bytes']} bytes" if on else ""
+    out = [f"### Context sweep (bits/byte [95 % interval]{where})", "",
+           "| model | " + " | ".join(f"C = {c}" for c in cs) + " |", "|---" * (len(cs) + 1) + "|"]
+    for n in names:
+        cells = [f"{sweep[c][n]['estimate']:.4f} {_ci(sweep[c][n]['low'], sweep[c][n]['high'])}" if n in sweep[c]
+                 else "–" for c in cs]
+        out.append(f"| {_model_label(n)} | " + " | ".join(cells) + " |")
+    return [*out, ""]
 
 
 def pareto_front(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -281,6 +430,7 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
             ax.scatter(base, 1.0, marker="*", s=160, color="black", label="token LM (1×)", zorder=4)
             ax.annotate("token LM", (base, 1.0), textcoords="offset points", xytext=(5, -12), fontsize=8)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        _floor_lines(ax, result, domain, vertical=True)
         ax.set_title(domain)
         ax.set_xlabel("bits/byte (lower is better)")
         ax.set_ylabel("speedup vs token LM (×)")
@@ -304,6 +454,76 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+FLOOR_STYLES = {"gzip-9": ":", "bzip2-9": "-.", "xz-9e": "--", "xz-9e-primed": (0, (1, 3))}
+
+
+def _floor_lines(ax: Any, result: Any, domain: str, vertical: bool) -> None:
+    """The whole-set compressor floors of a domain as labelled reference lines."""
+    whole = ((getattr(result, "quality", None) or {}).get(domain) or {}).get("floors_whole_set") or {}
+    for k, style in FLOOR_STYLES.items():
+        v = whole.get(k)
+        if not _finite(v):
+            continue
+        line = ax.axvline if vertical else ax.axhline
+        line(v, color="dimgrey", lw=0.9, ls=style, zorder=1)
+        if vertical:
+            ax.annotate(FLOOR_LABELS[k], (v, 1.0), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
+                        va="top", ha="right", color="dimgrey")
+        else:
+            ax.annotate(FLOOR_LABELS[k], (1.0, v), xycoords=("axes fraction", "data"), fontsize=6, va="bottom",
+                        ha="right", color="dimgrey")
+
+
+def plot_context(result: Any, path: Path) -> Path | None:
+    """Bits/byte [95 % interval] vs context C, a panel per domain, a line per model; None
+    without a sweep of at least two context lengths."""
+    sweep = getattr(result, "context_sweep", None) or {}
+    groups = {d: s for d, s in sweep.items() if len(s) >= 2}
+    if not groups:
+        return None
+    plt = _plt()
+    colors = _colors(result)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.2), squeeze=False)
+    for ax, (domain, pts) in zip(axes[0], groups.items(), strict=True):
+        cs = sorted(pts, key=int)
+        names = list(dict.fromkeys(n for c in cs for n in pts[c]))
+        for n in names:
+            xs = [int(c) for c in cs if n in pts[c]]
+            est = [pts[str(c)][n]["estimate"] for c in xs]
+            err = [[e - pts[str(c)][n]["low"] for c, e in zip(xs, est, strict=True)],
+                   [pts[str(c)][n]["high"] - e for c, e in zip(xs, est, strict=True)]]
+            if n.startswith("sllm:"):
+                style = {"color": colors.get(n[5:]), "marker": "o", "ls": "-"}
+            elif n.startswith("matched:"):
+                style = {"color": colors.get(n[8:]), "marker": "s", "ls": ":"}
+            else:
+                style = {"color": "black", "marker": "*", "ls": "--"}
+            ax.errorbar(xs, est, yerr=err, capsize=3, label=_plot_label(n), **style)
+        _floor_lines(ax, result, domain, vertical=False)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([int(c) for c in cs], [str(c) for c in cs])
+        ax.set_title(domain)
+        ax.set_xlabel("token context C (same for every model)")
+        ax.set_ylabel("bits/byte (95 % interval; lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Quality vs token context; compressor floors (whole set) as grey lines")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_label(name: str) -> str:
+    if name == "baseline":
+        return "token LM"
+    if name.startswith("sllm:"):
+        return f"sllm:{_short(name[5:])}"
+    if name.startswith("matched:"):
+        return f"matched LM:{_short(name[8:])}"
+    return name
 
 
 def plot_memory(result: Any, path: Path) -> Path | None:
@@ -355,6 +575,7 @@ def write_outputs(result: Any, out_dir: str | Path, plots: bool = True) -> dict[
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     doc = {"rows": result.rows, "baselines": result.baselines, "memory": result.memory, "meta": result.meta,
+           "quality": getattr(result, "quality", {}), "context_sweep": getattr(result, "context_sweep", {}),
            "definitions": DEFINITIONS}
     files = {
         "results.json": atomic_write_text(out / "results.json", json.dumps(_json_safe(doc), indent=2)),
@@ -362,11 +583,13 @@ def write_outputs(result: Any, out_dir: str | Path, plots: bool = True) -> dict[
         "results.md": atomic_write_text(out / "results.md", markdown(result)),
     }
     if plots:
-        for name, fn in (("speed_quality.png", plot_speed_quality), ("memory.png", plot_memory)):
+        for name, fn in (("speed_quality.png", plot_speed_quality), ("context.png", plot_context),
+                         ("memory.png", plot_memory)):
             got = fn(result, out / name)
             if got is not None:
                 files[name] = got
     return files
 
 
-__all__ = ["DEFINITIONS", "markdown", "plot_memory", "plot_speed_quality", "rich_table", "write_outputs"]
+__all__ = ["DEFINITIONS", "markdown", "plot_context", "plot_memory", "plot_speed_quality", "quality_markdown",
+           "rich_table", "sweep_markdown", "write_outputs"]

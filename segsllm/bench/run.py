@@ -19,6 +19,7 @@ Explicit ``--sllm``/``--baseline``/``--base-lm`` win over the folder.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -28,9 +29,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segsllm.bench.intervals import MATCHED_PREFIX
+from segsllm.bench.intervals import SLLM_PREFIX as SLLM_NAME
 from segsllm.bench.units import drop_token_units, mismatch_message, same_tokenizer
-from segsllm.errors import ArtifactError, ConfigError
-from segsllm.layout import BASE_LM_DIR, BASELINE_DIR, SLLM_PREFIX, segmenter_slug, sllm_name
+from segsllm.errors import ArtifactError, ConfigError, DataError
+from segsllm.layout import (
+    BASE_LM_DIR,
+    BASELINE_DIR,
+    MATCHED_DIR,
+    SLLM_PREFIX,
+    VAE_PREFIX,
+    budgets_path,
+    matched_lm_dir,
+    seed_dirs,
+    segmenter_slug,
+    sllm_name,
+)
 
 STAGE = "bench"
 
@@ -42,15 +56,19 @@ class BenchArtifacts:
     sllm: dict[str, Path]  # segmenter spec -> SLLM folder, in bench order
     baseline: Path | None = None
     base_lm: Path | None = None
+    matched: dict[str, Path] = field(default_factory=dict)  # segmenter spec -> token-matched LM folder
+    seeds: list[Path] = field(default_factory=list)  # further seed folders (pipeline --seeds), the first excluded
 
 
 def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifacts:
-    """Artifacts of a pipeline folder (layout in the module docstring)."""
+    """Artifacts of a pipeline folder (layout in the module docstring); a folder of seeds
+    (``seed-<k>/``) is read through its first seed, the others listed in ``seeds``."""
     from segsllm.models.artifact import read_manifest
 
-    root = Path(from_dir)
-    if not root.is_dir():
-        raise ArtifactError(f"pipeline folder not found: {root}")
+    top = Path(from_dir)
+    if not top.is_dir():
+        raise ArtifactError(f"pipeline folder not found: {top}")
+    root, *more = seed_dirs(top)
     sllm: dict[str, Path] = {}
     if segmenters:
         for spec in segmenters:
@@ -62,10 +80,14 @@ def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifact
             spec = (read_manifest(path).get("lineage") or {}).get("segmenter")
             if spec:
                 sllm[str(spec)] = path
+    # The matched LM shares its SLLM's folder slug (the pipeline's, not the manifest's full spec).
+    matched = {spec: matched_lm_dir(root, path.name.removeprefix(SLLM_PREFIX)) for spec, path in sllm.items()}
     return BenchArtifacts(
         sllm=sllm,
         baseline=root / BASELINE_DIR if (root / BASELINE_DIR).is_dir() else None,
         base_lm=root / BASE_LM_DIR if (root / BASE_LM_DIR).is_dir() else None,
+        matched={k: p for k, p in matched.items() if (p / "config.json").is_file()},
+        seeds=more,
     )
 
 
@@ -104,7 +126,8 @@ def resolve_artifacts(bcfg: Any) -> tuple[list[str], BenchArtifacts]:
         if path is not None and not (path / "config.json").is_file():
             raise ArtifactError(f"{what} folder {path} is not a model folder (no config.json)"
                                 if path.is_dir() else f"{what} folder not found: {path}")
-    return segmenters, BenchArtifacts({s: sllm[s] for s in segmenters}, baseline, base_lm)
+    matched = {s: p for s, p in found.matched.items() if s in segmenters}
+    return segmenters, BenchArtifacts({s: sllm[s] for s in segmenters}, baseline, base_lm, matched, found.seeds)
 
 
 # --------------------------------------------------------------------------- results
@@ -118,6 +141,8 @@ class BenchResult:
     baselines: list[dict[str, Any]]  # one per (LM, domain): quality, speed, memory
     memory: list[dict[str, Any]]  # KV bytes per (model, domain, context length)
     meta: dict[str, Any] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # domain -> models, floors, differences (intervals)
+    context_sweep: dict[str, Any] = field(default_factory=dict)  # domain -> {C: {model: interval}}
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     run_id: str | None = None
@@ -163,9 +188,11 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     import numpy as np
     import torch
 
+    from segsllm.bench import floors as fl
     from segsllm.bench import memory as mem
     from segsllm.bench import quality as q
     from segsllm.bench import speed as spd
+    from segsllm.bench.intervals import domain_quality, sweep_point
     from segsllm.bench.report import write_outputs
     from segsllm.data.store import load_manifest
     from segsllm.generate import generate_sllm, load_sllm
@@ -186,12 +213,12 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     out_dir = Path(cfg.run.out or (Path(bcfg.from_dir) / "bench" if bcfg.from_dir else "bench-results"))
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
 
-    docs: dict[str, q.EvalDocs] = {}
-    texts: dict[str, list[str]] = {}
-    for d in domains:
-        split_bytes, all_texts = q.split_doc_bytes(data_dir, d, bcfg.split, **caps)
-        docs[d] = q.choose_documents(d, bcfg.split, split_bytes, bcfg.eval_bytes)
-        texts[d] = [all_texts[int(i)] for i in docs[d].doc_index]
+    docs = {d: q.scored_documents(data_dir, d, bcfg.split, target_bytes=bcfg.eval_bytes, min_docs=bcfg.min_docs,
+                                  max_share=bcfg.max_doc_share, caps=caps) for d in domains}
+    texts = {d: e.texts for d, e in docs.items()}
+    C0 = bcfg.context_tokens
+    budgets = _budgets(bcfg.from_dir)
+    slugs = {spec: path.name.removeprefix(SLLM_PREFIX) for spec, path in arts.sllm.items()}  # budgets.json keys
 
     lm_dirs = {name: p for name, p in (("baseline", arts.baseline), ("base_lm", arts.base_lm)) if p is not None}
     speed_ref = "baseline" if "baseline" in lm_dirs else ("base_lm" if "base_lm" in lm_dirs else None)
@@ -202,7 +229,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         lineage[f"lineage.sllm.{segmenter_slug(spec)}.run_id"] = m.get("run_id")
         lineage[f"lineage.sllm.{segmenter_slug(spec)}.vae_run_id"] = ((m.get("lineage") or {}).get("vae") or {}).get(
             "run_id")
-    for name, path in lm_dirs.items():
+    for name, path in [*lm_dirs.items(), *((f"matched.{segmenter_slug(k)}", v) for k, v in arts.matched.items())]:
         m = _manifest_or_empty(path)
         lineage[f"lineage.{name}.path"] = str(path.resolve())
         lineage[f"lineage.{name}.run_id"] = m.get("run_id")
@@ -210,27 +237,96 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     ctx_lengths = sorted(set(bcfg.context_lengths))
     baselines: list[dict[str, Any]] = []
     memory_rows: list[dict[str, Any]] = []
-    base_q: dict[str, dict[str, q.QualityResult]] = {d: {} for d in domains}
+    scored: dict[str, dict[str, q.QualityResult]] = {d: {} for d in domains}  # at the headline context C0
+    sweep_cs = sorted({*bcfg.context_sweep, C0})
+    sweep_docs = {d: q.subset(docs[d], bcfg.sweep_bytes) for d in domains}  # docs[d] itself when all fit
+    swept: dict[str, dict[int, dict[str, q.QualityResult]]] = {d: {c: {} for c in sweep_cs} for d in domains}
+    notes: list[str] = []  # what the sweep could not score, and why
+    over: dict[tuple[int, str, int], int] = {}  # (C, SLLM, trained max_segments) -> most segments in a window
     speed_lm: tuple[Any, Any] | None = None  # the speed reference LM, kept loaded for the interleaved pairs
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
     prompts: dict[str, list[str]] = {}
     lm_toks: dict[str, Any] = {}  # each baseline's tokenizer (token-unit columns need the SLLM's)
     rows: list[dict[str, Any]] = []
+    cells: list[dict[str, Any]] = []  # what each row's MLflow child run records
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
+
+    def score_token_lm(name: str, model: Any, tok: Any, d: str, sweep: bool = True,
+                       path: Path | None = None) -> q.QualityResult:
+        """The LM at the headline context, then at every context of the sweep; its headline result."""
+        limit = q.lm_context_limit(model)
+        trained = q.trained_context(path)
+        for c in ([C0, *sweep_cs] if sweep else [C0]):
+            if trained is not None and trained < c <= (limit or c):
+                _note(notes, f"context {c}: more than the {trained} tokens {name} was trained on")
+        if limit is not None and limit < C0:
+            raise ConfigError(f"bench.context_tokens={C0} is more than {name} takes ({limit} positions); "
+                              "lower bench.context_tokens")
+        seed_everything(cfg.run.seed)
+        res = scored[d][name] = q.score_lm(model, tok, docs[d], context_tokens=C0, stride=bcfg.stride_for(C0),
+                                           name=name, batch_size=bcfg.lm_batch_size, device=device)
+        for c in sweep_cs if sweep else []:
+            if c == C0 and sweep_docs[d] is docs[d]:
+                swept[d][c][name] = res
+            elif limit is not None and c > limit:
+                _note(notes, f"context {c}: {name} not scored (it takes at most {limit} positions)")
+            else:
+                seed_everything(cfg.run.seed)
+                swept[d][c][name] = q.score_lm(model, tok, sweep_docs[d], context_tokens=c, stride=bcfg.stride_for(c),
+                                               name=name, batch_size=bcfg.lm_batch_size, device=device)
+        return res
+
+    def score_sllm_all(name: str, model: Any, seg: Any, tok: Any, d: str,
+                       sweep: bool = True) -> tuple[q.QualityResult, Any]:
+        """The SLLM at the headline context, then at every context of the sweep; its headline
+        result and the scored texts' segment table."""
+        table = q.sllm_table(docs[d], tok, seg)
+        seed_everything(cfg.run.seed)
+        res = scored[d][name] = q.score_sllm(model, table, docs[d], context_tokens=C0, stride=bcfg.stride_for(C0),
+                                             name=name, batch_size=bcfg.sllm_batch_size, device=device)
+        sweep_table = table if sweep_docs[d] is docs[d] else q.sllm_table(sweep_docs[d], tok, seg) if sweep else None
+        for c in sweep_cs if sweep else []:
+            if c == C0 and sweep_docs[d] is docs[d]:
+                swept[d][c][name] = res
+                continue
+            seed_everything(cfg.run.seed)
+            try:
+                swept[d][c][name] = q.score_sllm(model, sweep_table, sweep_docs[d], context_tokens=c,
+                                                 stride=bcfg.stride_for(c), name=name,
+                                                 batch_size=bcfg.sllm_batch_size, device=device)
+            except DataError as e:  # a segment longer than a sweep context
+                _note(notes, f"context {c}: {name} not scored ({e})")
+        for c, r in [(C0, res), *((c, swept[d][c].get(name)) for c in sweep_cs)]:
+            if r is not None and r.extra["max_window_segments"] > model.config.max_segments:
+                key = (c, name, model.config.max_segments)
+                over[key] = max(over.get(key, 0), int(r.extra["max_window_segments"]))
+        return res, table
+
     with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()},
                    run_name=run_name(STAGE, folder=bcfg.from_dir or out_dir)) as run:
+        # ---- compressor floors on exactly the scored bytes
+        floor_sets: dict[str, dict[str, float]] = {}
+        floor_docs: dict[str, dict[str, Any]] = {}
+        for d in domains:
+            say(f"floors {d}: gzip -9, bzip2 -9, xz -9e on {docs[d].total_bytes} bytes"
+                + (f", xz primed with {bcfg.prime_bytes} train bytes" if bcfg.prime_bytes else ""))
+            prime = None
+            if bcfg.prime_bytes:
+                from segsllm.data.store import iter_documents
+
+                prime = fl.fixed_prime([x.text for x in iter_documents(data_dir, d, "train", **caps)], bcfg.prime_bytes)
+            floor_sets[d] = fl.floors(docs[d].texts, prime or None)
+            floor_sets[d]["prime_bytes"] = len(prime or b"")
+            floor_docs[d] = fl.per_document_bits(docs[d].texts)
+
         # ---- token baselines: once per domain, shared by every segmenter's cell
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
             model, tok = _load_lm(path, device)
             lm_toks[name] = tok
-            ctx, stride = q.lm_eval_settings(path, model)
             for d in domains:
-                seed_everything(cfg.run.seed)
-                res = q.score_lm(model, tok, data_dir, docs[d], name=name, context_len=ctx, stride=stride,
-                                 batch_size=bcfg.lm_batch_size, device=device, caps=caps)
-                base_q[d][name] = res
+                res = score_token_lm(name, model, tok, d, path=path)
                 entry: dict[str, Any] = {"model": name, "domain": d, "path": str(path), **res.as_dict()}
                 entry.pop("extra", None)
                 if name == speed_ref:
@@ -250,6 +346,17 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
+        # ---- token-matched LMs: one per segmenter that has one
+        for spec, path in arts.matched.items():
+            name = f"{MATCHED_PREFIX}{spec}"
+            say(f"scoring the token-matched LM of {spec} ({path})")
+            model, tok = _load_lm(path, device)
+            for d in domains:
+                res = score_token_lm(name, model, tok, d, path=path)
+                baselines.append({"model": name, "domain": d, "path": str(path),
+                                  **{k: v for k, v in res.as_dict().items() if k != "extra"}})
+            del model
+
         # ---- one SLLM per segmenter: every domain's cell
         for spec in segmenters:
             path = arts.sllm[spec]
@@ -267,22 +374,27 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             for n in other_units:
                 warnings.warn(mismatch_message(n, lm_dirs[n], path), stacklevel=2)
             for d in domains:
-                seed_everything(cfg.run.seed)
-                table, sel = q.sllm_table(data_dir, docs[d], tok, seg, caps=caps)
-                sq = q.score_sllm(model, table, docs[d], batch_size=bcfg.sllm_batch_size, device=device)
-                q.check_same_bytes([sq, *base_q[d].values()])
-                comp = q.compression(table, sel)
-                em, em_n = q.vae_exact_match(model.vae, table, sel, bcfg.exact_match_segments, device=device)
+                sq, table = score_sllm_all(f"{SLLM_NAME}{spec}", model, seg, tok, d)
+                q.check_same_bytes(list(scored[d].values()))
+                comp = q.compression(table)
+                em, em_n = q.vae_exact_match(model.vae, table, np.arange(len(table)), bcfg.exact_match_segments,
+                                             device=device)
                 row: dict[str, Any] = {
                     "segmenter": spec, "segmenter_spec": seg.spec(), "domain": d, "backbone": backbone, "vae_depth": depth,
                     "device": str(device), "eval_docs": docs[d].n_docs, "eval_bytes": docs[d].total_bytes,
+                    "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0),
                     "sllm_bits_per_byte": sq.bits_per_byte, "sllm_token_perplexity": sq.token_perplexity,
                     "sllm_paper_style_perplexity": sq.paper_style_perplexity,
                     "sllm_bits_per_byte_boundaries": sq.extra["bits_per_byte_boundaries"],
+                    "sllm_max_window_tokens": sq.extra["max_window_tokens"],
                 }
-                for name, r in base_q[d].items():
+                for name in lm_dirs:
+                    r = scored[d][name]
                     row[f"{name}_bits_per_byte"] = r.bits_per_byte
                     row[f"{name}_token_perplexity"] = r.token_perplexity
+                matched = scored[d].get(f"{MATCHED_PREFIX}{spec}")
+                if matched is not None:
+                    row["matched_bits_per_byte"] = matched.bits_per_byte
                 if bcfg.speed:
                     ps = prompts.get(d) or spd.make_prompts(texts[d], tok, bcfg.prompts, bcfg.prompt_tokens)
                     if speed_lm is not None:
@@ -315,36 +427,75 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                 for n in other_units:
                     drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
-                say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte" + spd.speed_summary(row))
-                with run.child(f"{d} · {short_segmenter(spec)}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
-                                                      "backbone": backbone, "sllm": str(path)}) as child:
-                    child.log_params({"segmenter": spec, "segmenter_spec": seg.spec(), "domain": d, "backbone": backbone,
-                                      "vae_depth": depth, "device": str(device), "sllm_dir": str(path),
-                                      "eval_docs": docs[d].n_docs, "eval_bytes": docs[d].total_bytes})
-                    child.log_metrics({k: v for k, v in row.items()
-                                       if isinstance(v, (int, float)) and not isinstance(v, bool)
-                                       and not (isinstance(v, float) and math.isnan(v))})
-                    child.set_tags({"run_id.sllm": man.get("run_id"),
-                                    "run_id.baseline": lineage.get("lineage.baseline.run_id")})
+                cells.append({"path": path, "backbone": backbone, "segmenter_spec": seg.spec(), "depth": depth,
+                              "run_id": man.get("run_id")})
+                say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte at C={C0}" + spd.speed_summary(row))
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         speed_lm = None
 
+        notes += [f"context {c}: {name} windows hold up to {n} segments, more than the {m} it was trained on"
+                  for (c, name, m), n in sorted(over.items())]
+
+        # ---- further seeds: the headline quality of every model, for mean ± sd
+        seed_values = {d: {name: [r.bits_per_byte] for name, r in scored[d].items()} for d in domains}
+        for k, seed_dir in enumerate(arts.seeds, 2):
+            say(f"seed {k} of {len(arts.seeds) + 1}: {seed_dir}")
+            _score_seed(find_artifacts(seed_dir, segmenters), segmenters, domains, seed_values, score_token_lm,
+                        score_sllm_all, device)
+
+        # ---- intervals: one paired bootstrap per domain over models and floors
+        quality: dict[str, Any] = {}
+        sweep: dict[str, Any] = {}
+        for d in domains:
+            quality[d] = domain_quality(scored[d], floor_docs[d], segmenters, n_resamples=bcfg.bootstrap_resamples,
+                                        level=bcfg.level, seed=cfg.run.seed, seed_values=seed_values[d],
+                                        budgets=_model_budgets(budgets, scored[d], slugs))
+            quality[d].update({
+                "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0), "n_docs": docs[d].n_docs,
+                "bytes": docs[d].total_bytes, "truncated_docs": docs[d].truncated, "doc_ids": docs[d].ids,
+                "doc_bytes": docs[d].doc_bytes.tolist(), "n_seeds": len(arts.seeds) + 1,
+                "floors_whole_set": floor_sets[d],
+            })
+            sweep[d] = {str(c): sweep_point(swept[d][c], bcfg.bootstrap_resamples, bcfg.level, cfg.run.seed)
+                        for c in sweep_cs if swept[d][c]}
+            quality[d]["sweep_docs"] = {"n_docs": sweep_docs[d].n_docs, "bytes": sweep_docs[d].total_bytes}
+            for row in rows:
+                if row["domain"] == d:
+                    _interval_columns(row, quality[d])
+
+        for row, cell in zip(rows, cells, strict=True):
+            spec, d = row["segmenter"], row["domain"]
+            with run.child(f"{d} · {short_segmenter(spec)}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
+                                                  "backbone": cell["backbone"], "sllm": str(cell["path"])}) as child:
+                child.log_params({"segmenter": spec, "segmenter_spec": cell["segmenter_spec"], "domain": d,
+                                  "backbone": cell["backbone"], "vae_depth": cell["depth"], "device": str(device),
+                                  "sllm_dir": str(cell["path"]), "eval_docs": docs[d].n_docs,
+                                  "eval_bytes": docs[d].total_bytes, "context_tokens": C0})
+                child.log_metrics({k: v for k, v in row.items()
+                                   if isinstance(v, (int, float)) and not isinstance(v, bool)
+                                   and not (isinstance(v, float) and math.isnan(v))})
+                child.set_tags({"run_id.sllm": cell["run_id"],
+                                "run_id.baseline": lineage.get("lineage.baseline.run_id")})
+
         meta = {
             "segmenters": segmenters, "domains": domains, "split": bcfg.split, "device": str(device),
             "seed": cfg.run.seed, "settings": dataclasses.asdict(bcfg), "load_average": _load_average(),
-            "cpu_count": os.cpu_count(),
+            "cpu_count": os.cpu_count(), "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0),
+            "contexts": sweep_cs, "notes": notes, "budgets": budgets,
+            "seeds": [str(p) for p in arts.seeds],
             "artifacts": {"sllm": {k: str(v) for k, v in arts.sllm.items()},
+                          "matched": {k: str(v) for k, v in arts.matched.items()},
                           "baseline": str(arts.baseline) if arts.baseline else None,
                           "base_lm": str(arts.base_lm) if arts.base_lm else None},
             "lineage": lineage, "torch": torch.__version__,
             "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-            "docs": {d: {"n_docs": e.n_docs, "bytes": e.total_bytes,
-                         "doc_index_sha": _digest(np.asarray(e.doc_index))} for d, e in docs.items()},
+            "docs": {d: {"n_docs": e.n_docs, "bytes": e.total_bytes, "truncated": e.truncated,
+                         "ids_sha": _digest("\n".join(e.ids))} for d, e in docs.items()},
         }
         result = BenchResult(rows=rows, baselines=baselines, memory=memory_rows, meta=meta, out_dir=out_dir,
-                             run_id=run.run_id)
+                             run_id=run.run_id, quality=quality, context_sweep=sweep)
         result.files = write_outputs(result, out_dir, plots=bcfg.plots)
         result.wall_time_s = time.perf_counter() - started
         # <domain>.<metric>.<segmenter>: sorted by name, one domain's metric lists every segmenter
@@ -359,6 +510,102 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     return result
 
 
+def _note(notes: list[str], text: str) -> None:
+    if text not in notes:
+        notes.append(text)
+
+
+def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
+                values: dict[str, dict[str, list[float]]], score_lm: Callable[..., Any], score_sllm: Callable[..., Any],
+                device: Any) -> None:
+    """Headline bits/byte of every model of one further seed folder, appended to ``values``."""
+    from segsllm.generate import load_sllm
+    from segsllm.segment import build_segmenter
+
+    lms = [("baseline", arts.baseline), ("base_lm", arts.base_lm),
+           *((f"{MATCHED_PREFIX}{s}", p) for s, p in arts.matched.items())]
+    for name, path in lms:
+        if path is None:
+            continue
+        model, tok = _load_lm(path, device)
+        for d in domains:
+            values[d].setdefault(name, []).append(score_lm(name, model, tok, d, sweep=False).bits_per_byte)
+        del model
+    for spec in segmenters:
+        if spec not in arts.sllm:
+            continue
+        model, tok, _ = load_sllm(arts.sllm[spec], device=device)
+        seg = build_segmenter(spec, tokenizer=tok, max_len=model.vae.config.max_len)
+        for d in domains:
+            name = f"{SLLM_NAME}{spec}"
+            res, _ = score_sllm(name, model, seg, tok, d, sweep=False)
+            values[d].setdefault(name, []).append(res.bits_per_byte)
+        del model
+
+
+def _budgets(from_dir: str | None) -> dict[str, Any]:
+    """``budgets.json`` of the run folder (stage folder -> training tokens), {} when absent."""
+    if not from_dir:
+        return {}
+    path = budgets_path(from_dir)
+    if not path.is_file():
+        first = seed_dirs(from_dir)[0]
+        path = budgets_path(first)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        warnings.warn(f"{path} is not readable JSON; budgets left out", stacklevel=2)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _model_budgets(budgets: dict[str, Any], results: dict[str, Any], slugs: dict[str, str]) -> dict[str, Any]:
+    """Training tokens of each scored model, looked up by its stage folder name
+    (``slugs``: segmenter spec -> the slug of its SLLM folder)."""
+    out: dict[str, Any] = {}
+    for name in results:
+        if name == "baseline":
+            keys = [BASELINE_DIR]
+        elif name.startswith(SLLM_NAME):
+            spec = name[len(SLLM_NAME):]
+            slug = slugs.get(spec) or segmenter_slug(spec)
+            keys = [f"{SLLM_PREFIX}{slug}"]
+            if f"{VAE_PREFIX}{slug}" in budgets:
+                out[f"{name}.vae"] = budgets[f"{VAE_PREFIX}{slug}"]
+        elif name.startswith(MATCHED_PREFIX):
+            spec = name[len(MATCHED_PREFIX):]
+            slug = slugs.get(spec) or segmenter_slug(spec)
+            keys = [f"{MATCHED_DIR}/{slug}", f"{MATCHED_DIR}-{slug}"]
+        else:
+            keys = [BASE_LM_DIR]
+        for k in keys:
+            if k in budgets:
+                out[name] = budgets[k]
+                break
+    return out
+
+
+def _interval_columns(row: dict[str, Any], quality: dict[str, Any]) -> None:
+    """Copy a cell's intervals and paired differences into its row (results.csv, MLflow)."""
+    spec = row["segmenter"]
+    models = quality["models"]
+    for col, name in (("sllm", f"{SLLM_NAME}{spec}"), ("baseline", "baseline"), ("base_lm", "base_lm"),
+                      ("matched", f"{MATCHED_PREFIX}{spec}")):
+        if name in models:
+            row[f"{col}_bits_per_byte_low"] = models[name]["low"]
+            row[f"{col}_bits_per_byte_high"] = models[name]["high"]
+            if models[name].get("seeds"):
+                row[f"{col}_bits_per_byte_seed_sd"] = models[name]["seeds"]["sd"]
+    for diff in quality["differences"]:
+        if diff["a"] != f"{SLLM_NAME}{spec}" or diff["kind"] not in ("sllm-lm", "sllm-matched"):
+            continue
+        col = "diff_vs_lm" if diff["kind"] == "sllm-lm" else "diff_vs_matched"
+        row.update({col: diff["estimate"], f"{col}_low": diff["low"], f"{col}_high": diff["high"],
+                    f"{col}_significant": diff["significant"]})
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -366,10 +613,10 @@ def _load_average() -> list[float] | None:
         return None
 
 
-def _digest(arr: Any) -> str:
+def _digest(text: str) -> str:
     import hashlib
 
-    return hashlib.sha256(arr.astype("int64").tobytes()).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 __all__ = ["BenchArtifacts", "BenchResult", "find_artifacts", "resolve_artifacts", "run_bench"]

@@ -174,8 +174,8 @@ class SLLM(nn.Module):
         ``n_stop``, ``n_docs`` (windows that end a document), ``n_correct`` (argmax-correct
         decoder targets), ``stop_correct``, ``ps_ce_sum``/``ps_count`` (the paper-style
         per-segment mean CE, each window's first segment excluded). With ``return_details``
-        also ``seg_nll`` (B, S) (decoder NLL per segment, incl. its EOS), ``stop_logits`` and
-        ``stop_nll`` (B, S+1) (0 where no decision is scored) and ``hidden`` (B, S+1, H).
+        also ``seg_nll`` (B, S) (decoder NLL per segment, incl. its EOS), ``seg_eos_nll`` (B, S)
+        (the EOS's share of it), ``stop_logits`` and ``stop_nll`` (B, S+1) (0 where no decision is scored) and ``hidden`` (B, S+1, H).
         """
         B, S, _ = ids.shape  # (B, S, T)
         dev = ids.device
@@ -241,7 +241,9 @@ class SLLM(nn.Module):
         if return_details:
             grid_nll = seg_nll.new_zeros(B, S)
             grid_nll[seg_mask] = seg_nll
-            out.update(seg_nll=grid_nll, stop_logits=stop_logit, stop_nll=stop_nll, hidden=h)
+            grid_eos = seg_nll.new_zeros(B, S)
+            grid_eos[seg_mask] = eos_nll
+            out.update(seg_nll=grid_nll, seg_eos_nll=grid_eos, stop_logits=stop_logit, stop_nll=stop_nll, hidden=h)
         return out
 
     def decode_nll(self, ids: torch.Tensor, lengths: torch.Tensor,

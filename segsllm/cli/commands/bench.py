@@ -76,6 +76,8 @@ def bench_command(
     console.print(rich_table(result))
     for warning in speed_figures(result.rows):
         console.print(f"[yellow]warning:[/] {warning}")
+    for note in result.meta.get("notes") or []:
+        console.print(f"[yellow]note:[/] {note}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
