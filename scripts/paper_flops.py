@@ -9,6 +9,9 @@ bench's own cost account) and compares
 
 - ``speedup_flops`` = LM FLOPs per generated token ÷ SLLM FLOPs per generated token, with
   the paper's measured throughput ratio (SLLM tokens/s ÷ OPT tokens/s);
+- ``speedup_layer_calls`` = the same ratio counted in sequential transformer-layer calls per
+  token (every call costing the same: batch-1 decoding on a GPU is latency-bound, so this
+  brackets the wall-clock speedup from the other side);
 - ``kv_ratio`` = SLLM KV-cache bytes ÷ LM KV-cache bytes at ``context`` tokens (backbone
   cache of 1 + context/L positions plus the sentence decoder's per-segment cache at its
   peak, as the bench counts it), with the paper's KB/token ratio.
