@@ -76,7 +76,8 @@ class SLLM(nn.Module):
         self.latent_width, self.hidden_size = D, H
         # Put the projected latents and the start vector at the scale of the backbone's own
         # input embeddings: a pretrained body has only ever seen inputs of that size.
-        emb_std = float(emb.weight.detach().float().std()) or 0.02
+        # (A model built on the meta device, for shape-only accounting, has no values to measure.)
+        emb_std = 0.02 if emb.weight.is_meta else float(emb.weight.detach().float().std()) or 0.02
         self.start = nn.Parameter(torch.randn(H, device=emb.weight.device) * emb_std)  # (H,)
         self.proj_in = _projection(config.projection, D, H, config.proj_hidden)
         self.proj_out = _projection(config.projection, H, D, config.proj_hidden)
