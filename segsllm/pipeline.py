@@ -79,13 +79,15 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = None) -> None:
+def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = None,
+                  cpu_seconds: float | None = None) -> None:
     from segsllm.io import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MARKER, {
         "stage": stage.name, "kind": stage.kind, "key": stage.key, "done": done,
         "after": stage.after, "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # this process's CPU time (all threads): a load-independent cost
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
 
@@ -212,12 +214,12 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
             if on_stage:
                 on_stage(st.name, "resuming" if resume else "running")
             _write_marker(stage_out, st, done=False)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             st.cfg.run.tags = {**st.cfg.run.tags, "pipeline.run_id": parent.run_id or "",
                                "pipeline.stage": st.name}
             st.run(st.cfg, resume)
             seconds = time.perf_counter() - started
-            _write_marker(stage_out, st, done=True, seconds=seconds)
+            _write_marker(stage_out, st, done=True, seconds=seconds, cpu_seconds=time.process_time() - cpu_started)
             parent.log_metrics({f"stage_seconds/{st.name}": seconds})
             outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
         parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
