@@ -49,6 +49,25 @@ def sllm_tokens(layout: PipelineLayout, spec: str) -> int | None:
     return None if got is None or got["tokens_seen"] is None else int(got["tokens_seen"])
 
 
+def sllm_budget(folder: str | Path) -> tuple[str, int]:
+    """(slug of its segmenter, training tokens) of an SLLM folder, for ``train-lm --match``."""
+    from segsllm.errors import ArtifactError
+
+    path = Path(folder)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        tokens = json.loads((path / "metrics.json").read_text(encoding="utf-8")).get("tokens_seen")
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: not a finished SLLM folder (manifest.json, metrics.json): {exc}") from None
+    spec = (manifest.get("lineage") or {}).get("segmenter")
+    if manifest.get("kind") != "sllm" or not spec:
+        raise ArtifactError(f"{path} is not an SLLM folder (manifest kind {manifest.get('kind')!r})")
+    if not isinstance(tokens, int) or tokens < 1:
+        raise ArtifactError(f"{path}/metrics.json records no training tokens (tokens_seen); retrain it with "
+                            "this version to match a token LM to it")
+    return segmenter_slug(spec), tokens
+
+
 def collect_budgets(layout: PipelineLayout, segmenters: Sequence[str]) -> dict[str, Any]:
     """The document of the module docstring for the models of ``layout``."""
     base = layout.models
@@ -78,4 +97,4 @@ def read_budgets(path: str | Path) -> dict[str, Any]:
     return json.loads((p / BUDGETS_FILE if p.is_dir() else p).read_text(encoding="utf-8"))
 
 
-__all__ = ["collect_budgets", "read_budgets", "sllm_tokens", "write_budgets"]
+__all__ = ["collect_budgets", "read_budgets", "sllm_budget", "sllm_tokens", "write_budgets"]

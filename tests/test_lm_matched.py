@@ -159,3 +159,36 @@ def test_budgets_json_collects_every_models_tokens(tmp_path):
     assert m["segmenter"] == "fixed:k=8" and m["sllm"]["tokens_seen"] == 500 and m["vae"]["path"] == "vae-fixed-k-8"
     assert m["lm_matched"] == {"path": "lm-matched/fixed-k-8", "tokens_seen": 520, "steps": 6, "target_tokens": 500}
     assert got["models"]["punctuation"]["sllm"] is None  # not trained (yet)
+
+
+def _fake_sllm(folder, spec, tokens):
+    """The two files ``train-lm --match`` reads from an SLLM folder (its weights are not needed)."""
+    folder.mkdir(parents=True)
+    (folder / "manifest.json").write_text(json.dumps({"kind": "sllm", "lineage": {"segmenter": spec}}))
+    (folder / "metrics.json").write_text(json.dumps({"tokens_seen": tokens, "steps": 3}))
+    return folder
+
+
+def test_cli_train_lm_match_snapshots_each_sllm_budget(tiny_data_dir, start_lm, tmp_path):
+    from typer.testing import CliRunner
+
+    from segsllm.cli.app import app
+
+    tok, lm = start_lm
+    per_step = int(lm.tokens_seen / lm.steps)
+    a = _fake_sllm(tmp_path / "sllm-a", "fixed:k=8", per_step)
+    b = _fake_sllm(tmp_path / "sllm-b", "punctuation", 2 * per_step)
+    sets = [x for s in [*TINY, "train.batch_size=4", "lm.eval_bytes=600", "train.ckpt_every=0"] for x in ("--set", s)]
+    out = tmp_path / "matched"
+    result = CliRunner().invoke(app, ["train-lm", "--data-dir", str(tiny_data_dir), "--out", str(out), "--no-track",
+                                      "--device", "cpu", "--tokenizer", str(tok), "--backbone", str(lm.out_dir),
+                                      "--match", str(a), "--match", str(b), *sets])
+    assert result.exit_code == 0, result.output
+    assert "matched to SLLM budgets" in result.output and f"{2 * per_step:,}" in result.output
+    for slug, target in (("fixed-k-8", per_step), ("punctuation", 2 * per_step)):
+        rec = json.loads((out / slug / "metrics.json").read_text())["budget"]
+        assert rec["target_tokens"] == target <= rec["tokens_seen"]
+    bad = CliRunner().invoke(app, ["train-lm", "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "x"),
+                                   "--no-track", "--tokenizer", str(tok), "--backbone", str(lm.out_dir),
+                                   "--match", str(tmp_path / "nowhere"), *sets])
+    assert bad.exit_code != 0 and "not a finished SLLM folder" in bad.output and "Traceback" not in bad.output
