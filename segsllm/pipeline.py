@@ -1,8 +1,10 @@
 """`segsllm pipeline`: every stage of the study from one preset, resumable.
 
-Stages run in order — data, tokenizer, token-level LM (the fair baseline, and the backbone
-the SLLMs start from), a VAE and an SLLM per segmenter, learned splitters per teacher (each
-then gets its own VAE and SLLM), bench — each into ``OUT/<stage>``. A stage's *key* hashes
+Stages run in order — data, tokenizer, token-level LM (the baseline, and the backbone the
+SLLMs start from), a VAE and an SLLM per segmenter, learned splitters per teacher (each
+then gets its own VAE and SLLM), the token-matched LMs (``lm-matched``: the LM trained on as
+many more tokens as each SLLM, docs/DESIGN.md §2), bench — each into ``OUT/<stage>``, or with
+``pipeline.seeds`` everything after the tokenizer once per seed into ``OUT/seed-<k>/<stage>``. A stage's *key* hashes
 its resolved config and the keys of the stages it consumes; ``OUT/<stage>/pipeline.json``
 records the key and whether the stage finished. On a rerun a finished stage with the same
 key is skipped, an unfinished one resumes from its last checkpoint, and a finished stage
