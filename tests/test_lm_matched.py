@@ -49,6 +49,19 @@ def _step_tokens(out):
     return {int(p.name.split("-")[1]): read_trainer_state(p)["tokens_seen"] for p in list_checkpoints(out)}
 
 
+def test_segment_models_count_every_segments_tokens_and_its_eos():
+    import torch
+
+    from segsllm.data.segment_windows import windows_from_segments
+    from segsllm.train.stage import segment_targets
+
+    window = windows_from_segments([[5, 6, 7], [8], [9, 10]], pad_id=0)  # (1, S=3, T=3)
+    assert segment_targets(window) == 6 + 3  # 6 tokens, 3 segment EOS
+    padded = {"lengths": torch.tensor([[3, 1, 0], [2, 0, 0]])}  # 0 = a padded segment slot
+    assert segment_targets(padded) == 6 + 3
+    assert segment_targets({"lengths": torch.tensor([4, 2])}) == 6 + 2  # VAE batches: (B,)
+
+
 def test_plan_steps_and_the_snapshot_hook_take_the_first_step_at_each_budget():
     from segsllm.train.lm_matched import SnapshotAtBudgets, plan_steps
 
