@@ -18,12 +18,16 @@ fed to the backbone as **one cached step**. Note the prompt's last segment is ta
 complete: generation continues with the *next* segment.
 
 ``elapsed_s`` covers everything after tokenisation (prefill included, CUDA synchronised);
-``kv_cache_bytes`` is the backbone's cache at the end, read from its tensors.
+``kv_cache_bytes`` is the backbone's cache at the end, read from its tensors. ``calls``
+lists every model call with its shapes and cache lengths (:class:`Call`), from which
+:mod:`segsllm.bench.flops` counts FLOPs; ``profile=True`` also times each call (CUDA
+synchronised around each, so not for throughput runs).
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +42,19 @@ from segsllm.models.backbone import Backbone, kv_cache_bytes
 from segsllm.models.vae import _sample
 
 STOP_REASONS = ("stop", "eos", "max_new_tokens", "max_positions", "empty_segment")
+SEGMENT_ENDS = ("eos", "max_len", "budget")  # how a generated segment ended
+
+
+@dataclass
+class Call:
+    """One model call during a generation, with the shapes its cost depends on."""
+
+    kind: str  # "backbone" (SLLM body) | "lm" (token LM incl. its vocab head) | "encoder" | "decoder"
+    length: int  # backbone/lm: positions fed; encoder: padded segment tokens; decoder: token steps
+    batch: int = 1  # encoder: segments encoded in this call
+    context: int = 0  # backbone/lm: positions already in the KV cache
+    prefill: bool = False
+    seconds: float = math.nan  # measured only with profile=True
 
 
 @dataclass
@@ -57,6 +74,9 @@ class GenerationResult:
     kv_cache_bytes: int = 0  # backbone KV cache at the end
     decoder_cache_bytes: int = 0  # SLLM: the decoder's per-segment cache (freed after each segment)
     stop_reason: str = "max_new_tokens"
+    calls: list[Call] = field(default_factory=list)  # every model call, in order
+    segment_ends: list[str] = field(default_factory=list)  # SLLM: one of SEGMENT_ENDS per segment
+    empty_masked: int = 0  # SLLM, ignore_stop: segments whose decoder chose EOS before any token (masked)
 
     @property
     def new_tokens(self) -> int:
@@ -113,11 +133,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class _Clock:
+    """Times model calls when profiling (CUDA synchronised around each); free otherwise."""
+
+    def __init__(self, device: torch.device, on: bool) -> None:
+        self.device, self.on, self.t0 = device, on, 0.0
+
+    def start(self) -> None:
+        if self.on:
+            _sync(self.device)
+            self.t0 = time.perf_counter()
+
+    def stop(self) -> float:
+        if not self.on:
+            return math.nan
+        _sync(self.device)
+        return time.perf_counter() - self.t0
+
+
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
     return None if seed is None else torch.Generator(device=device).manual_seed(int(seed))
 
 
-def _decoder_cache_bytes(vae: Any, max_len: int) -> int:
+def decoder_cache_bytes(vae: Any, max_len: int) -> int:
     """Bytes of the VAE decoder's preallocated KV cache for one segment of ``max_len`` tokens
     (self-attention K/V for BOS + tokens, cross-attention K/V of the memory slots)."""
     c = vae.config
@@ -142,14 +180,17 @@ def generate_sllm(
     seed: int | None = None,
     on_segment: Callable[[str], None] | None = None,
     ignore_stop: bool = False,
+    profile: bool = False,
 ) -> GenerationResult:
     """Continue ``prompt`` segment by segment (batch 1).
 
     Ends when the stop head says so (p > 0.5 greedy, else sampled; ``ignore_stop`` to
     always use the whole budget, as the bench does), after ``max_new_tokens`` tokens (the
     last segment is cut to fit exactly), at the backbone's last position, or when the
-    decoder emits an empty segment. ``on_segment(text)`` is called with each segment's
-    text as soon as it exists.
+    decoder emits an empty segment. With ``ignore_stop`` the decoder's EOS is also masked
+    at a segment's first token, so no segment is empty and the run spends its whole budget
+    (unless the backbone runs out of positions). ``on_segment(text)`` is called with each
+    segment's text as soon as it exists.
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -168,6 +209,7 @@ def generate_sllm(
         raise SegsllmError(f"the prompt has {len(prompt_segs)} segments; the backbone holds at most "
                            f"{max_pos - 1} after the start vector")
     stream = TextStream(tokenizer)
+    clock = _Clock(device, profile)
     result = GenerationResult(model="sllm", prompt=prompt, text="", token_ids=[],
                               prompt_tokens=len(prompt_ids), prompt_segments=len(prompt_segs))
     try:
@@ -181,8 +223,12 @@ def generate_sllm(
             for i, s in enumerate(prompt_segs):
                 ids[i, : len(s)] = torch.as_tensor(s)
             lengths = torch.tensor([len(s) for s in prompt_segs])
+            clock.start()
             inputs.append(model.embed_segments(ids.to(device), lengths.to(device))[None])  # (1, p, H)
+            result.calls.append(Call("encoder", T, batch=len(prompt_segs), prefill=True, seconds=clock.stop()))
+        clock.start()
         h, cache = model.run_backbone(torch.cat(inputs, dim=1), use_cache=True)  # (1, 1+p, H)
+        result.calls.append(Call("backbone", h.size(1), prefill=True, seconds=clock.stop()))
         h_last = h[:, -1]  # (1, H)
         positions = h.size(1)
         _sync(device)
@@ -201,13 +247,18 @@ def generate_sllm(
                     reason = "stop"
                     break
             budget = min(max_len, max_new_tokens - len(result.token_ids))
+            info: dict[str, Any] = {}
+            clock.start()
             latent = model.predict_latent(h_last)  # (1, D)
             seg = vae.generate(latent, max_len=budget, greedy=not sampling, temperature=temperature,
-                               top_p=top_p, generator=gen)[0]
-            result.decoder_cache_bytes = max(result.decoder_cache_bytes, _decoder_cache_bytes(vae, budget))
+                               top_p=top_p, generator=gen, min_len=1 if ignore_stop else 0, info=info)[0]
+            result.calls.append(Call("decoder", info["steps"], seconds=clock.stop()))
+            result.decoder_cache_bytes = max(result.decoder_cache_bytes, decoder_cache_bytes(vae, budget))
             if not seg:
                 reason = "empty_segment"
                 break
+            result.empty_masked += int(info["eos_masked"][0])
+            result.segment_ends.append("eos" if info["eos"][0] else ("budget" if budget < max_len else "max_len"))
             result.token_ids += seg
             text = stream.push(seg)
             result.segments.append(text)
@@ -218,9 +269,13 @@ def generate_sllm(
             if max_pos is not None and positions >= max_pos:
                 reason = "max_positions"
                 break
+            clock.start()
             e = model.embed_segments(torch.tensor([seg], device=device),
                                      torch.tensor([len(seg)], device=device))  # (1, H)
+            result.calls.append(Call("encoder", len(seg), seconds=clock.stop()))
+            clock.start()
             h, cache = model.run_backbone(e[:, None], cache=cache, use_cache=True)  # (1, 1, H)
+            result.calls.append(Call("backbone", 1, context=positions, seconds=clock.stop()))
             h_last = h[:, -1]
             positions += 1
             result.backbone_steps += 1
@@ -257,6 +312,7 @@ def generate_lm(
     on_text: Callable[[str], None] | None = None,
     ignore_eos: bool = False,
     add_bos: bool = True,
+    profile: bool = False,
 ) -> GenerationResult:
     """Continue ``prompt`` token by token with a ``*ForCausalLM`` (or a loaded ``Backbone``).
 
@@ -292,11 +348,14 @@ def generate_lm(
     result = GenerationResult(model="lm", prompt=prompt, text="", token_ids=[], prompt_tokens=len(prompt_ids))
     pieces: list[str] = []
     cache = None
+    clock = _Clock(device, profile)
     try:
         _sync(device)
         t0 = time.perf_counter()
         ids = torch.tensor([context], device=device)  # (1, P)
+        clock.start()
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        result.calls.append(Call("lm", ids.size(1), prefill=True, seconds=clock.stop()))
         cache = out.cache if hasattr(out, "cache") else out.past_key_values
         logits = out.logits[:, -1]  # (1, V)
         positions = ids.size(1)
@@ -321,7 +380,9 @@ def generate_lm(
             if max_pos is not None and positions >= max_pos:
                 reason = "max_positions"
                 break
+            clock.start()
             out = model(input_ids=nxt.view(1, 1), use_cache=True, **{cache_kw: cache})
+            result.calls.append(Call("lm", 1, context=positions, seconds=clock.stop()))
             cache = out.cache if hasattr(out, "cache") else out.past_key_values
             logits = out.logits[:, -1]
             positions += 1
@@ -362,4 +423,5 @@ def load_sllm(path: str | Path, device: Any = "cpu") -> tuple[Any, Any, Any]:
     return model.eval(), tokenizer, segmenter
 
 
-__all__ = ["STOP_REASONS", "GenerationResult", "TextStream", "generate_lm", "generate_sllm", "load_sllm"]
+__all__ = ["SEGMENT_ENDS", "STOP_REASONS", "Call", "GenerationResult", "TextStream", "decoder_cache_bytes", "generate_lm",
+           "generate_sllm", "load_sllm"]

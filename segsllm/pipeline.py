@@ -188,7 +188,7 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
 def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
                  on_stage: Callable[[str, str], None] | None = None) -> list[StageOutcome]:
     """Run (or resume) every stage; ``on_stage(name, status)`` reports progress."""
-    from segsllm.tracking import start_run
+    from segsllm.tracking import run_name, start_run
 
     if not base.run.out:
         raise SegsllmError("pipeline needs an output folder: --out DIR (or run.out)")
@@ -197,7 +197,8 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
     outcomes: list[StageOutcome] = []
     with start_run(base, "pipeline", tags={"segmenter": ",".join(base.pipeline.segmenters),
                                            "domain": ",".join(base.data.domains),
-                                           "backbone": base.backbone.spec}) as parent:
+                                           "backbone": base.backbone.spec},
+                   run_name=run_name("pipeline", folder=out), resume=True) as parent:
         for st in stages:
             stage_out = Path(st.cfg.run.out)
             marker = _read_marker(stage_out)
@@ -228,7 +229,7 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
         for st in stages:
             if st.kind != "bench":
                 continue
-            for name in ("results.md", "results.json", "results.csv"):
+            for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
                 if (Path(st.cfg.run.out) / name).is_file():
                     parent.log_artifact(Path(st.cfg.run.out) / name, st.name if st.name != "bench" else None)
     return outcomes

@@ -1,15 +1,22 @@
 """The only module that talks to MLflow.
 
-One experiment per stage (``segsllm/<stage>``); a run logs the flattened resolved config as
-params, tags (stage, segmenter, domain, backbone, git commit), per-step metrics, the data
-manifests and the config as artifacts, and system metrics. Only rank 0 logs. Any tracking
-failure is a warning: the run carries on untracked rather than losing the training.
+One experiment per stage (``segsllm/<stage>``), created as a model-training experiment so
+the UI opens on its runs table; a run is named after what it is (stage, segmenter, output
+folder) and logs the flattened resolved config as params, tags (stage, segmenter, domain,
+backbone, git commit, output folder), per-step metrics, the data manifests and the config
+as artifacts, and system metrics. Only rank 0 logs.
+
+Failures cost seconds, never the training: a remote server gets a short health check
+before the run, MLflow's HTTP retries are cut short, and the first failure switches
+tracking off for that URI for the rest of the process, with one warning. A run left
+RUNNING by a killed process is continued by ``resume`` and closed as KILLED otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import tempfile
 import warnings
@@ -20,10 +27,108 @@ from typing import Any
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 MAX_PARAM_VALUE = 6000  # MLflow's limit on a param value's length
+MAX_RUN_NAME = 250
+# The MLflow 3 UI shows a "custom model development" experiment as its runs table first
+# (a GenAI one opens on traces); the tag is read by the UI from the experiment.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+HEALTH_TIMEOUT_S = 3.0  # the health check of a remote server before a run
+# MLflow's own HTTP defaults (7 retries, backoff 2, 120 s timeout) turn a dead server into
+# minutes; these bound one failing call to seconds. The environment still wins.
+HTTP_LIMITS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+# URIs that failed in this process: tracking stays off for them (one warning, not one per call).
+_FAILED_URIS: set[str] = set()
+_PATH_IN_SPEC = re.compile(r"[^,:=\s'\"]*[/\\][^,:=\s'\"]*")  # a path inside a spec's arguments
 
 
 class TrackingWarning(UserWarning):
     """The tracking backend failed; the command goes on without it."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def tracking_failed(uri: str, what: str, exc: BaseException) -> None:
+    """Switch tracking off for ``uri`` in this process; warn only the first time."""
+    if uri in _FAILED_URIS:
+        return
+    _FAILED_URIS.add(uri)
+    warnings.warn(f"MLflow tracking at {uri} failed ({what}: {_first_line(exc)}); "
+                  "continuing without tracking", TrackingWarning, stacklevel=3)
+
+
+def check_reachable(uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """Raise ``OSError`` unless an ``http(s)://`` tracking server answers ``/health`` in time.
+
+    Local stores (sqlite, file) are not checked: they fail fast on their own.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not uri.startswith(("http://", "https://")):
+        return
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # http(s) only, checked above
+            resp.read(64)
+    except urllib.error.HTTPError as exc:
+        raise OSError(f"{url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise OSError(f"{url} unreachable within {timeout:g} s: {reason}") from exc
+
+
+def limit_http_retries(uri: str) -> None:
+    """Bound MLflow's HTTP retries and timeout for a remote ``uri`` (see ``HTTP_LIMITS``).
+
+    MLflow reads them from the environment on each request; values already set win.
+    """
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_LIMITS.items():
+            os.environ.setdefault(key, value)
+
+
+def short_segmenter(spec: str | None) -> str | None:
+    """A segmenter spec without folder paths: ``learned:/a/b/splitter-x`` -> ``learned:splitter-x``.
+
+    Works on a comma-separated list too. Run names and tags use it, so names stay short
+    and no absolute path ends up in them (the full spec goes in the ``segmenter.spec`` tag).
+    """
+    if spec is None:
+        return None
+    return _PATH_IN_SPEC.sub(lambda m: Path(m.group().rstrip("/\\")).name or m.group(), spec)
+
+
+def run_name(stage: str, segmenter: str | None = None, folder: str | Path | None = None) -> str:
+    """``stage · segmenter · parent/folder``: what the run is and where it wrote.
+
+    ``none`` is left out; the folder keeps its last two components, enough to tell
+    pipelines apart without a full path. MLflow's own random names are never used.
+    """
+    parts = [stage]
+    seg = short_segmenter(segmenter)
+    if seg and seg != "none":
+        parts.append(seg)
+    if folder:
+        p = Path(folder).resolve()
+        parts.append("/".join(x for x in (p.parent.name, p.name) if x))
+    return " · ".join(parts)[:MAX_RUN_NAME]
+
+
+def _segmenter_tags(tags: Mapping[str, Any]) -> dict[str, str]:
+    """String tags; a segmenter spec holding a path is tagged short, the full spec beside it."""
+    out = {str(k): str(v) for k, v in tags.items() if v is not None}
+    seg = out.get("segmenter")
+    if seg is not None and short_segmenter(seg) != seg:
+        out["segmenter"] = str(short_segmenter(seg))
+        out.setdefault("segmenter.spec", seg)
+    return out
 
 
 def resolve_tracking_uri(explicit: str | None = None) -> str:
@@ -71,6 +176,9 @@ class NullRun:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Ignored."""
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Ignored."""
+
     @contextmanager
     def child(self, name: str, tags: Mapping[str, Any] | None = None) -> Iterator[NullRun]:
         """A nested run; here another NullRun."""
@@ -80,36 +188,49 @@ class NullRun:
 class Run(NullRun):
     """A live MLflow run driven through ``MlflowClient`` (no global fluent state)."""
 
-    active = True
-
-    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str) -> None:
+    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str,
+                 params: Mapping[str, str] | None = None, inherited: Mapping[str, str] | None = None) -> None:
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
         self.uri = uri
+        self.inherited = dict(inherited or {})  # tags every child carries too (the pipeline's run id)
+        self._params = dict(params or {})  # already logged (a continued run)
         self._monitor: Any = None
+        limit_http_retries(uri)
 
-    # A failing backend must never kill training: every call goes through _safe.
+    @property
+    def active(self) -> bool:  # type: ignore[override]
+        return self.uri not in _FAILED_URIS
+
+    # A failing backend must never kill training: every call goes through _safe, and the
+    # first failure switches tracking off for this URI (this run, its children, later runs).
     def _safe(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> None:
         if not self.active:
             return
         try:
             fn(*args, **kwargs)
         except Exception as exc:
-            warnings.warn(
-                f"MLflow tracking failed ({what}): {str(exc).splitlines()[0] if str(exc) else exc!r};"
-                " continuing without tracking",
-                TrackingWarning,
-                stacklevel=3,
-            )
-            self.active = False
+            tracking_failed(self.uri, what, exc)
+            self._stop_monitor(wait=False)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
 
-        items = [Param(_metric_key(k), _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), 100):  # log_batch takes at most 100 params
-            self._safe("params", self.client.log_batch, self.run_id, params=items[i : i + 100])
+        new: list[Any] = []
+        changed: list[Any] = []
+        for k, v in params.items():
+            key, value = _metric_key(k), _param_value(v)
+            old = self._params.get(key)
+            if old is None:
+                new.append(Param(key, value))
+                self._params[key] = value
+            elif old != value:  # a continued run: params are immutable, record the change as a tag
+                changed.append(RunTag(f"resumed.param.{key}"[:250], value))
+        for i in range(0, len(new), 100):  # log_batch takes at most 100 params
+            self._safe("params", self.client.log_batch, self.run_id, params=new[i : i + 100])
+        for i in range(0, len(changed), 100):
+            self._safe("tags", self.client.log_batch, self.run_id, tags=changed[i : i + 100])
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
@@ -117,9 +238,9 @@ class Run(NullRun):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [
+        items = [  # sorted: the UI lists a run's metrics in the order they were first logged
             Metric(_metric_key(k), float(v), now, int(step or 0))
-            for k, v in metrics.items()
+            for k, v in sorted(metrics.items())
             if v is not None
         ]
         for i in range(0, len(items), 1000):
@@ -128,7 +249,7 @@ class Run(NullRun):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(str(k), str(v)) for k, v in tags.items() if v is not None]
+        items = [RunTag(k, v) for k, v in _segmenter_tags(tags).items()]
         self._safe("tags", self.client.log_batch, self.run_id, tags=items)
 
     def log_dict(self, obj: Any, artifact_file: str) -> None:
@@ -144,6 +265,18 @@ class Run(NullRun):
         else:
             self._safe("artifact", self.client.log_artifact, self.run_id, str(p), artifact_path)
 
+    def log_table(self, rows: list[Mapping[str, Any]], artifact_file: str) -> None:
+        """Rows (one dict each) as an MLflow table artifact, viewable and comparable in the UI.
+
+        The runs page's artifact view groups by the first column and shows the second.
+        """
+        if not rows:
+            return
+        with warnings.catch_warnings():  # pandas' deprecation notes from inside MLflow
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            self._safe("table", self.client.log_table, self.run_id, _columns(rows), artifact_file)
+
     def start_system_metrics(self) -> None:
         """CPU/GPU/memory sampled in the background (needs psutil); best effort."""
         try:
@@ -154,10 +287,19 @@ class Run(NullRun):
         except Exception:  # optional: psutil missing, unsupported platform ...
             self._monitor = None
 
-    def finish(self, status: str) -> None:
-        if self._monitor is not None:
+    def _stop_monitor(self, wait: bool) -> None:
+        monitor, self._monitor = self._monitor, None
+        if monitor is None:
+            return
+        if wait and self.active:
             with suppress(Exception):
-                self._monitor.finish()
+                monitor.finish()
+        else:  # a dead backend: do not wait on the sampling thread's retries (it is a daemon)
+            with suppress(Exception):
+                monitor._shutdown_event.set()
+
+    def finish(self, status: str) -> None:
+        self._stop_monitor(wait=True)
         self._safe("end run", self.client.set_terminated, self.run_id, status)
 
     @contextmanager
@@ -167,12 +309,12 @@ class Run(NullRun):
             yield NullRun()
             return
         try:
-            tags_all = {"mlflow.parentRunId": self.run_id, "mlflow.runName": name}
-            tags_all.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
+            tags_all = {**self.inherited, "mlflow.parentRunId": self.run_id, "mlflow.runName": name,
+                        **_segmenter_tags(tags or {})}
             info = self.client.create_run(self.experiment_id, tags=tags_all, run_name=name).info
-            child = Run(self.client, info.run_id, self.experiment_id, self.uri)
+            child = Run(self.client, info.run_id, self.experiment_id, self.uri, inherited=self.inherited)
         except Exception as exc:
-            warnings.warn(f"MLflow child run failed: {exc}", TrackingWarning, stacklevel=3)
+            tracking_failed(self.uri, "child run", exc)
             yield NullRun()
             return
         status = "FINISHED"
@@ -183,6 +325,40 @@ class Run(NullRun):
             raise
         finally:
             child.finish(status)
+
+
+def bench_table(rows: list[Mapping[str, Any]], metric: str = "sllm_bits_per_byte") -> list[dict[str, Any]]:
+    """Bench result rows shaped for MLflow's artifact view: the first column names the cell
+    (``csv · fixed:k=8``), the second is ``metric``; rows sorted by domain, best first.
+
+    So the runs page's table view answers "which segmenter wins on CSV" without settings.
+    """
+    import math
+
+    def order(r: Mapping[str, Any]) -> tuple[str, float]:
+        v = r.get(metric)
+        return str(r.get("domain")), v if isinstance(v, (int, float)) and not math.isnan(v) else math.inf
+
+    out = []
+    for r in sorted(rows, key=order):
+        seg = short_segmenter(str(r.get("segmenter")))
+        out.append({"domain · segmenter": f"{r.get('domain')} · {seg}", metric: r.get(metric),
+                    **{k: v for k, v in r.items() if k != metric}, "segmenter": seg})
+    return out
+
+
+def _columns(rows: list[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Rows -> columns (every key of any row, in first-seen order; NaN and missing -> None)."""
+    import math
+
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and math.isnan(v):
+            return None
+        return v if v is None or isinstance(v, (int, float, str, bool)) else str(v)
+
+    return {k: [clean(r.get(k)) for r in rows] for k in keys}
 
 
 def _param_value(value: Any) -> str:
@@ -203,11 +379,15 @@ def start_run(
     run_name: str | None = None,
     manifests: Mapping[str, Any] | None = None,
     system_metrics: bool = True,
+    resume: bool = False,
 ) -> Iterator[NullRun]:
     """Open the run of one stage; yields a :class:`NullRun` when tracking is off.
 
     ``cfg`` is the resolved dataclass config (``cfg.run.track`` / ``cfg.run.tracking_uri``);
-    its flattened form becomes the params and its YAML an artifact.
+    its flattened form becomes the params and its YAML an artifact. The run is named
+    :func:`run_name` (stage, ``tags["segmenter"]``, ``cfg.run.out``) unless ``run_name`` is
+    given. With ``resume`` the last unfinished run of the same stage and output folder is
+    continued; without it, such runs left RUNNING by a killed process are closed as KILLED.
     """
     from segsllm.runtime import is_rank_zero
 
@@ -218,25 +398,28 @@ def start_run(
         return
 
     uri = resolve_tracking_uri(getattr(run_cfg, "tracking_uri", None))
+    if uri in _FAILED_URIS:  # failed earlier in this process: do not pay the timeout again
+        yield NullRun()
+        return
     prefix = getattr(run_cfg, "experiment_prefix", "segsllm")
     all_tags = dict(getattr(run_cfg, "tags", None) or {})
     all_tags.update(tags or {})
+    out = getattr(run_cfg, "out", None)
+    if out:
+        all_tags.setdefault("out_dir", str(Path(out).resolve()))
+    name = run_name or _default_name(stage, all_tags.get("segmenter"), out)
     try:
-        run = _open(uri, f"{prefix}/{stage}", run_name, stage, all_tags)
+        check_reachable(uri)
+        run = _open(uri, f"{prefix}/{stage}", name, stage, all_tags, resume=resume)
     except Exception as exc:
-        warnings.warn(
-            f"MLflow tracking unavailable at {uri}: {str(exc).splitlines()[0] if str(exc) else exc!r};"
-            " running untracked",
-            TrackingWarning,
-            stacklevel=3,
-        )
+        tracking_failed(uri, "start", exc)
         yield NullRun()
         return
 
     _log_config(run, cfg)
-    for name, manifest in (manifests or {}).items():
-        run.log_dict(manifest, f"manifests/{name}.json")
-    if system_metrics:
+    for mname, manifest in (manifests or {}).items():
+        run.log_dict(manifest, f"manifests/{mname}.json")
+    if system_metrics and run.active:
         run.start_system_metrics()
     status = "FINISHED"
     try:
@@ -251,26 +434,84 @@ def start_run(
         run.finish(status)
 
 
-def _open(uri: str, experiment: str, run_name: str | None, stage: str, tags: Mapping[str, Any] | None) -> Run:
+def _default_name(stage: str, segmenter: Any, out: Any) -> str:
+    """:func:`run_name` (shadowed by ``start_run``'s argument of the same name)."""
+    return run_name(stage, None if segmenter is None else str(segmenter), out)
+
+
+def _open(uri: str, experiment: str, name: str, stage: str, tags: Mapping[str, Any], *, resume: bool) -> Run:
     import logging
 
-    # Quiet alembic's migration chatter on the first use of a fresh SQLite file.
-    for noisy in ("alembic", "mlflow.store", "mlflow.tracking", "mlflow.system_metrics"):
+    from mlflow.entities import RunTag
+
+    # Quiet alembic's migration chatter on the first use of a fresh SQLite file, and the
+    # retry / monitor chatter of a failing server (its one warning comes from here).
+    for noisy in ("alembic", "mlflow.store", "mlflow.tracking", "mlflow.utils.rest_utils"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in ("mlflow.system_metrics", "urllib3.connectionpool"):
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    limit_http_retries(uri)
     from mlflow import MlflowClient
 
     from segsllm import __version__
 
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    experiment_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    experiment_id = _experiment(client, experiment)
     all_tags = {"stage": stage, "segsllm.version": __version__}
     commit = git_commit()
     if commit:
         all_tags["git.commit"] = commit
-    all_tags.update({k: str(v) for k, v in (tags or {}).items() if v is not None})
-    info = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info
-    return Run(client, info.run_id, experiment_id, uri)
+    all_tags.update(_segmenter_tags(tags))
+    previous = _unfinished_runs(client, experiment_id, all_tags.get("out_dir"))
+    if resume and previous:
+        # Continue the interrupted run: same run id, metric history goes on from the checkpoint.
+        run_id = previous[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+        items = [RunTag(k, v) for k, v in {**all_tags, "resumed": "true"}.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, tags=items[i : i + 100])
+        _close(client, previous[1:], run_id)
+        return Run(client, run_id, experiment_id, uri, params=previous[0].data.params, inherited=_inherited(all_tags))
+    info = client.create_run(experiment_id, tags=all_tags, run_name=name).info
+    _close(client, previous, info.run_id)
+    return Run(client, info.run_id, experiment_id, uri, inherited=_inherited(all_tags))
+
+
+def _inherited(tags: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in tags.items() if k.startswith("pipeline.")}
+
+
+def _experiment(client: Any, name: str) -> str:
+    """The experiment's id, created (or marked) as a model-training experiment."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):  # created by an older segsllm
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+def _unfinished_runs(client: Any, experiment_id: str, out_dir: str | None) -> list[Any]:
+    """Runs of this experiment and output folder not FINISHED, newest first (stale or interrupted)."""
+    if not out_dir:
+        return []
+    runs = client.search_runs([experiment_id], "attributes.status != 'FINISHED'", max_results=200,
+                              order_by=["attributes.start_time DESC"])
+    return [r for r in runs if r.data.tags.get("out_dir") == out_dir
+            and "mlflow.parentRunId" not in r.data.tags]
+
+
+def _close(client: Any, runs: list[Any], by: str) -> None:
+    """Mark runs a killed process left RUNNING as KILLED (they will never finish themselves)."""
+    for r in runs:
+        if r.info.status != "RUNNING":
+            continue
+        children = client.search_runs([r.info.experiment_id], f"tags.mlflow.parentRunId = '{r.info.run_id}'",
+                                      max_results=1000)
+        for run in [r, *children]:
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "superseded_by", by)
+                client.set_terminated(run.info.run_id, "KILLED")
 
 
 def _log_config(run: Run, cfg: Any) -> None:

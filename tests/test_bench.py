@@ -7,6 +7,7 @@ import json
 import math
 import re
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,8 @@ def _cfg(data_dir, pipeline_dir, out, **bench):
     b = cfg.bench
     b.segmenters, b.from_dir = ["punctuation", "fixed:k=8"], str(pipeline_dir)
     b.eval_bytes, b.prompts, b.prompt_tokens, b.new_tokens = 2500, 1, 12, 8
-    b.repeats, b.warmup, b.context_lengths, b.exact_match_segments = 1, 0, [16, 32, 48], 16
+    b.pairs, b.warmup, b.context_lengths, b.exact_match_segments = 3, 0, [16, 32, 48], 16
+    b.memory_samples = 2
     for k, v in bench.items():
         setattr(b, k, v)
     return cfg
@@ -149,7 +151,16 @@ def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_pat
     assert by["punctuation", "prose"]["baseline_bits_per_byte"] == by["fixed:k=8", "prose"]["baseline_bits_per_byte"]
     assert by["fixed:k=8", "csv"]["p95_segment_len"] <= 8
     row = by["punctuation", "prose"]
-    assert row["speedup"] > 0 and row["sllm_new_tokens"] == row["baseline_new_tokens"] == 8
+    assert row["speedup"] > 0 and row["speed_new_tokens"] == 8 and row["speed_na"] is None
+    assert row["speedup_q25"] <= row["speedup"] <= row["speedup_q75"] and row["speedup_pairs"] == 3
+    assert row["speedup_flops"] == pytest.approx(row["baseline_flops_per_token"] / row["sllm_flops_per_token"])
+    assert row["backbone_steps_per_token"] == pytest.approx(1 / row["gen_segment_len"])
+    assert row["bound"] > 0 and row["bound_flops"] > 0
+    # A rerun gives the same cost account and generation, whatever the clock says.
+    r3 = run_bench(_cfg(tiny_data_dir, pipeline_dir, tmp_path / "c", memory=False))
+    exact = ("sllm_flops_per_token", "baseline_flops_per_token", "speedup_flops", "bound_flops", "gen_segment_len",
+             "gen_eos_share", "sllm_decoder_steps")
+    assert [[r[k] for k in exact] for r in r1.rows] == [[r[k] for k in exact] for r in r3.rows]
     assert row["sllm_kv_bytes_per_token"] < row["baseline_kv_bytes_per_token"]  # one position per segment
     assert row["baseline_kv_kb_per_token_slope"] == pytest.approx(2 * 2 * 32 * 4 / 1024)  # layers*(K,V)*width*fp32
     assert math.isnan(row["sllm_peak_mem_bytes"])  # CUDA only
@@ -215,7 +226,16 @@ def test_mlflow_parent_and_child_runs(tiny_data_dir, pipeline_dir, tmp_path):
     assert kid.params["segmenter"] == "fixed:k=8" and kid.params["domain"] == "csv" and kid.params["vae_depth"] == "1"
     assert kid.metrics["sllm_bits_per_byte"] == pytest.approx(res.rows[0]["sllm_bits_per_byte"])
     arts = {a.path for a in client.list_artifacts(res.run_id)}
-    assert {"results.json", "results.csv", "results.md", "memory.png"} <= arts
+    assert {"results.json", "results.csv", "results.md", "memory.png", "results_table.json"} <= arts
+    # Browsable: named after the folder it benched, sortable metric keys without paths.
+    assert parent.info.run_name == f"bench · {pipeline_dir.parent.name}/{pipeline_dir.name}"
+    assert kids[0].info.run_name == "csv · fixed:k=8"
+    assert "csv.sllm_bits_per_byte.fixed-k-8" in parent.data.metrics
+    assert all("/" not in k for k in parent.data.metrics), parent.data.metrics
+    table = json.loads((Path(client.download_artifacts(res.run_id, "results_table.json", str(tmp_path)))).read_text())
+    # The runs page's artifact view groups by the first column and shows the second.
+    assert table["columns"][:2] == ["domain · segmenter", "sllm_bits_per_byte"] and "segmenter" in table["columns"]
+    assert [r[0] for r in table["data"]] == ["csv · fixed:k=8"]
 
 
 def test_baseline_on_another_tokenizer_warns_and_drops_token_unit_columns(tiny_data_dir, pipeline_dir, tmp_path):

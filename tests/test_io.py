@@ -46,8 +46,8 @@ def test_record_files_rewrites_the_manifest_last(tmp_path):
 
     from segsllm.errors import ArtifactError
     from segsllm.models.artifact import (
-        load_artifact,
         mark_incomplete,
+        read_artifact,
         read_manifest,
         record_files,
         save_artifact,
@@ -64,4 +64,4 @@ def test_record_files_rewrites_the_manifest_last(tmp_path):
     files = read_manifest(out)["files"]
     assert set(files) == {"model.safetensors", "config.json", "metrics.json"}
     assert files["metrics.json"]["bytes"] == 2
-    assert load_artifact(out, kind="unit").config == {"a": 1}
+    assert read_artifact(out, kind="unit").config == {"a": 1}

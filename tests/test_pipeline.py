@@ -66,6 +66,14 @@ def test_pipeline_runs_are_linked_in_mlflow(smoke_run):
     vae_exp = client.get_experiment_by_name("segsllm/vae").experiment_id
     linked = client.search_runs([vae_exp], f"tags.`pipeline.run_id` = '{parent.info.run_id}'")
     assert len(linked) == 3  # one VAE per segmenter (punctuation, fixed, the learned splitter)
+    # Each named after stage, segmenter and folder: no two alike, no absolute path.
+    names = sorted(r.info.run_name for r in linked)
+    assert len(set(names)) == 3 and all(n.startswith("vae · ") and str(root) not in n for n in names), names
+    assert any("learned:" in n and "splitter-punctuation" in n for n in names), names
+    assert parent.info.run_name == f"pipeline · {root.name}/out"
+    bench_exp = client.get_experiment_by_name("segsllm/bench").experiment_id
+    cells = client.search_runs([bench_exp], f"tags.`pipeline.run_id` = '{parent.info.run_id}'")
+    assert len(cells) == 1 + 3 * 3  # the bench parent and its (segmenter, domain) children
 
 
 def test_rerun_skips_finished_stages_and_redoes_unfinished_ones(smoke_run):

@@ -395,3 +395,109 @@ def test_init_embeddings_from_backbone(width):
         assert err < 0.5
     with pytest.raises(ArtifactError, match="vocabulary"):
         model.init_embeddings_from(torch.randn(65, 32))
+
+
+# --------------------------------------------------------------------------- 8. architecture options (#17)
+
+ARCH_COMBOS = [
+    dict(norm=n, positions=p, activation=a, init=i, tie_embeddings=t)
+    for n in ("pre", "post") for p in ("learned", "sinusoidal") for a in ("gelu", "relu")
+    for i, t in (("small", True), ("torch", False))
+]
+
+
+def _arch_id(kw: dict) -> str:
+    return "-".join(str(v) for v in kw.values())
+
+
+@pytest.mark.parametrize("arch", ARCH_COMBOS, ids=_arch_id)
+def test_every_architecture_option_keeps_causality_padding_invariance_and_kv_cache(arch):
+    model = make(seed=5, pooling="add" if arch["init"] == "torch" else "attention", **arch)
+    B, T = 3, 9
+    latent = torch.randn(B, 32)
+    ids = rand_ids(B, T)
+    ids[:, 0] = model.config.bos_id
+    lengths = torch.tensor([T, 6, 3])
+    mask = torch.arange(T)[None, :] < lengths[:, None]
+    with torch.no_grad():
+        base = model.decoder(ids, latent, attention_mask=mask)  # (B, T, V)
+        for t in (1, 4):  # changing tokens after t leaves positions <= t alone
+            changed = ids.clone()
+            changed[:, t + 1:] = rand_ids(B, T - t - 1, seed=200 + t)
+            new = model.decoder(changed, latent, attention_mask=mask)
+            for b in range(B):
+                upto = min(t + 1, int(lengths[b]))
+                torch.testing.assert_close(new[b, :upto], base[b, :upto], rtol=0, atol=1e-5)
+            assert not torch.allclose(new[0, t + 1:], base[0, t + 1:], atol=1e-4)
+        # KV cache: prefill + single steps equal the full forward pass.
+        full = model.decoder(ids, latent)
+        cache = model.decoder.new_cache()
+        parts = [model.decoder(ids[:, :4], latent, cache=cache)]
+        parts += [model.decoder(ids[:, t : t + 1], latent, cache=cache) for t in range(4, T)]
+        torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=0, atol=1e-4)
+        # Encoder: padding (filled with real-looking ids) never changes a segment's latent.
+        segs = [rand_ids(1, n, seed=30 + i)[0] for i, n in enumerate((7, 2, 5))]
+        batch = rand_ids(3, 7, seed=98)
+        for i, s in enumerate(segs):
+            batch[i, : len(s)] = s
+        together = model.encode(batch, lengths=torch.tensor([7, 2, 5]))
+        for i, s in enumerate(segs):
+            torch.testing.assert_close(together[i], model.encode(s[None])[0], rtol=0, atol=1e-5)
+
+
+def test_architecture_options_change_the_model_as_documented():
+    small, torch_init = make(init="small"), make(init="torch")
+    # PyTorch's default Embedding init is N(0, 1); ours is N(0, 0.02).
+    assert small.encoder.tok_emb.weight.std() < 0.05 < 0.5 < torch_init.encoder.tok_emb.weight.std()
+    post = make(norm="post", positions="sinusoidal")
+    assert isinstance(post.decoder.ln_f, torch.nn.Identity)  # post-LN blocks end normalised
+    assert not any("pos_emb" in k for k in post.state_dict())  # fixed table: not a weight
+    relu, gelu = make(activation="relu"), make(activation="gelu")
+    x = torch.randn(2, 3, 32)
+    with torch.no_grad():
+        assert not torch.allclose(relu.decoder.blocks[0].mlp(x), gelu.decoder.blocks[0].mlp(x))
+    for key, bad in (("norm", "mid"), ("positions", "rope"), ("activation", "tanh"), ("init", "xavier")):
+        with pytest.raises(ConfigError, match=key):
+            tiny(**{key: bad}).validate()
+
+
+def test_older_artifacts_load_with_the_architecture_they_were_built_with(tmp_path):
+    from segsllm.config.vae import LEGACY_ARCH
+
+    model = make(**LEGACY_ARCH)
+    out = model.save_pretrained(tmp_path / "vae", tokenizer="f" * 16)
+    cfg_path = out / "config.json"
+    stored = json.loads(cfg_path.read_text())
+    for key in LEGACY_ARCH:  # a config.json written before the options existed
+        stored.pop(key)
+    cfg_path.write_text(json.dumps(stored))
+    assert SentenceVAEConfig.from_dict(stored) == model.config
+
+
+def test_reference_model_trains_and_reconstructs_with_the_shared_interface():
+    from segsllm.models.vae_reference import ReferenceSentenceVAE, reference_config
+
+    torch.manual_seed(0)
+    ref = ReferenceSentenceVAE(reference_config(tiny(), dropout=0.0))
+    assert ref.config.loss == "focal" and ref.config.norm == "post"
+    ids, lengths = rand_ids(4, 6), torch.tensor([6, 5, 3, 1])
+    opt = torch.optim.AdamW(ref.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        out = ref(ids, lengths=lengths)
+        first = first if first is not None else float(out["loss"].detach())
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+    assert float(out["loss"].detach()) < 0.2 * first
+    got = ref.reconstruct(ids, lengths=lengths)
+    assert got == [ids[i, : int(n)].tolist() for i, n in enumerate(lengths)]
+    # Causal decoder: a change after position t leaves logits up to t unchanged.
+    ref.eval()
+    lat = ref.encode(ids, lengths=lengths)
+    dec = torch.cat([torch.full((4, 1), ref.config.bos_id), ids], dim=1)
+    changed = dec.clone()
+    changed[:, 4:] = rand_ids(4, 3, seed=7)
+    with torch.no_grad():
+        a, b = ref.decode(dec, lat), ref.decode(changed, lat)
+    torch.testing.assert_close(a[:, :4], b[:, :4], rtol=0, atol=1e-5)

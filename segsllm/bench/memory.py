@@ -3,8 +3,12 @@
 For each context length L the model is prefilled with the first L tokens of a domain's
 test text (the SLLM: those tokens cut by its segmenter, one backbone position per segment
 plus the start vector) and the bytes of the resulting KV cache are read from the cache
-tensors (:func:`segsllm.models.backbone.kv_cache_bytes`). On CUDA the allocator's peak
-during that prefill is recorded too (weights included); on CPU it is absent (None).
+tensors (:func:`segsllm.models.backbone.kv_cache_bytes`). The SLLM's figure adds the
+sentence decoder's own per-segment cache at its peak during generation (self-attention K/V
+for BOS + max_len tokens and the cross-attention K/V of the memory slots): that much is
+held while the next segment is decoded. Each point is the mean over several samples (windows
+starting at different test documents, :func:`context_samples`). On CUDA the allocator's
+peak during that prefill is recorded too (weights included); on CPU it is absent (None).
 The paper's "KB per token" is the slope of a least-squares line through (L, KV bytes).
 """
 
@@ -24,8 +28,10 @@ class MemoryPoint:
     model: str
     context_tokens: int
     positions: int  # backbone positions (LM: tokens; SLLM: start + segments)
-    kv_bytes: int
+    kv_bytes: float  # backbone + decoder (SLLM) cache bytes, mean over samples
     peak_bytes: int | None = None  # CUDA only
+    decoder_kv_bytes: int = 0  # SLLM: the decoder's per-segment cache at its peak (included in kv_bytes)
+    samples: int = 1
 
     @property
     def kv_bytes_per_token(self) -> float:
@@ -45,6 +51,31 @@ def context_ids(texts: Sequence[str], tokenizer: Any, n_tokens: int) -> list[int
         if len(out) >= n_tokens:
             break
     return out[:n_tokens]
+
+
+def context_samples(texts: Sequence[str], tokenizer: Any, n_tokens: int, n_samples: int) -> list[list[int]]:
+    """Up to ``n_samples`` windows of ``n_tokens`` ids, each starting at a different document
+    (evenly spread over ``texts``); shorter windows where the texts run out."""
+    if not texts:
+        return []
+    starts = np.unique(np.linspace(0, len(texts) - 1, max(1, min(n_samples, len(texts)))).round().astype(int))
+    return [context_ids(list(texts[int(i):]) + list(texts[:int(i)]), tokenizer, n_tokens) for i in starts]
+
+
+def average_points(samples: Sequence[Sequence[MemoryPoint]]) -> list[MemoryPoint]:
+    """Mean over samples of the points at each context length (lengths a sample lacks skipped)."""
+    by_len: dict[int, list[MemoryPoint]] = {}
+    for pts in samples:
+        for p in pts:
+            by_len.setdefault(p.context_tokens, []).append(p)
+    out = []
+    for L in sorted(by_len):
+        ps = by_len[L]
+        peaks = [p.peak_bytes for p in ps if p.peak_bytes is not None]
+        out.append(MemoryPoint(ps[0].model, L, round(float(np.mean([p.positions for p in ps]))),
+                               float(np.mean([p.kv_bytes for p in ps])), max(peaks) if peaks else None,
+                               ps[0].decoder_kv_bytes, len(ps)))
+    return out
 
 
 def _peak_reset(device: Any) -> None:
@@ -69,9 +100,11 @@ def sllm_curve(model: Any, segmenter: Any, ids: Sequence[int], lengths: Sequence
     """KV bytes of the SLLM's backbone after prefilling the first L tokens, per L."""
     import torch
 
+    from segsllm.generate import decoder_cache_bytes
     from segsllm.models.backbone import kv_cache_bytes
     from segsllm.models.sllm import hidden_states_cached
 
+    dec = decoder_cache_bytes(model.vae, model.vae.config.max_len)
     dev = model.start.device
     limit = model.max_positions
     points = []
@@ -84,7 +117,7 @@ def sllm_curve(model: Any, segmenter: Any, ids: Sequence[int], lengths: Sequence
                 continue
             _peak_reset(dev)
             _, cache = hidden_states_cached(model, segs, prefill=len(segs))
-            points.append(MemoryPoint(name, int(L), 1 + len(segs), kv_cache_bytes(cache), _peak(dev)))
+            points.append(MemoryPoint(name, int(L), 1 + len(segs), kv_cache_bytes(cache) + dec, _peak(dev), dec))
             del cache
     return points
 
@@ -126,4 +159,4 @@ def kb_per_token_slope(points: Sequence[MemoryPoint]) -> float:
     return float(np.polyfit(x, y, 1)[0])
 
 
-__all__ = ["MemoryPoint", "context_ids", "kb_per_token_slope", "lm_curve", "sllm_curve"]
+__all__ = ["MemoryPoint", "average_points", "context_ids", "context_samples", "kb_per_token_slope", "lm_curve", "sllm_curve"]

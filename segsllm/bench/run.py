@@ -2,7 +2,8 @@
 
 For every (segmenter, domain) cell on the test split (docs/DESIGN.md §7): bits/byte and token
 perplexity of the SLLM and of the token baselines (+ the labelled paper-style perplexity),
-generation throughput and speedup, KV bytes per context token and the KB/token slope,
+generation cost (FLOPs/token, :mod:`segsllm.bench.flops`), interleaved wall-clock speedup and
+its analytic bound (:mod:`segsllm.bench.speed`), KV bytes per context token and the KB/token slope,
 compression (tokens per segment) and the VAE's exact-match rate. Baseline numbers are
 computed once per domain and shared by every segmenter's cell; every model of a domain is
 scored on the same documents and bytes (checked). Results go to ``results.json/csv/md``
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -166,10 +168,10 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     from segsllm.bench import speed as spd
     from segsllm.bench.report import write_outputs
     from segsllm.data.store import load_manifest
-    from segsllm.generate import load_sllm
+    from segsllm.generate import generate_sllm, load_sllm
     from segsllm.runtime import pick_device, seed_everything
     from segsllm.segment import build_segmenter
-    from segsllm.tracking import start_run
+    from segsllm.tracking import bench_table, run_name, short_segmenter, start_run
 
     say = log or (lambda _m: None)
     started = time.perf_counter()
@@ -209,14 +211,15 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     baselines: list[dict[str, Any]] = []
     memory_rows: list[dict[str, Any]] = []
     base_q: dict[str, dict[str, q.QualityResult]] = {d: {} for d in domains}
-    base_speed: dict[str, spd.SpeedResult] = {}
+    speed_lm: tuple[Any, Any] | None = None  # the speed reference LM, kept loaded for the interleaved pairs
     base_mem: dict[str, list[mem.MemoryPoint]] = {}
     prompts: dict[str, list[str]] = {}
     lm_toks: dict[str, Any] = {}  # each baseline's tokenizer (token-unit columns need the SLLM's)
     rows: list[dict[str, Any]] = []
     tags = {"segmenter": ",".join(segmenters), "domain": ",".join(domains), "device": str(device), **lineage,
             **(getattr(cfg.run, "tags", None) or {})}
-    with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()}) as run:
+    with start_run(cfg, STAGE, tags=tags, manifests={f"data-{d}": m for d, m in data_manifests.items()},
+                   run_name=run_name(STAGE, folder=bcfg.from_dir or out_dir)) as run:
         # ---- token baselines: once per domain, shared by every segmenter's cell
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
@@ -233,17 +236,17 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                 if name == speed_ref:
                     prompts[d] = spd.make_prompts(texts[d], tok, bcfg.prompts, bcfg.prompt_tokens)
                     if bcfg.speed:
-                        base_speed[d] = spd.measure_lm(model, tok, prompts[d], bcfg.new_tokens, repeats=bcfg.repeats,
-                                                       warmup=bcfg.warmup, name=name)
-                        entry["tokens_per_s"] = base_speed[d].tokens_per_s
-                        entry["new_tokens"] = base_speed[d].new_tokens
+                        speed_lm = (model, tok)
+                        entry.update(spd.lm_cost(model, tok, prompts[d], bcfg.new_tokens))
                     if bcfg.memory:
-                        ids = mem.context_ids(texts[d], tok, max(ctx_lengths))
-                        base_mem[d] = mem.lm_curve(model, ids, ctx_lengths, name=name)
+                        samples = mem.context_samples(texts[d], tok, max(ctx_lengths), bcfg.memory_samples)
+                        base_mem[d] = mem.average_points([mem.lm_curve(model, ids, ctx_lengths, name=name)
+                                                          for ids in samples])
                         memory_rows += [{"domain": d, **p.as_dict()} for p in base_mem[d]]
                         entry["kv_kb_per_token_slope"] = mem.kb_per_token_slope(base_mem[d])
                 baselines.append(entry)
-            del model
+            if speed_lm is None or speed_lm[0] is not model:
+                del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -282,16 +285,17 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     row[f"{name}_token_perplexity"] = r.token_perplexity
                 if bcfg.speed:
                     ps = prompts.get(d) or spd.make_prompts(texts[d], tok, bcfg.prompts, bcfg.prompt_tokens)
-                    s = spd.measure_sllm(model, tok, seg, ps, bcfg.new_tokens, repeats=bcfg.repeats,
-                                         warmup=bcfg.warmup)
-                    b = base_speed.get(d)
-                    row.update({"sllm_tokens_per_s": s.tokens_per_s, "sllm_new_tokens": s.new_tokens,
-                                "baseline_tokens_per_s": b.tokens_per_s if b else math.nan,
-                                "baseline_new_tokens": b.new_tokens if b else math.nan,
-                                "speedup": spd.speedup(s, b)})
+                    if speed_lm is not None:
+                        row.update(spd.speed_cell(speed_lm[0], speed_lm[1], model, tok, seg, ps, bcfg.new_tokens,
+                                                  pairs=bcfg.pairs, warmup=bcfg.warmup))
+                    else:
+                        row.update(spd.generation_stats([generate_sllm(model, tok, seg, p, bcfg.new_tokens,
+                                                                       ignore_stop=True) for p in ps]))
+                        row["speed_na"] = "no token LM to compare with"
                 if bcfg.memory:
-                    ids = mem.context_ids(texts[d], tok, max(ctx_lengths))
-                    pts = mem.sllm_curve(model, seg, ids, ctx_lengths, name=f"sllm:{spec}")
+                    samples = mem.context_samples(texts[d], tok, max(ctx_lengths), bcfg.memory_samples)
+                    pts = mem.average_points([mem.sllm_curve(model, seg, ids, ctx_lengths, name=f"sllm:{spec}")
+                                              for ids in samples])
                     memory_rows += [{"domain": d, **p.as_dict()} for p in pts]
                     bpts = base_mem.get(d, [])
                     s_bpt = pts[-1].kv_bytes_per_token if pts else math.nan
@@ -299,6 +303,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     row.update({
                         "sllm_kv_bytes_per_token": s_bpt, "baseline_kv_bytes_per_token": b_bpt,
                         "kv_ratio": s_bpt / b_bpt if b_bpt and not math.isnan(b_bpt) else math.nan,
+                        "sllm_decoder_kv_bytes": pts[-1].decoder_kv_bytes if pts else math.nan,
+                        "kv_ideal_ratio": (pts[-1].positions - 1) / pts[-1].context_tokens if pts else math.nan,
                         "sllm_kv_kb_per_token_slope": mem.kb_per_token_slope(pts),
                         "baseline_kv_kb_per_token_slope": mem.kb_per_token_slope(bpts) if bpts else math.nan,
                         "sllm_peak_mem_bytes": _nan(pts[-1].peak_bytes) if pts else math.nan,
@@ -309,9 +315,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                 for n in other_units:
                     drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
-                say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte"
-                    + (f", speedup {row['speedup']:.2f}x" if "speedup" in row else ""))
-                with run.child(f"{spec} | {d}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
+                say(f"  {d}: SLLM {sq.bits_per_byte:.4f} bits/byte" + spd.speed_summary(row))
+                with run.child(f"{d} · {short_segmenter(spec)}", tags={"stage": STAGE, "segmenter": spec, "domain": d,
                                                       "backbone": backbone, "sllm": str(path)}) as child:
                     child.log_params({"segmenter": spec, "segmenter_spec": seg.spec(), "domain": d, "backbone": backbone,
                                       "vae_depth": depth, "device": str(device), "sllm_dir": str(path),
@@ -324,10 +329,12 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+        speed_lm = None
 
         meta = {
             "segmenters": segmenters, "domains": domains, "split": bcfg.split, "device": str(device),
-            "seed": cfg.run.seed, "settings": dataclasses.asdict(bcfg),
+            "seed": cfg.run.seed, "settings": dataclasses.asdict(bcfg), "load_average": _load_average(),
+            "cpu_count": os.cpu_count(),
             "artifacts": {"sllm": {k: str(v) for k, v in arts.sllm.items()},
                           "baseline": str(arts.baseline) if arts.baseline else None,
                           "base_lm": str(arts.base_lm) if arts.base_lm else None},
@@ -340,13 +347,23 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                              run_id=run.run_id)
         result.files = write_outputs(result, out_dir, plots=bcfg.plots)
         result.wall_time_s = time.perf_counter() - started
-        run.log_metrics({f"{r['domain']}/{r['segmenter']}/{k}": r[k] for r in rows
-                         for k in ("sllm_bits_per_byte", "speedup", "mean_segment_len")
+        # <domain>.<metric>.<segmenter>: sorted by name, one domain's metric lists every segmenter
+        run.log_metrics({f"{r['domain']}.{k}.{segmenter_slug(r['segmenter'])}": r[k] for r in rows
+                         for k in ("sllm_bits_per_byte", "speedup", "speedup_flops", "gen_segment_len",
+                                   "mean_segment_len")
                          if isinstance(r.get(k), float) and not math.isnan(r[k])})
         run.set_tags({"out_dir": str(out_dir.resolve())})
+        run.log_table(bench_table(rows), "results_table.json")
         for p in result.files.values():
             run.log_artifact(p)
     return result
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _digest(arr: Any) -> str:

@@ -15,8 +15,9 @@ class BenchConfig:
     pipeline folder (``from_dir``; layout in :mod:`segsllm.bench.run`). Quality is scored on
     whole test documents of about ``eval_bytes`` UTF-8 bytes per domain, the same documents
     and bytes for every model. Speed: ``prompts`` prompts of ``prompt_tokens`` tokens per
-    domain, ``new_tokens`` generated tokens each, ``warmup`` untimed runs, the median of
-    ``repeats`` timed runs. Memory: KV-cache bytes at each of ``context_lengths`` tokens.
+    domain, ``new_tokens`` generated tokens each, ``warmup`` untimed runs, then ``pairs``
+    interleaved LM/SLLM pairs (:mod:`segsllm.bench.timing`). Memory: KV-cache bytes at each
+    of ``context_lengths`` tokens, the mean over ``memory_samples`` windows.
     """
 
     segmenters: list[str] = field(default_factory=list)  # empty: the keys of `sllm`
@@ -33,9 +34,10 @@ class BenchConfig:
     prompts: int = 3  # speed prompts per domain
     prompt_tokens: int = 32
     new_tokens: int = 64
-    repeats: int = 3
+    pairs: int = 10  # interleaved LM/SLLM timing pairs per cell
     warmup: int = 1
     context_lengths: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    memory_samples: int = 4  # windows (from different documents) averaged per context length
     exact_match_segments: int = 256  # test segments reconstructed by the VAE (0: skip)
     speed: bool = True
     memory: bool = True
@@ -43,7 +45,8 @@ class BenchConfig:
 
     def validate(self) -> BenchConfig:
         """Raise a one-line :class:`ConfigError` naming the bad ``bench.*`` key."""
-        for key in ("prompts", "prompt_tokens", "new_tokens", "repeats", "lm_batch_size", "sllm_batch_size"):
+        for key in ("prompts", "prompt_tokens", "new_tokens", "pairs", "memory_samples", "lm_batch_size",
+                    "sllm_batch_size"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"bench.{key} must be >= 1, got {getattr(self, key)}")
         if self.warmup < 0 or self.exact_match_segments < 0:

@@ -9,6 +9,13 @@ from segsllm.errors import ConfigError
 
 POOLINGS = ("add", "attention")
 LOSSES = ("ce", "focal")
+INITS = ("small", "torch")
+NORMS = ("pre", "post")
+POSITIONS = ("learned", "sinusoidal")
+ACTIVATIONS = ("gelu", "relu")
+# What an artifact saved before these options existed was built with (its config.json lacks
+# the keys): loading applies these, not the current defaults.
+LEGACY_ARCH = {"init": "small", "norm": "pre", "positions": "learned", "activation": "gelu"}
 
 
 @dataclass
@@ -44,6 +51,14 @@ class SentenceVAEConfig:
     # Training-time provenance: start both token embeddings from the backbone's input
     # embeddings (same tokenizer required; see SentenceVAE.init_embeddings_from).
     embeddings_from_backbone: bool = False
+    # Architecture choices ablated in docs/vae_ablation.md (issue #17):
+    # init "small": GPT-2 style N(0, 0.02) weights and embeddings, residual projections scaled
+    # by 1/sqrt(2 * layers); "torch": PyTorch's default init (Linear kaiming-uniform,
+    # Embedding N(0, 1)) as in the paper's reference code.
+    init: str = "small"
+    norm: str = "pre"  # "pre": LayerNorm before each sub-layer; "post": after the residual add
+    positions: str = "learned"  # "learned" tables or fixed "sinusoidal" ones
+    activation: str = "gelu"  # MLP non-linearity: "gelu" | "relu"
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -75,6 +90,10 @@ class SentenceVAEConfig:
             raise ConfigError(f"pooling: {self.pooling!r} is not one of {', '.join(POOLINGS)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"loss: {self.loss!r} is not one of {', '.join(LOSSES)}")
+        for name, allowed in (("init", INITS), ("norm", NORMS), ("positions", POSITIONS),
+                              ("activation", ACTIVATIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
         for name in ("dropout", "latent_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name}: must be in [0, 1), got {getattr(self, name)}")
@@ -91,10 +110,11 @@ class SentenceVAEConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SentenceVAEConfig:
-        """Build and validate; unknown keys are an error (missing keys take defaults)."""
+        """Build and validate; unknown keys are an error (missing keys take defaults, except
+        the architecture keys of LEGACY_ARCH, which an older config.json predates)."""
         if not isinstance(d, dict):
             raise ConfigError(f"expected a mapping of config keys, got {type(d).__name__}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ConfigError(f"unknown SentenceVAE config key(s): {', '.join(unknown)}")
-        return cls(**d).validate()
+        return cls(**{**LEGACY_ARCH, **d}).validate()

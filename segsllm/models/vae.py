@@ -61,6 +61,30 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
 
 
+class SinusoidalPositions(nn.Module):
+    """Fixed sin/cos position vectors (Vaswani et al. 2017): a drop-in for a learned
+    position table, called with positions (B, T) -> (B, T, C). No parameters."""
+
+    def __init__(self, n_positions: int, d_model: int):
+        super().__init__()
+        pos = torch.arange(n_positions, dtype=torch.float32)[:, None]  # (N, 1)
+        freq = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
+        table = torch.zeros(n_positions, d_model)
+        table[:, 0::2] = torch.sin(pos * freq)
+        table[:, 1::2] = torch.cos(pos * freq[: d_model // 2])
+        self.register_buffer("table", table, persistent=False)  # (N, C)
+
+    def forward(self, pos: torch.Tensor) -> torch.Tensor:
+        return self.table[pos]  # (B, T, C)
+
+
+def position_table(cfg: SentenceVAEConfig, n_positions: int) -> nn.Module:
+    """The position table the config asks for (learned or sinusoidal)."""
+    if cfg.positions == "sinusoidal":
+        return SinusoidalPositions(n_positions, cfg.d_model)
+    return nn.Embedding(n_positions, cfg.d_model)
+
+
 class KVCache:
     """Keys/values for incremental decoding: per layer, self-attention K/V written at
     ``pos``, and the cross-attention K/V of the latent (computed once, it never changes)."""
@@ -143,17 +167,20 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.out_proj = nn.Linear(cfg.d_ff, cfg.d_model)
         self.drop = nn.Dropout(cfg.dropout)
+        self.act = F.relu if cfg.activation == "relu" else F.gelu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.out_proj(F.gelu(self.fc(x))))
+        return self.drop(self.out_proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; with ``cross=True`` a cross-attention sub-layer sits between
-    self-attention and the MLP (the classic decoder layer)."""
+    """Transformer block, pre-LN (``norm="pre"``: x + f(LN(x))) or post-LN (``"post"``:
+    LN(x + f(x)), the original Transformer's and torch.nn.Transformer's layout); with
+    ``cross=True`` a cross-attention sub-layer sits between self-attention and the MLP."""
 
     def __init__(self, cfg: SentenceVAEConfig, cross: bool = False):
         super().__init__()
+        self.post_norm = cfg.norm == "post"
         self.ln_1 = nn.LayerNorm(cfg.d_model)
         self.attn = Attention(cfg)
         self.ln_x = nn.LayerNorm(cfg.d_model) if cross else None
@@ -162,6 +189,11 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, mask=None, memory=None, cache=None, layer=0):
+        if self.post_norm:
+            x = self.ln_1(x + self.attn(x, mask=mask, cache=cache, layer=layer))
+            if self.cross_attn is not None:
+                x = self.ln_x(x + self.cross_attn(x, memory=memory, cache=cache, layer=layer))
+            return self.ln_2(x + self.mlp(x))
         x = x + self.attn(self.ln_1(x), mask=mask, cache=cache, layer=layer)
         if self.cross_attn is not None:
             x = x + self.cross_attn(self.ln_x(x), memory=memory, cache=cache, layer=layer)
@@ -211,10 +243,11 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)
+        self.pos_emb = position_table(cfg, cfg.max_len)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.encoder_layers))
-        self.ln_f = nn.LayerNorm(cfg.d_model)
+        # Post-LN blocks already end in a LayerNorm.
+        self.ln_f = nn.Identity() if cfg.norm == "post" else nn.LayerNorm(cfg.d_model)
         self.pool = LearnableAddPooling(cfg.d_model) if cfg.pooling == "add" else AttentionPooling(cfg.d_model)
         D = cfg.latent_width
         self.proj = nn.Identity() if cfg.latent_dim in (None, cfg.d_model) else nn.Linear(cfg.d_model, D)
@@ -246,10 +279,10 @@ class SentenceDecoder(nn.Module):
         # The latent becomes S memory vectors of width C for cross-attention.
         self.latent_proj = nn.Identity() if (S == 1 and D == C) else nn.Linear(D, S * C)
         self.tok_emb = nn.Embedding(cfg.vocab_size, C)
-        self.pos_emb = nn.Embedding(cfg.max_len + 1, C)  # BOS + up to max_len tokens
+        self.pos_emb = position_table(cfg, cfg.max_len + 1)  # BOS + up to max_len tokens
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.decoder_layers))
-        self.ln_f = nn.LayerNorm(C)
+        self.ln_f = nn.Identity() if cfg.norm == "post" else nn.LayerNorm(C)
         self.lm_head = nn.Linear(C, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -316,6 +349,26 @@ class SentenceDecoder(nn.Module):
 # --------------------------------------------------------------------------- loss and metrics
 
 
+def teacher_forcing(ids: torch.Tensor, mask: torch.Tensor, cfg: SentenceVAEConfig) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor
+]:
+    """Segments (B, T) + mask -> decoder inputs [BOS, t1..tn] (B, T+1), their mask, and
+    targets [t1..tn, EOS] (B, T+1) with IGNORE_INDEX on padding."""
+    B, T = ids.shape
+    lengths = mask.long().sum(dim=1)  # (B,)
+    if not torch.equal(mask, lengths_to_mask(lengths, T)):
+        raise ValueError("segments must be right-padded (real tokens first, then padding)")
+    rows = torch.arange(B, device=ids.device)
+    dec_in = torch.full((B, T + 1), cfg.pad_id, dtype=ids.dtype, device=ids.device)
+    dec_in[:, 0] = cfg.bos_id
+    dec_in[:, 1:] = ids.masked_fill(~mask, cfg.pad_id)
+    dec_mask = lengths_to_mask(lengths + 1, T + 1)  # BOS + n tokens
+    targets = torch.full((B, T + 1), IGNORE_INDEX, dtype=torch.long, device=ids.device)
+    targets[:, :T] = ids.masked_fill(~mask, IGNORE_INDEX)
+    targets[rows, lengths] = cfg.eos_id
+    return dec_in, dec_mask, targets
+
+
 def reconstruction_loss(
     logits: torch.Tensor, targets: torch.Tensor, loss: str = "ce", focal_gamma: float = 2.0
 ) -> dict[str, torch.Tensor]:
@@ -379,12 +432,15 @@ class SentenceVAE(nn.Module):
         self.encoder = SentenceEncoder(config)
         self.decoder = SentenceDecoder(config)
         self.manifest: dict[str, Any] = {}  # filled by from_pretrained
-        self.apply(self._init_weights)
-        n_layers = config.encoder_layers + config.decoder_layers
-        for name, p in self.named_parameters():
-            # GPT-2: scale residual-branch outputs so the residual stream does not grow with depth.
-            if name.endswith("out_proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
+        if config.init == "small":
+            self.apply(self._init_weights)
+            n_layers = config.encoder_layers + config.decoder_layers
+            for name, p in self.named_parameters():
+                # GPT-2: scale residual-branch outputs so the residual stream does not grow with depth.
+                if name.endswith("out_proj.weight"):
+                    nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
+        # init == "torch": keep PyTorch's defaults (Linear kaiming-uniform with uniform bias,
+        # Embedding N(0, 1)): larger weights, which at this scale learn faster (issue #17).
         if isinstance(self.encoder.pool, LearnableAddPooling):
             # Start as a plain sum (a_t = 1, the paper's non-learnable add); tiny a_t would make
             # the pooled vector ~0 and the LayerNorm after it ill-conditioned.
@@ -421,20 +477,7 @@ class SentenceVAE(nn.Module):
     def teacher_forcing(self, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segments (B, T) + mask -> decoder inputs [BOS, t1..tn] (B, T+1), their mask, and
         targets [t1..tn, EOS] (B, T+1) with IGNORE_INDEX on padding."""
-        cfg = self.config
-        B, T = ids.shape
-        lengths = mask.long().sum(dim=1)  # (B,)
-        if not torch.equal(mask, lengths_to_mask(lengths, T)):
-            raise ValueError("segments must be right-padded (real tokens first, then padding)")
-        rows = torch.arange(B, device=ids.device)
-        dec_in = torch.full((B, T + 1), cfg.pad_id, dtype=ids.dtype, device=ids.device)
-        dec_in[:, 0] = cfg.bos_id
-        dec_in[:, 1:] = ids.masked_fill(~mask, cfg.pad_id)
-        dec_mask = lengths_to_mask(lengths + 1, T + 1)  # BOS + n tokens
-        targets = torch.full((B, T + 1), IGNORE_INDEX, dtype=torch.long, device=ids.device)
-        targets[:, :T] = ids.masked_fill(~mask, IGNORE_INDEX)
-        targets[rows, lengths] = cfg.eos_id
-        return dec_in, dec_mask, targets
+        return teacher_forcing(ids, mask, self.config)
 
     def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 lengths: torch.Tensor | None = None, return_logits: bool = False) -> dict[str, torch.Tensor]:
@@ -455,11 +498,16 @@ class SentenceVAE(nn.Module):
     @torch.no_grad()
     def generate(self, latent: torch.Tensor, max_len: int | None = None, greedy: bool = True,
                  temperature: float = 1.0, top_p: float = 1.0,
-                 generator: torch.Generator | None = None) -> list[list[int]]:
+                 generator: torch.Generator | None = None, min_len: int = 0,
+                 info: dict[str, Any] | None = None) -> list[list[int]]:
         """Decode latents (B, D) with a KV cache; token id lists without BOS/EOS.
 
         At most ``max_len`` tokens per segment (default and cap: config.max_len); a segment
-        that reaches it without EOS is returned as is. Does not change train/eval mode.
+        that reaches it without EOS is returned as is. EOS is masked for the first
+        ``min_len`` tokens (a speed run asks for non-empty segments). ``info``, if given,
+        receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS) and
+        ``eos_masked`` (per row: EOS was the top choice at a masked step).
+        Does not change train/eval mode.
         """
         cfg = self.config
         max_len = cfg.max_len if max_len is None else int(max_len)
@@ -470,8 +518,12 @@ class SentenceVAE(nn.Module):
         tok = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=latent.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=latent.device)
         steps = []
+        masked = torch.zeros(B, dtype=torch.bool, device=latent.device)
         for _ in range(max_len + 1):
             logits = self.decoder(tok, latent, cache=cache)[:, -1]  # (B, V)
+            if len(steps) < min_len:
+                masked |= logits.argmax(dim=-1) == cfg.eos_id
+                logits[:, cfg.eos_id] = float("-inf")
             nxt = _sample(logits, greedy, temperature, top_p, generator)  # (B,)
             steps.append(nxt)
             done |= nxt == cfg.eos_id
@@ -483,6 +535,10 @@ class SentenceVAE(nn.Module):
         for row in out_ids:
             cut = row.index(cfg.eos_id) if cfg.eos_id in row else len(row)
             result.append(row[: min(cut, max_len)])
+        if info is not None:
+            info["steps"] = len(steps)
+            info["eos"] = [cfg.eos_id in row for row in out_ids]
+            info["eos_masked"] = masked.tolist()
         return result
 
     @torch.no_grad()
@@ -568,4 +624,5 @@ __all__ = [
     "SentenceVAEConfig",
     "lengths_to_mask",
     "reconstruction_loss",
+    "teacher_forcing",
 ]

@@ -185,7 +185,7 @@ def train_matched_lm(cfg: Any, budgets: Mapping[str, int], *, resume: bool = Fal
     hook.done.update(done)
     tags = {"backbone": cfg.backbone.spec, "domain": ",".join(cfg.data.domains), "segmenter": "none",
             "matched": "true"}
-    with start_run(cfg, "lm", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "lm", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({f"budget.{n}": b for n, b in budgets.items()})
         writer.run_id = run.run_id
         result = train(model, lm_loss, source, train_cfg, out_dir, device=device, tracker=run,

@@ -323,7 +323,7 @@ def train_lm(cfg: Any, *, resume: bool = False, progress: bool = True) -> LMStag
                "data": data_lineage(manifests, ("sha256", "source", "version"))}
     tags = {"backbone": cfg.backbone.spec, "domain": ",".join(cfg.data.domains), "segmenter": "none",
             "pretrained": str(pretrained).lower()}
-    with start_run(cfg, "lm", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "lm", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"lm.num_parameters": count_parameters(model),
                         "lm.trainable_parameters": count_parameters(model, trainable_only=True)})
         result = train(model, lm_loss, train_source, train_cfg, out_dir, eval_data=eval_sources,

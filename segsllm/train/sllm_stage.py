@@ -280,7 +280,7 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
     tags = {"segmenter": seg.spec(), "domain": ",".join(cfg.data.domains), "backbone": cfg.backbone.spec,
             "backbone_family": backbone.family}
     n_params, n_train = model.num_parameters(), model.num_parameters(trainable_only=True)
-    with start_run(cfg, "sllm", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "sllm", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"sllm.num_parameters": n_params, "sllm.trainable_parameters": n_train,
                         "lineage.vae": lineage["vae"]["path"],
                         "lineage.backbone": str(backbone.source.get("path") or cfg.backbone.spec)})

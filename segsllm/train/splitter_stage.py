@@ -394,7 +394,7 @@ def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
     lineage = _splitter_lineage(cfg, teacher, labels, max_span, fingerprint, manifests)
     tags = {"segmenter": f"learned:{out_dir}", "teacher": sp.teacher, "domain": ",".join(cfg.data.domains),
             "backbone": sp.base_lm or "none"}
-    with start_run(cfg, "splitter", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "splitter", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"splitter.num_parameters": model.num_parameters(), "splitter.target_len_resolved": calib_target,
                         "splitter.max_len_resolved": max_len, "splitter.left_context": pcfg.left_context,
                         **{f"teacher/{d}/{k}": v for d, ls in labels["train"].items()

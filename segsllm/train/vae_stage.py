@@ -225,7 +225,7 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
         "data": stage.data_lineage(manifests),
     }
     tags = {"segmenter": segmenter.spec(), "domain": ",".join(cfg.data.domains), "backbone": "none"}
-    with start_run(cfg, "vae", tags=tags, manifests=manifests) as run:
+    with start_run(cfg, "vae", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"vae.num_parameters": sum(p.numel() for p in model.parameters())})
         result = train(model, vae_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
                        reduce_metrics=reduce_vae_metrics, device=device, tracker=run,

@@ -70,9 +70,12 @@ def bench_command(
     cfg = opts.resolve(extra, stage="bench")
     from segsllm.bench.report import rich_table
     from segsllm.bench.run import run_bench
+    from segsllm.bench.speed import speed_figures
 
     result = run_bench(cfg, log=lambda m: console.print(f"[dim]{m}[/]"))
     console.print(rich_table(result))
+    for warning in speed_figures(result.rows):
+        console.print(f"[yellow]warning:[/] {warning}")
     for name, path in result.files.items():
         console.print(f"{name}: {path}")
     tracked = f", MLflow run {result.run_id}" if result.run_id else ""
