@@ -1,8 +1,10 @@
 """`segsllm pipeline`: every stage of the study from one preset, resumable.
 
-Stages run in order — data, tokenizer, token-level LM (the fair baseline, and the backbone
-the SLLMs start from), a VAE and an SLLM per segmenter, learned splitters per teacher (each
-then gets its own VAE and SLLM), bench — each into ``OUT/<stage>``. A stage's *key* hashes
+Stages run in order — data, tokenizer, token-level LM (the baseline, and the backbone the
+SLLMs start from), a VAE and an SLLM per segmenter, learned splitters per teacher (each
+then gets its own VAE and SLLM), the token-matched LMs (``lm-matched``: the LM trained on as
+many more tokens as each SLLM, docs/DESIGN.md §2), bench — each into ``OUT/<stage>``, or with
+``pipeline.seeds`` everything after the tokenizer once per seed into ``OUT/seed-<k>/<stage>``. A stage's *key* hashes
 its resolved config and the keys of the stages it consumes; ``OUT/<stage>/pipeline.json``
 records the key and whether the stage finished. On a rerun a finished stage with the same
 key is skipped, an unfinished one resumes from its last checkpoint, and a finished stage
@@ -15,14 +17,14 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from segsllm.errors import SegsllmError
-from segsllm.layout import PipelineLayout, sllm_name, splitter_name, vae_name
+from segsllm.layout import PipelineLayout
 from segsllm.models.token_lm import is_from_scratch
 
 MARKER = "pipeline.json"
@@ -32,8 +34,8 @@ MARKER = "pipeline.json"
 class Stage:
     """One step of the pipeline: what it is, where it writes, how to run it."""
 
-    name: str  # folder name under OUT, e.g. "vae-punctuation"
-    kind: str  # tokenizer | lm | vae | sllm | splitter | bench | data
+    name: str  # folder under OUT, e.g. "vae-punctuation", "seed-1/lm-matched"
+    kind: str  # data | tokenizer | lm | vae | sllm | splitter | lm-matched | bench
     cfg: Any  # the stage's resolved Config
     run: Callable[[Any, bool], Any]  # (cfg, resume) -> result
     after: list[str] = field(default_factory=list)  # stages whose outputs it reads
@@ -54,6 +56,7 @@ STAGE_SECTIONS = {
     "data": ("data",),
     "tokenizer": ("data", "tokenizer", "backbone"),
     "lm": ("data", "tokenizer", "backbone", "lm", "train"),
+    "lm-matched": ("data", "tokenizer", "backbone", "lm", "train"),
     "vae": ("data", "tokenizer", "segmenter", "train", "vae", "backbone"),
     "sllm": ("data", "tokenizer", "segmenter", "train", "sllm", "backbone"),
     "splitter": ("data", "tokenizer", "segmenter", "train", "splitter"),
@@ -78,13 +81,15 @@ def _read_marker(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = None) -> None:
+def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = None,
+                  cpu_seconds: float | None = None) -> None:
     from segsllm.io import atomic_write_json
 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / MARKER, {
         "stage": stage.name, "kind": stage.kind, "key": stage.key, "done": done,
         "after": stage.after, "seconds": seconds,
+        "cpu_seconds": cpu_seconds,  # this process's CPU time (all threads): a load-independent cost
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
 
@@ -94,68 +99,29 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
 
     Each stage's config is loaded afresh for its kind: preset < the preset's
     ``pipeline.overrides.<kind>`` < ``overrides`` (the command line's ``--set``) < the
-    planner's wiring (output folder, segmenter, upstream folders).
+    planner's wiring (output folder, seed, segmenter, upstream folders). Data and tokenizer
+    come once; the models and the bench once per seed of ``pipeline.seeds`` (each in
+    ``OUT/seed-<k>/``), or once in ``OUT/`` with ``run.seed`` when that list is empty.
     """
     from segsllm.config import load_config
 
-    def stage_cfg(kind: str, name: str, extra: list[str] = ()) -> Any:
-        sets = [*overrides, *extra, f"run.out={out / name}", f"data.dir={base.data.dir}"]
+    def stage_cfg(kind: str, folder: Path, extra: Sequence[str] = (), seed: int | None = None) -> Any:
+        sets = [*overrides, *extra, f"run.out={folder}", f"data.dir={base.data.dir}"]
         cfg = load_config(preset, sets, stage=kind)
         # Flags given on the command line (seed, device, tracking) win over everything.
-        return dataclasses.replace(cfg, run=dataclasses.replace(base.run, out=str(out / name)))
+        run = dataclasses.replace(base.run, out=str(folder), seed=base.run.seed if seed is None else seed)
+        return dataclasses.replace(cfg, run=run)
 
-    stages: list[Stage] = [Stage("data", "data", stage_cfg("data", "data"), _run_data)]
+    def name(folder: Path) -> str:
+        return folder.relative_to(out).as_posix()
+
+    shared = PipelineLayout(out)
+    stages: list[Stage] = [Stage("data", "data", stage_cfg("data", shared.data), _run_data)]
     pretrained = not is_from_scratch(base.backbone.spec)
-    stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", "tokenizer"),
+    stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", shared.tokenizer),
                         _run_backbone_tokenizer if pretrained else _run_tokenizer, ["data"]))
-    layout = PipelineLayout(out)
-    tok_dir = str(layout.tokenizer)
-    stages.append(Stage("lm", "lm", stage_cfg("lm", "lm", [f"tokenizer.path={tok_dir}"]), _run_lm,
-                        ["tokenizer"]))
-
-    def model_stages(spec: str, after: list[str]) -> list[Stage]:
-        vae_dir = layout.vae(spec)
-        vae = Stage(vae_dir.name, "vae",
-                    stage_cfg("vae", vae_dir.name, [f"segmenter.spec={spec}", f"tokenizer.path={tok_dir}"]),
-                    _run_vae, ["tokenizer", *after])
-        sllm_dir = layout.sllm(spec)
-        sllm = Stage(sllm_dir.name, "sllm",
-                     stage_cfg("sllm", sllm_dir.name, [f"segmenter.spec={spec}", f"backbone.spec={layout.lm}",
-                                                       f"tokenizer.path={tok_dir}"]),
-                     partial(_run_sllm, vae_dir=vae_dir), [vae.name, "lm"])
-        return [vae, sllm]
-
-    for spec in base.pipeline.segmenters:
-        stages += model_stages(spec, [])
-    learned: list[str] = []
-    first_vae = vae_name(base.pipeline.segmenters[0]) if base.pipeline.segmenters else None
-    teacher_vae = _teacher_vae_stage(base, stage_cfg, model_stages, stages)
-    for teacher in base.pipeline.teachers:
-        name = splitter_name(teacher)
-        extra = [f"tokenizer.path={tok_dir}"]
-        after = ["tokenizer"]
-        if teacher in ("entropy", "sllm"):
-            extra.append(f"splitter.base_lm={layout.lm}")
-            after.append("lm")
-        if teacher in ("vae", "sllm"):  # unbiased: the VAE trained on random spans
-            extra.append(f"splitter.vae={out / teacher_vae}")
-            after.append(teacher_vae)
-        if teacher == "vae-rule":
-            if first_vae is None:
-                raise SegsllmError("the vae-rule teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
-            extra.append(f"splitter.vae={out / first_vae}")
-            after.append(first_vae)
-        stages.append(Stage(name, "splitter", stage_cfg("splitter", name, [*extra, f"splitter.teacher={teacher}"]),
-                            _run_splitter, after))
-        learned.append(f"learned:{layout.splitter(teacher)}")
-    for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
-        stages += model_stages(spec, [splitter_name(teacher)])
-    segs = [*base.pipeline.segmenters, *learned]
-    bench_after = ["lm", *[sllm_name(s) for s in segs]]
-    seg_list = "[" + ",".join(json.dumps(x) for x in segs) + "]"
-    stages.append(Stage("bench", "bench",
-                        stage_cfg("bench", "bench", [f"bench.from_dir={out}", f"bench.segmenters={seg_list}"]),
-                        _run_bench, bench_after))
+    for seed in base.pipeline.seeds or [None]:
+        stages += _model_stages(base, PipelineLayout(out, seed), partial(stage_cfg, seed=seed), name)
 
     keys: dict[str, str] = {}
     for st in stages:
@@ -164,18 +130,77 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
     return stages
 
 
-def _teacher_vae_stage(base: Any, stage_cfg: Callable[..., Any], model_stages: Callable[..., list[Stage]],
-                       stages: list[Stage]) -> str | None:
+def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., Any],
+                  name: Callable[[Path], str]) -> list[Stage]:
+    """One seed's stages: lm, VAE + SLLM per segmenter, the teachers' random-span VAE,
+    splitters (+ their VAE and SLLM), the matched LMs, the bench; all in ``layout.models``."""
+    tok = f"tokenizer.path={layout.tokenizer}"
+    lm = name(layout.lm)
+    stages = [Stage(lm, "lm", stage_cfg("lm", layout.lm, [tok]), _run_lm, ["tokenizer"])]
+
+    def model_pair(spec: str, after: list[str]) -> list[Stage]:
+        vae_dir, sllm_dir = layout.vae(spec), layout.sllm(spec)
+        vae = Stage(name(vae_dir), "vae", stage_cfg("vae", vae_dir, [f"segmenter.spec={spec}", tok]),
+                    _run_vae, ["tokenizer", *after])
+        sllm = Stage(name(sllm_dir), "sllm",
+                     stage_cfg("sllm", sllm_dir, [f"segmenter.spec={spec}", f"backbone.spec={layout.lm}", tok]),
+                     partial(_run_sllm, vae_dir=vae_dir), [vae.name, lm])
+        return [vae, sllm]
+
+    for spec in base.pipeline.segmenters:
+        stages += model_pair(spec, [])
+    learned: list[str] = []
+    first = base.pipeline.segmenters[0] if base.pipeline.segmenters else None
+    teacher_vae = _teacher_vae_stage(base, layout, stage_cfg, model_pair, stages)
+    for teacher in base.pipeline.teachers:
+        extra, after = [tok], ["tokenizer"]
+        if teacher in ("entropy", "sllm"):
+            extra.append(f"splitter.base_lm={layout.lm}")
+            after.append(lm)
+        if teacher in ("vae", "sllm"):  # unbiased: the VAE trained on random spans
+            extra.append(f"splitter.vae={teacher_vae}")
+            after.append(name(teacher_vae))
+        if teacher == "vae-rule":
+            if first is None:
+                raise SegsllmError("the vae-rule teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
+            extra.append(f"splitter.vae={layout.vae(first)}")
+            after.append(name(layout.vae(first)))
+        folder = layout.splitter(teacher)
+        stages.append(Stage(name(folder), "splitter",
+                            stage_cfg("splitter", folder, [*extra, f"splitter.teacher={teacher}"]),
+                            _run_splitter, after))
+        learned.append(f"learned:{folder}")
+    for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
+        stages += model_pair(spec, [name(layout.splitter(teacher))])
+    segs = [*base.pipeline.segmenters, *learned]
+    sllms = [name(layout.sllm(s)) for s in segs]
+    bench_after = [lm, *sllms]
+    if segs:  # the token LM continued for each SLLM's budget (kind "lm": the lm's own recipe)
+        matched = Stage(name(layout.matched_root), "lm-matched",
+                        stage_cfg("lm", layout.matched_root, [tok, f"backbone.spec={layout.lm}"]),
+                        partial(_run_matched, layout=layout, segmenters=segs), [lm, *sllms])
+        stages.append(matched)
+        bench_after.append(matched.name)
+    seg_list = "[" + ",".join(json.dumps(x) for x in segs) + "]"
+    stages.append(Stage(name(layout.bench), "bench",
+                        stage_cfg("bench", layout.bench, [f"bench.from_dir={layout.models}",
+                                                          f"bench.segmenters={seg_list}"]),
+                        _run_bench, bench_after))
+    return stages
+
+
+def _teacher_vae_stage(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., Any],
+                       model_pair: Callable[..., list[Stage]], stages: list[Stage]) -> Path | None:
     """Add the VAE stage the ``vae`` and ``sllm`` teachers share: a SentenceVAE trained on
-    random spans up to the splitter's max_len (docs/DESIGN.md §6); its folder name."""
+    random spans up to the splitter's max_len (docs/DESIGN.md §6); its folder."""
     if not {"vae", "sllm"} & set(base.pipeline.teachers):
         return None
     from segsllm.train.teachers import teacher_vae_segmenter
 
-    probe = stage_cfg("splitter", splitter_name("vae"))
-    vae = model_stages(teacher_vae_segmenter(probe.splitter.max_len or probe.segmenter.max_len), [])[0]
-    stages.append(vae)
-    return vae.name
+    probe = stage_cfg("splitter", layout.splitter("vae"))
+    spec = teacher_vae_segmenter(probe.splitter.max_len or probe.segmenter.max_len)
+    stages.append(model_pair(spec, [])[0])
+    return layout.vae(spec)
 
 
 def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
@@ -205,24 +230,26 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
                     f"{stage_out} holds a finished '{st.name}' built with another configuration; "
                     "use a new --out (or delete that folder) to rebuild it"
                 )
-            resume = bool(marker and marker.get("key") == st.key and st.kind in ("lm", "vae", "sllm", "splitter"))
+            resume = bool(marker and marker.get("key") == st.key and st.kind in ("lm", "vae", "sllm", "splitter", "lm-matched"))
             resume = resume and (stage_out / "checkpoints").is_dir()
             if on_stage:
                 on_stage(st.name, "resuming" if resume else "running")
             _write_marker(stage_out, st, done=False)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             st.cfg.run.tags = {**st.cfg.run.tags, "pipeline.run_id": parent.run_id or "",
                                "pipeline.stage": st.name}
             st.run(st.cfg, resume)
             seconds = time.perf_counter() - started
-            _write_marker(stage_out, st, done=True, seconds=seconds)
+            _write_marker(stage_out, st, done=True, seconds=seconds, cpu_seconds=time.process_time() - cpu_started)
             parent.log_metrics({f"stage_seconds/{st.name}": seconds})
             outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
         parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
-        bench_dir = PipelineLayout(out).bench
-        for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
-            if (bench_dir / name).is_file():
-                parent.log_artifact(bench_dir / name)
+        for st in stages:
+            if st.kind != "bench":
+                continue
+            for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
+                if (Path(st.cfg.run.out) / name).is_file():
+                    parent.log_artifact(Path(st.cfg.run.out) / name, st.name if st.name != "bench" else None)
     return outcomes
 
 
@@ -287,6 +314,24 @@ def _run_splitter(cfg: Any, resume: bool) -> None:
     from segsllm.train.sllm_em import run_splitter_stage
 
     run_splitter_stage(cfg, resume=resume, progress=True)
+
+
+def _run_matched(cfg: Any, resume: bool, *, layout: PipelineLayout, segmenters: Sequence[str]) -> None:
+    """Continue the lm for each SLLM's training tokens (read from its metrics.json), then
+    write ``budgets.json`` (every model's tokens) beside the models."""
+    from segsllm.budgets import sllm_tokens, write_budgets
+    from segsllm.layout import segmenter_slug
+    from segsllm.train.lm_matched import train_matched_lm
+
+    budgets = {}
+    for spec in segmenters:
+        tokens = sllm_tokens(layout, spec)
+        if tokens is None:
+            raise SegsllmError(f"{layout.sllm(spec)} records no training tokens (metrics.json: tokens_seen); "
+                               "retrain that SLLM with this version to match a token LM to it")
+        budgets[segmenter_slug(spec)] = tokens
+    train_matched_lm(cfg, budgets, resume=resume, progress=True)
+    write_budgets(layout, segmenters)
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:

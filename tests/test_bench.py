@@ -313,8 +313,14 @@ def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipelin
     shutil.copytree(pipeline_dir, seed0)
     shutil.copytree(pipeline_dir / "lm", seed0 / "lm-matched" / "punctuation")
     shutil.copytree(seed0, run / "seed-1")
-    (seed0 / "budgets.json").write_text(json.dumps({"lm": 1000, "sllm-punctuation": 700, "vae-punctuation": 300,
-                                                    "lm-matched/punctuation": 1700}), encoding="utf-8")
+    (seed0 / "budgets.json").write_text(json.dumps({  # the layout segsllm.budgets writes
+        "unit": "tokens", "lm": {"path": "lm", "tokens_seen": 1000, "steps": 10},
+        "models": {"punctuation": {
+            "segmenter": "punctuation",
+            "vae": {"path": "vae-punctuation", "tokens_seen": 300, "steps": 3},
+            "sllm": {"path": "sllm-punctuation", "tokens_seen": 700, "steps": 7},
+            "lm_matched": {"path": "lm-matched/punctuation", "target_tokens": 700, "tokens_seen": 1700,
+                           "steps": 17}}}}), encoding="utf-8")
     cfg = _cfg(tiny_data_dir, run, tmp_path / "out", speed=False, memory=False, segmenters=["punctuation"])
     cfg.data.domains = ["code"]
     res = run_bench(cfg)

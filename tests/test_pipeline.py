@@ -31,6 +31,7 @@ def test_smoke_pipeline_leaves_every_artifact_and_the_bench_results(smoke_run):
         marker = json.loads((out / stage / "pipeline.json").read_text())
         assert marker["done"] and marker["key"], stage
         assert (out / stage / "manifest.json").is_file(), stage
+    _check_matched_and_budgets(out, ["punctuation", "fixed-k-8", "learned-splitter-punctuation"])
     results = json.loads((out / "bench" / "results.json").read_text())
     assert results, "bench wrote results"
     for name in ("results.md", "results.csv", "speed_quality.png", "memory.png"):
@@ -38,6 +39,22 @@ def test_smoke_pipeline_leaves_every_artifact_and_the_bench_results(smoke_run):
     assert "bench" in output
     assert "bench on the test split" in output and "## Definitions" not in output  # a rich table, not raw md
     assert "Loading weights" not in output  # transformers' progress bars are silenced
+
+
+def _check_matched_and_budgets(models, slugs):
+    """Every SLLM has a matched token LM that trained on at least its tokens, from the same
+    lm, and budgets.json says so."""
+    budgets = json.loads((models / "budgets.json").read_text())
+    assert budgets["unit"] == "tokens" and budgets["lm"]["tokens_seen"] > 0
+    assert sorted(budgets["models"]) == sorted(slugs)
+    for slug in slugs:
+        b = budgets["models"][slug]
+        assert (models / "lm-matched" / slug / "manifest.json").is_file(), slug
+        sllm = json.loads((models / f"sllm-{slug}" / "metrics.json").read_text())
+        assert b["sllm"]["tokens_seen"] == sllm["tokens_seen"] > 0 and b["vae"]["tokens_seen"] > 0
+        assert b["lm_matched"]["target_tokens"] == sllm["tokens_seen"] <= b["lm_matched"]["tokens_seen"]
+        matched = json.loads((models / "lm-matched" / slug / "manifest.json").read_text())
+        assert matched["lineage"]["backbone"]["path"] == str((models / "lm").resolve())
 
 
 def test_pipeline_runs_are_linked_in_mlflow(smoke_run):
@@ -119,3 +136,59 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     assert sllm.cfg.splitter.base_lm == str(tmp_path / "lm") and sllm.cfg.splitter.teacher == "sllm"
     names = list(stages)
     assert names.index(random_vae[0]) < names.index("splitter-vae")  # built before it is read
+
+
+def test_planner_lays_out_one_folder_per_seed_with_shared_data_and_tokenizer(tmp_path):
+    from segsllm.config import load_config
+    from segsllm.pipeline import plan_stages
+
+    sets = ["pipeline.seeds=[0,3]"]
+    base = load_config("smoke", sets, {"run.out": str(tmp_path)})
+    stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
+    assert [n for n in stages if "/" not in n] == ["data", "tokenizer"]
+    for seed in (0, 3):
+        lm = stages[f"seed-{seed}/lm"]
+        assert lm.cfg.run.seed == seed and lm.cfg.tokenizer.path == str(tmp_path / "tokenizer")
+        sllm = stages[f"seed-{seed}/sllm-punctuation"]
+        assert sllm.cfg.backbone.spec == str(tmp_path / f"seed-{seed}" / "lm")
+        matched = stages[f"seed-{seed}/lm-matched"]
+        assert matched.cfg.backbone.spec == str(tmp_path / f"seed-{seed}" / "lm")
+        assert matched.cfg.train.batch_size == lm.cfg.train.batch_size  # the lm's own recipe
+        assert f"seed-{seed}/sllm-learned-splitter-punctuation" in matched.after
+        assert stages[f"seed-{seed}/bench"].cfg.bench.from_dir == str(tmp_path / f"seed-{seed}")
+    assert stages["seed-0/lm"].key != stages["seed-3/lm"].key
+    assert stages["seed-0/vae-punctuation"].after == ["tokenizer"]
+
+
+def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
+    root, _, _ = smoke_run
+    out = root / "seeds"
+    args = ["pipeline", "--config", "smoke", "--data-dir", str(root / "data"), "--out", str(out),
+            "--seeds", "0,1", "--segmenters", "fixed:k=8", "--teachers", "", "--no-track", "--device", "cpu",
+            "--set", "bench.speed=false", "--set", "bench.memory=false"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    assert (out / "tokenizer" / "pipeline.json").is_file() and not (out / "seed-0" / "tokenizer").exists()
+    from segsllm.layout import PipelineLayout
+
+    assert PipelineLayout(out).seeds() == [0, 1]
+    weights = []
+    for seed in (0, 1):
+        models = out / f"seed-{seed}"
+        for stage in ("lm", "vae-fixed-k-8", "sllm-fixed-k-8", "lm-matched", "bench"):
+            assert json.loads((models / stage / "pipeline.json").read_text())["done"], (seed, stage)
+        assert (models / "bench" / "results.json").is_file()
+        _check_matched_and_budgets(models, ["fixed-k-8"])
+        weights.append((models / "lm" / "model.safetensors").read_bytes())
+    assert weights[0] != weights[1]  # each seed its own model
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output[-3000:]
+    assert "running" not in again.output and "seed-1/sllm-fixed-k-8 — skipped" in again.output
+
+
+def test_bad_seeds_are_one_line_errors(tmp_path):
+    for bad, needle in (("0,x", "--seeds expects comma-separated integers"),
+                        ("1,1", "pipeline.seeds must be distinct")):
+        result = CliRunner().invoke(app, ["pipeline", "--config", "smoke", "--out", str(tmp_path), "--seeds", bad])
+        assert result.exit_code == 2, result.output
+        assert needle in result.output and "Traceback" not in result.output

@@ -544,7 +544,7 @@ def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
 
 
 def _budgets(from_dir: str | None) -> dict[str, Any]:
-    """``budgets.json`` of the run folder (stage folder -> training tokens), {} when absent."""
+    """``budgets.json`` of the run folder as stage folder -> training tokens, {} when absent."""
     if not from_dir:
         return {}
     path = budgets_path(from_dir)
@@ -558,7 +558,18 @@ def _budgets(from_dir: str | None) -> dict[str, Any]:
     except (OSError, ValueError):
         warnings.warn(f"{path} is not readable JSON; budgets left out", stacklevel=2)
         return {}
-    return data if isinstance(data, dict) else {}
+    return _flat_budgets(data) if isinstance(data, dict) else {}
+
+
+def _flat_budgets(data: dict[str, Any]) -> dict[str, Any]:
+    """segsllm.budgets' document (lm + per-slug vae/sllm/lm_matched entries, each with its
+    folder ``path``) as stage folder -> training tokens."""
+    entries = [data.get("lm")]
+    for model in (data.get("models") or {}).values():
+        if isinstance(model, dict):
+            entries += [model.get(k) for k in ("vae", "sllm", "lm_matched")]
+    return {e["path"]: e.get("tokens_seen") for e in entries
+            if isinstance(e, dict) and e.get("path") and e.get("tokens_seen") is not None}
 
 
 def _model_budgets(budgets: dict[str, Any], results: dict[str, Any], slugs: dict[str, str]) -> dict[str, Any]:

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from segsllm.errors import ConfigError
+
 RUN_PANEL = "Run options"  # the shared options, listed apart from a command's own
 
 ConfigOpt = Annotated[
@@ -80,3 +82,14 @@ def split_list(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def seed_list(value: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; one-line :class:`ConfigError` for anything but integers."""
+    items = split_list(value)
+    if items is None:
+        return None
+    try:
+        return [int(v) for v in items]
+    except ValueError:
+        raise ConfigError(f"--seeds expects comma-separated integers, e.g. 0,1,2; got {value!r}") from None

@@ -39,12 +39,18 @@ class PipelineConfig:
 
     segmenters: list[str] = field(default_factory=lambda: ["punctuation", "fixed:k=8"])
     teachers: list[str] = field(default_factory=list)  # entropy | vae | punctuation
+    # Train every model once per seed, into OUT/seed-<k>/ (data and tokenizer shared);
+    # empty: once, with run.seed, in OUT/ itself (`segsllm pipeline --seeds 0,1,2`).
+    seeds: list[int] = field(default_factory=list)
     # Per-stage dotted overrides (see the module docstring), e.g.
     # {lm: ["train.steps=200"], sllm: ["train.batch_size=4"]}. Keys: STAGES.
     overrides: dict[str, list[str]] = field(default_factory=dict)
 
     def validate(self) -> PipelineConfig:
-        """One-line :class:`ConfigError` for an unknown stage under ``pipeline.overrides``."""
+        """One-line :class:`ConfigError` for an unknown stage under ``pipeline.overrides`` or
+        a negative or repeated seed."""
+        if any(k < 0 for k in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"pipeline.seeds must be distinct non-negative integers, got {self.seeds}")
         for stage, items in self.overrides.items():
             if stage not in STAGES:
                 raise ConfigError(f"pipeline.overrides.{stage}: unknown stage; stages: {', '.join(STAGES)}")

@@ -286,7 +286,7 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
                         "lineage.backbone": str(backbone.source.get("path") or cfg.backbone.spec)})
         result = train(model, sllm_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
                        reduce_metrics=reduce_sllm_metrics, device=device, tracker=run,
-                       count_tokens=lambda b: int(b["lengths"].sum()), progress=progress, resume=resume,
+                       count_tokens=stage.segment_targets, progress=progress, resume=resume,
                        meta={"kind": KIND, "tokenizer": tok_fp, "segmenter": seg.spec(), "backbone": cfg.backbone.spec,
                              "vae": lineage["vae"]["weights_sha256"], "max_segments": sllm_cfg.max_segments})
         model = model.to(device)
@@ -298,6 +298,7 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
             save_model=lambda d: model.to("cpu").save_pretrained(d, tokenizer=tokenizer, lineage=lineage, extra_manifest={
                 "metrics": metrics, "steps": result.step, "run_id": run.run_id}),
             metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step,
+                         "tokens_seen": result.tokens_seen,  # segment tokens + their EOS (lm-matched's budget)
                          "definitions": {**DEFINITIONS, "windows": windows}},
             logged=stage.flat_metrics("final", metrics),
             dicts={"samples.json": {d: {"prompt": p, "continuation": c} for d, (p, c) in samples.items()}},

@@ -56,6 +56,14 @@ def first_losses(history: Iterable[Mapping[str, float]], domains: Iterable[str])
     return {d: next((h[f"val/{d}/loss"] for h in history if f"val/{d}/loss" in h), math.nan) for d in domains}
 
 
+def segment_targets(batch: Mapping[str, Any]) -> int:
+    """Training tokens of a batch of segments (VAE) or segment windows (SLLM): every
+    segment's tokens + its EOS, the decoder's targets. The count ``tokens_seen`` reports, so
+    a token LM can be matched to it (docs/DESIGN.md §2, ``lm-matched``)."""
+    lengths = batch["lengths"]  # (B,) or (B, S); 0 = a padded segment slot
+    return int(lengths.sum()) + int((lengths > 0).sum())
+
+
 def flat_metrics(prefix: str, metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
     """domain -> metric -> value as ``{prefix}/<domain>/<metric>`` for the tracker."""
     return {f"{prefix}/{d}/{k}": v for d, m in metrics.items() for k, v in m.items()}
@@ -96,4 +104,4 @@ def finish_stage(run: Any, out_dir: Path, cfg: Any, result: Any, *, save_model: 
 
 
 __all__ = ["check_inputs", "data_lineage", "finish_stage", "first_losses", "flat_metrics", "per_domain",
-           "start_compute"]
+           "segment_targets", "start_compute"]

@@ -229,7 +229,7 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
         run.log_params({"vae.num_parameters": sum(p.numel() for p in model.parameters())})
         result = train(model, vae_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
                        reduce_metrics=reduce_vae_metrics, device=device, tracker=run,
-                       count_tokens=lambda b: int(b["lengths"].sum()), progress=progress, resume=resume,
+                       count_tokens=stage.segment_targets, progress=progress, resume=resume,
                        meta={"tokenizer": lineage["tokenizer"]["fingerprint"], "segmenter": segmenter.spec(),
                              "kind": KIND})
         model = model.to(device)
@@ -242,7 +242,8 @@ def train_vae(cfg: Any, *, resume: bool = False, progress: bool = True, n_sample
             run, out_dir, cfg, result,
             save_model=lambda d: model.to("cpu").save_pretrained(
                 d, tokenizer=tokenizer, lineage=lineage, extra_manifest={"metrics": metrics, "steps": result.step}),
-            metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step},
+            metrics_doc={"final": metrics, "start_loss": start_loss, "steps": result.step,
+                         "tokens_seen": result.tokens_seen},  # segment tokens + their EOS
             logged=stage.flat_metrics("final", metrics),
             dicts={"samples.json": {d: [{"segment": a, "reconstruction": b} for a, b in s]
                                     for d, s in samples.items()}},

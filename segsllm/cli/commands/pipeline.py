@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from segsllm.cli.common import console, handle_errors
 from segsllm.cli.examples import epilog
-from segsllm.cli.options import split_list
+from segsllm.cli.options import seed_list, split_list
 from segsllm.cli.run_options import RunOptions, run_options
 
 
@@ -25,6 +25,12 @@ def pipeline_command(
         str | None,
         typer.Option("--teachers", help="Comma-separated splitter teachers (default: pipeline.teachers)."),
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option("--seeds", help="Comma-separated seeds, e.g. 0,1,2: every model is trained once per "
+                                     "seed into OUT/seed-<k>/ (data and tokenizer shared; default: "
+                                     "pipeline.seeds, else once with --seed in OUT/)."),
+    ] = None,
 ) -> None:
     """Run every stage from a preset: data, tokenizer, LM, VAE + SLLM per segmenter, splitters, bench.
 
@@ -34,9 +40,10 @@ def pipeline_command(
 
     from segsllm.pipeline import run_pipeline
 
-    extra = {
+    extra: dict[str, list[Any] | None] = {
         "pipeline.segmenters": split_list(segmenters),
         "pipeline.teachers": split_list(teachers),
+        "pipeline.seeds": seed_list(seeds),
     }
     cfg = opts.resolve(extra)
     if not cfg.run.out:

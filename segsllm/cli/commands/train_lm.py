@@ -29,6 +29,17 @@ BackboneOpt = Annotated[
 ]
 
 
+MatchOpt = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--match",
+        help="An SLLM folder (repeatable): continue --backbone (its lm folder) for exactly the tokens "
+        "each SLLM trained on, one snapshot per SLLM in OUT/<segmenter slug>/ (the pipeline's "
+        "lm-matched stage).",
+    ),
+]
+
+
 @handle_errors
 @run_options()
 def train_lm_command(
@@ -36,6 +47,7 @@ def train_lm_command(
     backbone: BackboneOpt = None,
     tokenizer: TokenizerOpt = None,
     domains: DomainsOpt = None,
+    match: MatchOpt = None,
     resume: ResumeOpt = False,
 ) -> None:
     """Train (tiny) or fine-tune (pretrained) the token-level LM; report validation bits/byte per domain."""
@@ -49,6 +61,9 @@ def train_lm_command(
         "tokenizer.path": str(tokenizer) if tokenizer else None,
     }
     cfg = opts.resolve(extra, stage="lm")
+    if match:
+        _train_matched(cfg, match, resume)
+        return
     result = train_lm(cfg, resume=resume, progress=True)
 
     # docs/DESIGN.md §7: for a pretrained backbone the start row is the untouched base, shown
@@ -69,6 +84,29 @@ def train_lm_command(
                           f"{row.get('n_bytes', 0):,.0f}")
     console.print(table)
     console.print(f"model: {result.out_dir}  ({result.wall_time_s:.0f} s)")
+
+
+def _train_matched(cfg: object, sllm_dirs: list[Path], resume: bool) -> None:
+    """``--match``: one continuation of the lm, a snapshot at each SLLM's token budget."""
+    import json
+
+    from rich.table import Table
+
+    from segsllm.budgets import sllm_budget
+    from segsllm.train.lm_matched import train_matched_lm
+
+    budgets = dict(sllm_budget(d) for d in sllm_dirs)
+    result = train_matched_lm(cfg, budgets, resume=resume, progress=True)
+    table = Table(title=f"Token LMs matched to SLLM budgets ({result.steps} steps)")
+    for col in ("snapshot", "SLLM tokens", "tokens trained", "steps", *cfg.data.domains):  # type: ignore[attr-defined]
+        table.add_column(col, justify="left" if col == "snapshot" else "right")
+    for rec in sorted(result.snapshots.values(), key=lambda r: r["target_tokens"]):
+        final = json.loads((Path(rec["path"]) / "metrics.json").read_text(encoding="utf-8"))["final"]
+        bpb = [f"{final.get(d, {}).get('bits_per_byte', float('nan')):.3f}"
+               for d in cfg.data.domains]  # type: ignore[attr-defined]
+        table.add_row(rec["path"], f"{rec['target_tokens']:,}", f"{rec['tokens_seen']:,}", str(rec["steps"]), *bpb)
+    console.print(table)
+    console.print("validation bits/byte per domain at each snapshot")
 
 
 def register(app: typer.Typer) -> None:
