@@ -67,10 +67,14 @@ def _compute(tokenizer: Any) -> VocabBytes:
     strings = _token_strings(tokenizer)
     added = _added_tokens(tokenizer)
     inv = unicode_to_bytes()
-    vocab_chars = {s for i, s in enumerate(strings) if i not in added and len(s) == 1}
-    regular = (s for i, s in enumerate(strings) if i not in added)
-    # Byte-level BPE vocabularies hold all 256 byte characters and nothing outside them.
-    byte_level = set(inv) <= vocab_chars and all(c in inv for s in regular for c in s)
+    regular = [s for i, s in enumerate(strings) if i not in added]
+    # Byte-level BPE vocabularies use only the 256 byte characters, and among them the
+    # remapped ones (code point >= 256: "Ġ" for a space, "Ċ" for a newline, ...). Not every
+    # such vocabulary holds all 256 as single-character tokens (SmolLM2's does not), and a
+    # WordPiece/SentencePiece vocabulary never uses the remapped characters.
+    remapped = {c for c in inv if ord(c) >= 256}
+    chars = {c for s in regular for c in s}
+    byte_level = chars <= set(inv) and bool(chars & remapped)
     table: list[bytes] = []
     for i, s in enumerate(strings):
         if i in added:
