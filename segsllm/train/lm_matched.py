@@ -137,6 +137,26 @@ class SnapshotWriter:
         self.model.train(was_training)
 
 
+def _resumed(out_dir: Path, budgets: Mapping[str, int], resume: bool) -> tuple[dict[str, Any], Any]:
+    """(snapshots already complete, the stage's result when all are): on resume finished
+    snapshots stay as they are; when all are, nothing is left to train."""
+    done = {n: r for n in budgets if resume and (r := existing_snapshot(out_dir / n)) is not None}
+    if len(done) < len(budgets):
+        return done, None
+    return done, MatchedLMResult(out_dir, {n: {**r, "path": str(out_dir / n)} for n, r in done.items()},
+                                 max(r["steps"] for r in done.values()), max(r["tokens_seen"] for r in done.values()))
+
+
+def _save_short(hook: Any, budgets: Mapping[str, int], result: Any) -> None:
+    """When the planned steps ran out before a budget (shorter batches than estimated): say so
+    and save those snapshots with the tokens actually seen."""
+    short = [n for n in budgets if n not in hook.done]
+    if short:
+        warnings.warn(f"lm-matched: {result.tokens_seen} tokens after {result.step} steps, short of the "
+                      f"budget of {', '.join(short)}; saved with the tokens actually seen", stacklevel=3)
+        hook.snapshot(short, result.tokens_seen, result.step)
+
+
 def train_matched_lm(cfg: Any, budgets: Mapping[str, int], *, resume: bool = False,
                      progress: bool = True) -> MatchedLMResult:
     """Continue ``cfg.backbone.spec`` (the ``lm`` folder) on ``cfg.data.domains`` and save a
@@ -155,11 +175,9 @@ def train_matched_lm(cfg: Any, budgets: Mapping[str, int], *, resume: bool = Fal
     manifests = check_inputs(cfg, "lm-matched")
     lm_cfg = cfg.lm.validate()
     out_dir = Path(cfg.run.out)
-    # Resumed: snapshots already complete stay as they are; when all are, nothing is left to train.
-    done = {n: r for n in budgets if resume and (r := existing_snapshot(out_dir / n)) is not None}
-    if len(done) == len(budgets):
-        return MatchedLMResult(out_dir, {n: {**r, "path": str(out_dir / n)} for n, r in done.items()},
-                               max(r["steps"] for r in done.values()), max(r["tokens_seen"] for r in done.values()))
+    done, finished = _resumed(out_dir, budgets, resume)
+    if finished is not None:
+        return finished
     device = start_compute(cfg)
     backbone, tokenizer, tok_lineage, ctx = _lm_model(cfg, lm_cfg)
     model = backbone.model
@@ -193,11 +211,7 @@ def train_matched_lm(cfg: Any, budgets: Mapping[str, int], *, resume: bool = Fal
                        resume=resume, callbacks=[hook],
                        meta={"kind": KIND, "tokenizer": tok_lineage["fingerprint"], "backbone": cfg.backbone.spec,
                              "context_len": ctx, "budgets": dict(sorted(budgets.items()))})
-        short = [n for n in budgets if n not in hook.done]
-        if short:  # the planned steps ran out first (shorter batches than estimated): say so, save anyway
-            warnings.warn(f"lm-matched: {result.tokens_seen} tokens after {result.step} steps, short of the "
-                          f"budget of {', '.join(short)}; saved with the tokens actually seen", stacklevel=2)
-            hook.snapshot(short, result.tokens_seen, result.step)
+        _save_short(hook, budgets, result)
         run.log_metrics({f"tokens/{n}": float(r["tokens_seen"]) for n, r in hook.done.items()}, step=result.step)
     return MatchedLMResult(out_dir=out_dir, snapshots={n: {**r, "path": str(out_dir / n)} for n, r in hook.done.items()},
                            steps=result.step, tokens_seen=result.tokens_seen)

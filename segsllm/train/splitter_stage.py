@@ -438,11 +438,10 @@ def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
                          logged={**flat_metrics("final", metrics),
                                  **{f"calibration/{k}": v for k, v in calibration.items()}},
                          dicts={"metrics.json": metrics_doc})
-    return SplitterStageResult(
-        out_dir=out_dir, teacher=sp.teacher, target_len=calib_target, max_len=max_len, metrics=metrics,
-        calibration=calibration, steps=result.step, checkpoint=result.checkpoint,
-        wall_time_s=time.perf_counter() - started, run_id=run.run_id, lineage=lineage,
-    )
+    return SplitterStageResult(out_dir=out_dir, teacher=sp.teacher, target_len=calib_target, max_len=max_len,
+                               metrics=metrics, calibration=calibration, steps=result.step,
+                               checkpoint=result.checkpoint, wall_time_s=time.perf_counter() - started,
+                               run_id=run.run_id, lineage=lineage)
 
 
 class _Probe:
