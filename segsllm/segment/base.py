@@ -33,6 +33,22 @@ def as_ids(ids: Any) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def batch_layout(docs: Sequence[Any]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(documents as id arrays, start offsets (D,), stop offsets (D,)) of ``docs`` laid end to
+    end: what a vectorised ``segment_batch`` concatenates and later splits back."""
+    arrays = [as_ids(d) for d in docs]
+    sizes = np.array([a.size for a in arrays], dtype=np.int64)
+    stops = np.cumsum(sizes)
+    return arrays, stops - sizes, stops
+
+
+def split_ends(ends: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> list[np.ndarray]:
+    """Segment ends over the concatenation of :func:`batch_layout` back to per-document ends."""
+    lo = np.searchsorted(ends, starts, side="right")
+    hi = np.searchsorted(ends, stops, side="right")
+    return [ends[a:b] - s for a, b, s in zip(lo.tolist(), hi.tolist(), starts.tolist(), strict=True)]
+
+
 def segment_lengths(ends: np.ndarray) -> np.ndarray:
     """Tokens per segment from end offsets."""
     return np.diff(np.asarray(ends, dtype=np.int64), prepend=0)

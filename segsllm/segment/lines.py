@@ -22,7 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids, enforce_max_len
+from segsllm.segment.base import (
+    EMPTY,
+    Segmenter,
+    SegmenterError,
+    batch_layout,
+    enforce_max_len,
+    split_ends,
+)
 
 ASCII_WHITESPACE = b" \t\n\r\x0b\x0c"
 
@@ -70,12 +77,9 @@ class LinesSegmenter(Segmenter):
         if nl is None:
             raise SegmenterError("lines segmenter is not bound to a tokenizer: use "
                                  "build_segmenter(spec, tokenizer=...) or .bind(tokenizer)")
-        arrays = [as_ids(d) for d in docs]
+        arrays, starts, stops = batch_layout(docs)
         if not arrays:
             return []
-        sizes = np.array([a.size for a in arrays], dtype=np.int64)
-        stops = np.cumsum(sizes)
-        starts = stops - sizes
         if stops[-1] == 0:
             return [EMPTY for _ in arrays]
         flat = np.concatenate(arrays)  # (N,)
@@ -88,10 +92,7 @@ class LinesSegmenter(Segmenter):
         mark[1:] = nl[flat]
         mark[stops] = True
         mark[0] = False
-        ends = enforce_max_len(np.flatnonzero(mark), self.max_len)
-        a = np.searchsorted(ends, starts, side="right")
-        b = np.searchsorted(ends, stops, side="right")
-        return [ends[i:j] - s for i, j, s in zip(a.tolist(), b.tolist(), starts.tolist(), strict=True)]
+        return split_ends(enforce_max_len(np.flatnonzero(mark), self.max_len), starts, stops)
 
 
 __all__ = ["LinesSegmenter", "newline_tokens"]

@@ -24,7 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids, enforce_max_len
+from segsllm.segment.base import (
+    EMPTY,
+    Segmenter,
+    SegmenterError,
+    as_ids,
+    batch_layout,
+    enforce_max_len,
+    split_ends,
+)
 from segsllm.segment.token_classes import CB, CTX, END, NLT, PUN, WSP, TokenClasses
 
 TERMINALS = ',.!?;:"' + "，．！？；：＂" + "。、｡､" + "…‥⋯"
@@ -86,18 +94,12 @@ class PunctuationSegmenter(Segmenter):
 
     def segment_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
         """All documents in one vectorised pass (boundaries never cross documents)."""
-        arrays = [as_ids(d) for d in docs]
+        arrays, starts, stops = batch_layout(docs)
         if not arrays:
             return []
-        sizes = np.array([a.size for a in arrays], dtype=np.int64)
-        stops = np.cumsum(sizes)
-        starts = stops - sizes
         if stops[-1] == 0:
             return [EMPTY for _ in arrays]
-        ends = self._ends(np.concatenate(arrays), starts, stops)
-        lo = np.searchsorted(ends, starts, side="right")
-        hi = np.searchsorted(ends, stops, side="right")
-        return [ends[a:b] - s for a, b, s in zip(lo.tolist(), hi.tolist(), starts.tolist(), strict=True)]
+        return split_ends(self._ends(np.concatenate(arrays), starts, stops), starts, stops)
 
     # ------------------------------------------------------------------ the rule
 
