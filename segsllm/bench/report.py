@@ -509,11 +509,7 @@ def plot_context(result: Any, path: Path) -> Path | None:
         ax.set_ylabel("bits/byte (95 % interval; lower is better)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
-    fig.suptitle("Quality vs token context; compressor floors (whole set) as grey lines")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, "Quality vs token context; compressor floors (whole set) as grey lines", path)
 
 
 def _plot_label(name: str) -> str:
@@ -551,12 +547,19 @@ def plot_memory(result: Any, path: Path) -> Path | None:
         ax.set_ylabel("KV cache (KB; SLLM incl. decoder)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle("KV-cache memory vs context length")
+    return _save_figure(fig, "KV-cache memory vs context length", path)
+
+
+
+def _save_figure(fig: Any, title: str, path: Path) -> Path:
+    """Title, lay out, write (110 dpi) and close a bench figure; its path."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
 
 def _short(spec: str) -> str:
     """A plot label: a learned splitter's folder name instead of its whole path."""

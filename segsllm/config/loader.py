@@ -201,12 +201,7 @@ def load_config(
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{_one_line(exc)} (from {origin})") from None
-    try:
-        resolved = OmegaConf.to_object(cfg)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(_one_line(exc)) from None
-    if callable(getattr(resolved, "validate", None)):
-        resolved.validate()  # every section: bad values fail here, one line, before any work
+    resolved = _validated(cfg)  # every section: bad values fail here, one line, before any work
     pipeline = getattr(resolved, "pipeline", None)
     if pipeline is not None and stage is not None:
         pipeline.overrides.pop(stage, None)
@@ -227,11 +222,21 @@ def apply_overrides(cfg: Any, items: list[str] | tuple[str, ...], origin: str = 
             merged = OmegaConf.merge(merged, _dotted(item, origin))
         except OmegaConfBaseException as exc:
             raise ConfigError(f"{_one_line(exc)} (from {origin} {item})") from None
+    return _validated(merged)
+
+
+def _validated(cfg: Any) -> Any:
+    """The dataclass object of an OmegaConf config, validated; one-line ConfigError."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
     try:
-        resolved = OmegaConf.to_object(merged)
+        resolved = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as exc:
         raise ConfigError(_one_line(exc)) from None
-    return resolved.validate() if callable(getattr(resolved, "validate", None)) else resolved
+    if callable(getattr(resolved, "validate", None)):
+        resolved.validate()
+    return resolved
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
