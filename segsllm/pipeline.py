@@ -120,8 +120,21 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
     pretrained = not is_from_scratch(base.backbone.spec)
     stages.append(Stage("tokenizer", "tokenizer", stage_cfg("tokenizer", shared.tokenizer),
                         _run_backbone_tokenizer if pretrained else _run_tokenizer, ["data"]))
-    for seed in base.pipeline.seeds or [None]:
-        stages += _model_stages(base, PipelineLayout(out, seed), partial(stage_cfg, seed=seed), name)
+    seeds = base.pipeline.seeds or [None]
+    bench_after: list[str] = []
+    for seed in seeds:
+        seed_stages, after = _model_stages(base, PipelineLayout(out, seed), partial(stage_cfg, seed=seed), name)
+        stages += seed_stages
+        bench_after += after
+    # One bench over every seed (OUT/bench, or OUT/seed-<k>/bench for a single listed seed): it
+    # scores each seed's models on the same documents, so its intervals span seeds (§7).
+    first = PipelineLayout(out, seeds[0])
+    bench_layout = first if len(seeds) == 1 else PipelineLayout(out)
+    seg_list = "[" + ",".join(json.dumps(x) for x in _segmenter_specs(base, first)) + "]"
+    stages.append(Stage(name(bench_layout.bench), "bench",
+                        stage_cfg("bench", bench_layout.bench, [f"bench.from_dir={bench_layout.models}",
+                                                                f"bench.segmenters={seg_list}"]),
+                        _run_bench, bench_after))
 
     keys: dict[str, str] = {}
     for st in stages:
@@ -130,10 +143,16 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
     return stages
 
 
+def _segmenter_specs(base: Any, layout: PipelineLayout) -> list[str]:
+    """The rule segmenters, then one ``learned:<splitter folder>`` per teacher."""
+    return [*base.pipeline.segmenters, *(f"learned:{layout.splitter(t)}" for t in base.pipeline.teachers)]
+
+
 def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., Any],
-                  name: Callable[[Path], str]) -> list[Stage]:
+                  name: Callable[[Path], str]) -> tuple[list[Stage], list[str]]:
     """One seed's stages: lm, VAE + SLLM per segmenter, the teachers' random-span VAE,
-    splitters (+ their VAE and SLLM), the matched LMs, the bench; all in ``layout.models``."""
+    splitters (+ their VAE and SLLM), the matched LMs, all in ``layout.models``; and the
+    names of the stages the bench reads."""
     tok = f"tokenizer.path={layout.tokenizer}"
     lm = name(layout.lm)
     stages = [Stage(lm, "lm", stage_cfg("lm", layout.lm, [tok]), _run_lm, ["tokenizer"])]
@@ -173,6 +192,7 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
     for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
         stages += model_pair(spec, [name(layout.splitter(teacher))])
     segs = [*base.pipeline.segmenters, *learned]
+    assert segs == _segmenter_specs(base, layout)
     sllms = [name(layout.sllm(s)) for s in segs]
     bench_after = [lm, *sllms]
     if segs:  # the token LM continued for each SLLM's budget (kind "lm": the lm's own recipe)
@@ -181,12 +201,7 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
                         partial(_run_matched, layout=layout, segmenters=segs), [lm, *sllms])
         stages.append(matched)
         bench_after.append(matched.name)
-    seg_list = "[" + ",".join(json.dumps(x) for x in segs) + "]"
-    stages.append(Stage(name(layout.bench), "bench",
-                        stage_cfg("bench", layout.bench, [f"bench.from_dir={layout.models}",
-                                                          f"bench.segmenters={seg_list}"]),
-                        _run_bench, bench_after))
-    return stages
+    return stages, bench_after
 
 
 def _teacher_vae_stage(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., Any],
@@ -335,6 +350,13 @@ def _run_matched(cfg: Any, resume: bool, *, layout: PipelineLayout, segmenters: 
 
 
 def _run_bench(cfg: Any, resume: bool) -> None:
+    """The bench; on a pretrained backbone it also scores the untouched backbone (``base_lm``)
+    beside the fine-tuned ``lm`` and the matched LMs, unless a base LM is named already."""
     from segsllm.bench.run import run_bench
+    from segsllm.models.backbone import pretrained_folder
 
+    if not cfg.bench.base_lm:
+        folder = pretrained_folder(cfg.backbone)
+        if folder is not None:
+            cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, base_lm=str(folder)))
     run_bench(cfg)

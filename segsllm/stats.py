@@ -7,9 +7,16 @@ draws, which makes the interval of a difference between two models (SLLM − LM,
 segmenter − segmenter, model − compressor) much tighter than the two intervals side by
 side, and exactly [0, 0] for identical models. Intervals are percentile intervals.
 
+With several seeds (``pipeline --seeds``) a model's NLL is an (S, D) array, one row per
+seed, and the bootstrap is two-level (a hierarchical bootstrap): each resample draws the
+documents *and* the seeds with replacement, both shared by every model, so seed k of an SLLM
+stays paired with seed k of the LM it started from. The interval then covers what another
+training seed would change as well as what other documents would; the point estimate is the
+mean over seeds. Models with one row (an untouched backbone, a compressor) keep it.
+
 numpy only (no torch), seeded, vectorised: the resamples are a (R, D) matrix of counts
 (how often each of the D documents is drawn), so each model's R resampled bits/byte are one
-matrix-vector product.
+matrix product.
 """
 
 from __future__ import annotations
@@ -77,8 +84,9 @@ class PairedBootstrap:
     """Bits/byte of several models on the same documents, resampled with shared draws.
 
     ``nats[name]`` is a (D,) array of each document's summed negative log-likelihood in
-    nats (a compressor's bits · ln 2 fits too); ``n_bytes`` the (D,) UTF-8 bytes scored
-    per document, the same for every model.
+    nats (a compressor's bits · ln 2 fits too), or (S, D) with one row per training seed;
+    ``n_bytes`` the (D,) UTF-8 bytes scored per document, the same for every model.
+    Models with the same number of seeds share the seed draws (paired by seed index).
     """
 
     def __init__(self, nats: Mapping[str, Sequence[float] | np.ndarray],
@@ -89,20 +97,31 @@ class PairedBootstrap:
         self.n_bytes = np.asarray(n_bytes, dtype=np.float64)  # (D,)
         if self.n_bytes.ndim != 1 or np.any(self.n_bytes < 0) or self.n_bytes.sum() <= 0:
             raise ValueError("n_bytes must be a 1-D array of non-negative counts with a positive sum")
-        self.nats = {k: np.asarray(v, dtype=np.float64) for k, v in nats.items()}
+        self.nats = {k: np.atleast_2d(np.asarray(v, dtype=np.float64)) for k, v in nats.items()}  # (S, D)
         for name, v in self.nats.items():
-            if v.shape != self.n_bytes.shape:
-                raise ValueError(f"{name}: {v.shape[0] if v.ndim else 0} documents, expected {self.n_bytes.size}")
+            if v.ndim != 2 or v.shape[0] < 1 or v.shape[1] != self.n_bytes.size:
+                raise ValueError(f"{name}: {v.shape[-1] if v.ndim else 0} documents, expected {self.n_bytes.size}")
         self.level = level
-        counts = resample_counts(self.n_bytes.size, n_resamples, seed).astype(np.float64)  # (R, D)
-        resampled_bytes = counts @ self.n_bytes  # (R,)
+        rng_counts = resample_counts(self.n_bytes.size, n_resamples, seed).astype(np.float64)  # (R, D)
+        resampled_bytes = rng_counts @ self.n_bytes  # (R,)
         # A resample can draw only empty documents; it carries no information, drop it.
         keep = resampled_bytes > 0
-        counts, resampled_bytes = counts[keep], resampled_bytes[keep]
-        names = list(self.nats)
-        self.names = names
-        stacked = np.stack([self.nats[n] for n in names], axis=1) if names else np.zeros((self.n_bytes.size, 0))
-        self.samples = (counts @ stacked) / resampled_bytes[:, None] / LN2  # (R, M) bits/byte
+        counts, resampled_bytes = rng_counts[keep], resampled_bytes[keep]
+        self.names = list(self.nats)
+        seed_weights = {n_seeds: _seed_weights(n_seeds, n_resamples, seed)[keep]
+                        for n_seeds in {v.shape[0] for v in self.nats.values()}}  # S -> (R, S), rows sum to 1
+        columns = [((counts @ v.T) * seed_weights[v.shape[0]]).sum(axis=1) for v in self.nats.values()]  # (R,) each
+        self.samples = (np.stack(columns, axis=1) if columns else np.zeros((counts.shape[0], 0))) \
+            / resampled_bytes[:, None] / LN2  # (R, M) bits/byte
+
+    @property
+    def n_seeds(self) -> dict[str, int]:
+        """Seeds (rows) behind each model."""
+        return {k: v.shape[0] for k, v in self.nats.items()}
+
+    def estimate(self, name: str) -> float:
+        """Bits/byte of one model: its mean over seeds."""
+        return float(np.mean([bits_per_byte(row, self.n_bytes) for row in self.nats[name]]))
 
     def _column(self, name: str) -> np.ndarray:
         if name not in self.nats:
@@ -116,12 +135,20 @@ class PairedBootstrap:
 
     def interval(self, name: str) -> Interval:
         """Bits/byte of one model with its interval."""
-        return self._interval(bits_per_byte(self.nats[name], self.n_bytes), self._column(name))
+        return self._interval(self.estimate(name), self._column(name))
 
     def difference(self, a: str, b: str) -> Interval:
         """Bits/byte of ``a`` minus ``b`` with its paired interval (negative: ``a`` is better)."""
-        est = bits_per_byte(self.nats[a], self.n_bytes) - bits_per_byte(self.nats[b], self.n_bytes)
+        est = self.estimate(a) - self.estimate(b)
         return self._interval(est, self._column(a) - self._column(b))
+
+
+def _seed_weights(n_seeds: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(R, S) weights of the seeds in each resample: draw counts / S (all 1 for one seed)."""
+    if n_seeds == 1:
+        return np.ones((n_resamples, 1))
+    rng = np.random.default_rng([seed, n_seeds])  # its own stream: the document draws stay as without seeds
+    return rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=n_resamples) / n_seeds
 
 
 def _t_quantile(p: float, dof: int) -> float:

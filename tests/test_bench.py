@@ -98,6 +98,13 @@ def test_layout_seeds_matched_and_budgets(tmp_path):
     assert [p.name for p in seed_dirs(tmp_path)] == ["seed-0", "seed-2", "seed-10"]
     assert matched_lm_dir(tmp_path, "fixed-k-8") == tmp_path / "lm-matched" / "fixed-k-8"
     assert budgets_path(tmp_path) == tmp_path / "budgets.json"
+    from segsllm.bench.run import seed_segmenter
+
+    # Another seed benches its own learned splitter; rule segmenters stay as they are.
+    seed1 = tmp_path / "seed-1"
+    assert seed_segmenter(f"learned:{tmp_path / 'seed-0' / 'splitter-sllm'}/", seed1) == \
+        f"learned:{seed1 / 'splitter-sllm'}"
+    assert seed_segmenter("fixed:k=8", seed1) == "fixed:k=8"
 
 
 def _docs(data_dir, domain="prose", target=1500):

@@ -145,7 +145,7 @@ def test_planner_lays_out_one_folder_per_seed_with_shared_data_and_tokenizer(tmp
     sets = ["pipeline.seeds=[0,3]"]
     base = load_config("smoke", sets, {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
-    assert [n for n in stages if "/" not in n] == ["data", "tokenizer"]
+    assert [n for n in stages if "/" not in n] == ["data", "tokenizer", "bench"]
     for seed in (0, 3):
         lm = stages[f"seed-{seed}/lm"]
         assert lm.cfg.run.seed == seed and lm.cfg.tokenizer.path == str(tmp_path / "tokenizer")
@@ -155,9 +155,20 @@ def test_planner_lays_out_one_folder_per_seed_with_shared_data_and_tokenizer(tmp
         assert matched.cfg.backbone.spec == str(tmp_path / f"seed-{seed}" / "lm")
         assert matched.cfg.train.batch_size == lm.cfg.train.batch_size  # the lm's own recipe
         assert f"seed-{seed}/sllm-learned-splitter-punctuation" in matched.after
-        assert stages[f"seed-{seed}/bench"].cfg.bench.from_dir == str(tmp_path / f"seed-{seed}")
+        assert f"seed-{seed}/bench" not in stages
+        assert f"seed-{seed}/lm-matched" in stages["bench"].after
+        assert f"seed-{seed}/sllm-punctuation" in stages["bench"].after
+    # One bench over both seeds; learned splitters named by the first seed's folder.
+    bench = stages["bench"].cfg.bench
+    assert bench.from_dir == str(tmp_path) and stages["bench"].cfg.run.out == str(tmp_path / "bench")
+    assert f"learned:{tmp_path / 'seed-0' / 'splitter-punctuation'}" in bench.segmenters
     assert stages["seed-0/lm"].key != stages["seed-3/lm"].key
     assert stages["seed-0/vae-punctuation"].after == ["tokenizer"]
+    # A single listed seed keeps its bench in its own folder.
+    one = ["pipeline.seeds=[5]"]
+    single = {st.name: st for st in plan_stages(load_config("smoke", one, {"run.out": str(tmp_path)}), "smoke", one,
+                                                tmp_path)}
+    assert single["seed-5/bench"].cfg.bench.from_dir == str(tmp_path / "seed-5")
 
 
 def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
@@ -175,12 +186,21 @@ def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
     weights = []
     for seed in (0, 1):
         models = out / f"seed-{seed}"
-        for stage in ("lm", "vae-fixed-k-8", "sllm-fixed-k-8", "lm-matched", "bench"):
+        for stage in ("lm", "vae-fixed-k-8", "sllm-fixed-k-8", "lm-matched"):
             assert json.loads((models / stage / "pipeline.json").read_text())["done"], (seed, stage)
-        assert (models / "bench" / "results.json").is_file()
         _check_matched_and_budgets(models, ["fixed-k-8"])
         weights.append((models / "lm" / "model.safetensors").read_bytes())
     assert weights[0] != weights[1]  # each seed its own model
+    # One bench over both seeds: every trained model has mean ± sd over 2 seeds, an untouched
+    # floor has none, and each interval holds the mean over seeds.
+    results = json.loads((out / "bench" / "results.json").read_text())
+    for d, q in results["quality"].items():
+        assert q["n_seeds"] == 2, d
+        for name in ("baseline", "sllm:fixed:k=8", "matched:fixed:k=8"):
+            m = q["models"][name]
+            assert m["seeds"]["n"] == 2 and m["low"] <= m["estimate"] <= m["high"], (d, name)
+            assert m["estimate"] == pytest.approx(m["seeds"]["mean"])
+        assert q["models"]["floor:xz-9e"]["seeds"] is None
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output[-3000:]
     assert "running" not in again.output and "seed-1/sllm-fixed-k-8 — skipped" in again.output

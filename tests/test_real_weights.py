@@ -65,6 +65,10 @@ def test_the_pipeline_trains_on_smollm2_and_benches_it(smol_run):
     # The fine-tuned SmolLM2 (3 steps, last block only) keeps its pretrained quality: far
     # below the 8 bits/byte of a uniform byte model on every domain.
     assert max(r["baseline_bits_per_byte"] for r in rows) < 4.0
+    # The pipeline scores the untouched SmolLM2 too (no folder to link by hand), and three
+    # steps on one block leave the fine-tuned one close to it.
+    for r in rows:
+        assert abs(r["base_lm_bits_per_byte"] - r["baseline_bits_per_byte"]) < 0.5, r["domain"]
 
 
 def _segments(sllm, text: str) -> list[list[int]]:

@@ -116,3 +116,27 @@ def test_stats_imports_no_torch():
     code = "import sys, segsllm.stats; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_seed_rows_widen_the_interval_and_stay_paired():
+    """(S, D) NLL: the estimate is the mean over seeds; the seed draw widens the interval by
+    what a seed changes; seed k of one model stays paired with seed k of another."""
+    n_bytes, nats = _docs(30)
+    per_byte = math.log(2) * n_bytes
+    same = np.stack([nats, nats, nats])
+    single = stats.PairedBootstrap({"m": nats}, n_bytes, seed=1).interval("m")
+    repeated = stats.PairedBootstrap({"m": same}, n_bytes, seed=1).interval("m")
+    assert (repeated.estimate, repeated.low, repeated.high) == pytest.approx((single.estimate, single.low, single.high))
+
+    offsets = np.array([-0.2, 0.0, 0.2])  # a seed moves every document by this many bits/byte
+    lm = nats[None, :] + offsets[:, None] * per_byte[None, :]  # (3, D)
+    sllm = lm + 0.05 * per_byte[None, :]  # each seed 0.05 worse than its own LM seed
+    boot = stats.PairedBootstrap({"lm": lm, "sllm": sllm, "floor": nats}, n_bytes, seed=1)
+    assert boot.n_seeds == {"lm": 3, "sllm": 3, "floor": 1}
+    assert boot.interval("lm").estimate == pytest.approx(single.estimate)
+    wide = boot.interval("lm")
+    assert wide.high - wide.low > 2 * (single.high - single.low)  # the seed spread is in it
+    d = boot.difference("sllm", "lm")
+    assert d.estimate == pytest.approx(0.05) and d.low == pytest.approx(0.05) and d.high == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="documents"):
+        stats.PairedBootstrap({"m": np.zeros((2, 5))}, n_bytes)

@@ -10,6 +10,10 @@ resamples all of them with shared draws, so every difference is paired (docs/DES
 - ``matched:<seg> − baseline``  what the extra training alone bought;
 - ``sllm:<a> − sllm:<b>``  segmenter against segmenter.
 
+With ``pipeline --seeds`` every trained model has one row of per-document NLL per seed
+and the bootstrap draws seeds as well as documents (:mod:`segsllm.stats`), so its interval
+and each difference's carry the seed-to-seed spread; ``seeds`` adds mean ± sd over seeds.
+
 A difference is ``significant`` when its interval excludes 0. Names: ``baseline`` (the
 pipeline's ``lm``), ``base_lm``, ``matched:<seg>``, ``sllm:<seg>``, ``floor:<compressor>``.
 """
@@ -66,22 +70,27 @@ def differences(boot: PairedBootstrap, segmenters: Sequence[str]) -> list[dict[s
 
 def domain_quality(results: Mapping[str, Any], floor_bits: Mapping[str, np.ndarray], segmenters: Sequence[str], *,
                    n_resamples: int = 2000, level: float = 0.95, seed: int = 0,
-                   seed_values: Mapping[str, Sequence[float]] | None = None,
+                   seed_nats: Mapping[str, Sequence[np.ndarray]] | None = None,
                    budgets: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``{"models": {name: interval + kind + seeds + budget}, "differences": [...]}`` for one
     domain. ``floor_bits``: (D,) bits per document of each compressor, cold start;
-    ``seed_values``: bits/byte of a model in each seed (mean ± sd when more than one)."""
+    ``seed_nats``: a model's (D,) per-document NLL in every seed, the first seed's included
+    (its interval then spans seeds too, and ``seeds`` gives mean ± sd)."""
     ref = next(iter(results.values()))
     n_bytes = np.asarray(ref.doc_bytes)
     nats = {name: np.asarray(r.doc_nats) for name, r in results.items()}
+    for name, rows in (seed_nats or {}).items():
+        if name in nats and len(rows) > 1:
+            nats[name] = np.stack([np.asarray(r, dtype=np.float64) for r in rows])  # (S, D)
     nats.update({FLOOR_PREFIX + k: np.asarray(v, dtype=np.float64) * LN2 for k, v in floor_bits.items()})
     boot = PairedBootstrap(nats, n_bytes, n_resamples, seed, level)
     models: dict[str, Any] = {}
     for name in nats:
         entry: dict[str, Any] = {"kind": model_kind(name), **_iv(boot.interval(name))}
         entry.pop("significant")
-        vals = list((seed_values or {}).get(name) or [])
-        entry["seeds"] = mean_sd(vals).as_dict() if len(vals) > 1 else None
+        rows = np.atleast_2d(nats[name])
+        entry["seeds"] = mean_sd([float(r.sum() / n_bytes.sum() / LN2) for r in rows]).as_dict() \
+            if rows.shape[0] > 1 else None
         if budgets and name in budgets:
             entry["budget"] = budgets[name]
         if budgets and f"{name}.vae" in budgets:

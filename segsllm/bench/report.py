@@ -42,8 +42,9 @@ DEFINITIONS = {
     "difference": "bits/byte of a minus b on the same bytes (negative: a is better); * = its interval excludes 0. "
                   "sllm - lm: the SLLM against the untouched lm stage it started from; sllm - matched: against the "
                   "token LM trained on as many tokens; segmenter - segmenter: SLLM against SLLM",
-    "seeds": "mean +- sample sd of bits/byte over the seed-<k> folders of the run (pipeline --seeds), beside the "
-             "bootstrap interval of the first seed",
+    "seeds": "mean +- sample sd of bits/byte over the seed-<k> folders of the run (pipeline --seeds); with seeds "
+             "the interval is a two-level bootstrap over documents and seeds (seed k of every model paired) and the "
+             "estimate is the mean over seeds",
     "budget": "training tokens of each model's stage, from the run's budgets.json (the VAE's pre-training beside)",
     "floors": "gzip -9, bzip2 -9, xz -9e on exactly the scored bytes: whole set = the concatenation compressed once; "
               "per document = each document compressed on its own (cold start, like the models; headers included), "
@@ -286,7 +287,8 @@ def quality_markdown(q: dict[str, Any], segmenters: Sequence[str]) -> list[str]:
            f"for every model", "",
            f"{q.get('n_docs')} documents, {q.get('bytes')} bytes ({q.get('truncated_docs')} cut to a prefix), the "
            f"same for every row; {level} % paired-bootstrap intervals over documents ({q.get('resamples')} draws)"
-           + (f"; {q.get('n_seeds')} seeds" if (q.get("n_seeds") or 1) > 1 else "") + ".", "",
+           + (f" and {q.get('n_seeds')} seeds (estimate: mean over seeds)" if (q.get("n_seeds") or 1) > 1 else "")
+           + ".", "",
            f"| model | bits/byte | {level} % interval | seeds mean ± sd | training tokens |", "|---|---|---|---|---|"]
     whole = q.get("floors_whole_set") or {}
     for k, label in FLOOR_LABELS.items():

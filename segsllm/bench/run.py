@@ -438,11 +438,11 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         notes += [f"context {c}: {name} windows hold up to {n} segments, more than the {m} it was trained on"
                   for (c, name, m), n in sorted(over.items())]
 
-        # ---- further seeds: the headline quality of every model, for mean ± sd
-        seed_values = {d: {name: [r.bits_per_byte] for name, r in scored[d].items()} for d in domains}
+        # ---- further seeds: every model's per-document NLL again, for intervals over seeds too
+        seed_nats = {d: {name: [r.doc_nats] for name, r in scored[d].items()} for d in domains}
         for k, seed_dir in enumerate(arts.seeds, 2):
             say(f"seed {k} of {len(arts.seeds) + 1}: {seed_dir}")
-            _score_seed(find_artifacts(seed_dir, segmenters), segmenters, domains, seed_values, score_token_lm,
+            _score_seed(find_artifacts(seed_dir, segmenters), segmenters, domains, seed_nats, score_token_lm,
                         score_sllm_all, device)
 
         # ---- intervals: one paired bootstrap per domain over models and floors
@@ -450,7 +450,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         sweep: dict[str, Any] = {}
         for d in domains:
             quality[d] = domain_quality(scored[d], floor_docs[d], segmenters, n_resamples=bcfg.bootstrap_resamples,
-                                        level=bcfg.level, seed=cfg.run.seed, seed_values=seed_values[d],
+                                        level=bcfg.level, seed=cfg.run.seed, seed_nats=seed_nats[d],
                                         budgets=_model_budgets(budgets, scored[d], slugs))
             quality[d].update({
                 "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0), "n_docs": docs[d].n_docs,
@@ -516,9 +516,10 @@ def _note(notes: list[str], text: str) -> None:
 
 
 def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
-                values: dict[str, dict[str, list[float]]], score_lm: Callable[..., Any], score_sllm: Callable[..., Any],
+                values: dict[str, dict[str, list[Any]]], score_lm: Callable[..., Any], score_sllm: Callable[..., Any],
                 device: Any) -> None:
-    """Headline bits/byte of every model of one further seed folder, appended to ``values``."""
+    """Per-document NLL of every model of one further seed folder, on the same documents,
+    appended to ``values``."""
     from segsllm.generate import load_sllm
     from segsllm.segment import build_segmenter
 
@@ -529,18 +530,28 @@ def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
             continue
         model, tok = _load_lm(path, device)
         for d in domains:
-            values[d].setdefault(name, []).append(score_lm(name, model, tok, d, sweep=False).bits_per_byte)
+            values[d].setdefault(name, []).append(score_lm(name, model, tok, d, sweep=False).doc_nats)
         del model
     for spec in segmenters:
         if spec not in arts.sllm:
             continue
         model, tok, _ = load_sllm(arts.sllm[spec], device=device)
-        seg = build_segmenter(spec, tokenizer=tok, max_len=model.vae.config.max_len)
+        seg = build_segmenter(seed_segmenter(spec, arts.sllm[spec].parent), tokenizer=tok,
+                              max_len=model.vae.config.max_len)
         for d in domains:
             name = f"{SLLM_NAME}{spec}"
             res, _ = score_sllm(name, model, seg, tok, d, sweep=False)
-            values[d].setdefault(name, []).append(res.bits_per_byte)
+            values[d].setdefault(name, []).append(res.doc_nats)
         del model
+
+
+def seed_segmenter(spec: str, seed_dir: Path) -> str:
+    """The spec as this seed trained it: a ``learned:`` splitter is the one in ``seed_dir``
+    (each seed trains its own), rule segmenters are the same in every seed."""
+    name, _, rest = spec.partition(":")
+    if name.strip().lower() != "learned":
+        return spec
+    return f"learned:{seed_dir / Path(rest.rstrip('/')).name}"
 
 
 def _budgets(from_dir: str | None) -> dict[str, Any]:

@@ -119,6 +119,23 @@ def load_backbone(
     return _load_hub(cfg, spec, dtype)
 
 
+def pretrained_folder(cfg: BackboneConfig) -> Path | None:
+    """The local model folder behind a pretrained ``cfg.spec`` — a folder as given, a GGUF
+    file's (or ``smollm2-135m``'s) converted cache folder — without loading the weights;
+    None for a from-scratch or hub backbone. The pipeline's bench scores it as the untouched
+    ``base_lm`` (docs/DESIGN.md §7)."""
+    spec = cfg.validate().spec.strip()
+    if is_from_scratch(spec):
+        return None
+    cache_dir = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else default_cache_dir()
+    if spec.lower() == SMOLLM2_ALIAS:
+        return convert_gguf(find_smollm2_gguf(), cache_dir, name=SMOLLM2_ALIAS)[0]
+    path = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf") and path.is_file():
+        return convert_gguf(path, cache_dir)[0]
+    return path if path.is_dir() else None
+
+
 def _resolve_dtype(name: str) -> Any:
     import torch
 
