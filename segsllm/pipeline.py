@@ -173,10 +173,10 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
     teacher_vae = _teacher_vae_stage(base, layout, stage_cfg, model_pair, stages)
     for teacher in base.pipeline.teachers:
         extra, after = [tok], ["tokenizer"]
-        if teacher in ("entropy", "sllm"):
+        if teacher in ("entropy", "sllm", "joint"):
             extra.append(f"splitter.base_lm={layout.lm}")
             after.append(lm)
-        if teacher in ("vae", "sllm"):  # unbiased: the VAE trained on random spans
+        if teacher in ("vae", "sllm", "joint"):  # unbiased: the VAE trained on random spans
             extra.append(f"splitter.vae={teacher_vae}")
             after.append(name(teacher_vae))
         if teacher == "vae-rule":
@@ -206,9 +206,9 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
 
 def _teacher_vae_stage(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., Any],
                        model_pair: Callable[..., list[Stage]], stages: list[Stage]) -> Path | None:
-    """Add the VAE stage the ``vae`` and ``sllm`` teachers share: a SentenceVAE trained on
+    """Add the VAE stage the ``vae``, ``sllm`` and ``joint`` teachers share: a SentenceVAE trained on
     random spans up to the splitter's max_len (docs/DESIGN.md §6); its folder."""
-    if not {"vae", "sllm"} & set(base.pipeline.teachers):
+    if not {"vae", "sllm", "joint"} & set(base.pipeline.teachers):
         return None
     from segsllm.train.teachers import teacher_vae_segmenter
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from segsllm.errors import ConfigError
 
-TEACHERS = ("punctuation", "entropy", "vae", "vae-rule", "sllm")
+TEACHERS = ("punctuation", "entropy", "vae", "vae-rule", "sllm", "joint")
 DECODES = ("threshold", "viterbi")
 ENTROPY_MODES = ("global", "monotonic")
 
@@ -109,11 +109,11 @@ class SplitterConfig:
     ``target_len`` / ``max_len`` below and the calibration, so setting them is an error.
     """
 
-    teacher: str = "punctuation"  # punctuation | entropy | vae | vae-rule | sllm
+    teacher: str = "punctuation"  # punctuation | entropy | vae | vae-rule | sllm | joint
     target_len: float | None = None  # mean tokens/segment; None: 8 (punctuation: the rule's own)
     max_len: int | None = None  # hard cap; None: segmenter.max_len
     base_lm: str | None = None  # token-level LM folder (train-lm output) for the entropy teacher
-    vae: str | None = None  # SentenceVAE folder (train-vae output) for the vae / vae-rule / sllm (EM) teachers
+    vae: str | None = None  # SentenceVAE folder (train-vae output) for the vae / vae-rule / sllm (EM) / joint teachers
     sllm: str | None = None  # SLLM folder (finetune output) for one sllm-teacher step; None: hard EM
     # ---- teachers
     entropy_mode: str = "global"  # global threshold | monotonic rise (BLT)
@@ -125,6 +125,13 @@ class SplitterConfig:
     em_rounds: int = 2  # hard-EM rounds (without splitter.sllm): train SLLM on S_t, relabel, retrain
     em_init: str = "punctuation"  # S_0, the segmentation the first round's SLLM is trained on
     em_sllm: list[str] = field(default_factory=list)  # KEY=VALUE overrides of each round's SLLM training
+    # ---- the joint teacher (docs/DESIGN.md §6): predictor + SLLM trained together, no labels
+    joint_steps: int = 300  # optimizer steps of the joint training
+    joint_batch_size: int = 8  # chunks per step (each sampled joint_samples times)
+    joint_lr: float = 1.0e-3
+    joint_samples: int = 2  # segmentations sampled per chunk (leave-one-out baseline)
+    joint_price_lr: float = 0.5  # dual-ascent step of the per-segment price (nats)
+    joint_chunk_tokens: int = 128  # tokens per chunk = at most as many SLLM positions
     chunk_tokens: int = 512  # teacher/student documents are chunks of at most this many tokens
     teacher_tokens: int | None = None  # labelled train tokens per domain
     teacher_eval_tokens: int | None = None  # labelled validation tokens per domain
@@ -148,6 +155,14 @@ class SplitterConfig:
         for key in ("chunk_tokens", "entropy_context", "calibration_tokens"):
             if getattr(self, key) < 2:
                 raise ConfigError(f"splitter.{key} must be >= 2, got {getattr(self, key)}")
+        for key in ("joint_steps", "joint_batch_size", "joint_chunk_tokens"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"splitter.{key} must be >= 1, got {getattr(self, key)}")
+        if self.joint_samples < 2:
+            raise ConfigError(f"splitter.joint_samples must be >= 2 (the baseline is the other samples' mean), "
+                              f"got {self.joint_samples}")
+        if self.joint_lr <= 0 or self.joint_price_lr < 0:
+            raise ConfigError("splitter.joint_lr must be > 0 and splitter.joint_price_lr >= 0")
         if self.em_rounds < 1:
             raise ConfigError(f"splitter.em_rounds must be >= 1, got {self.em_rounds}")
         if self.sllm_prior_weight < 0:

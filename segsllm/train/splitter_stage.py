@@ -249,7 +249,8 @@ def resolve_target(cfg: Any) -> tuple[float | None, int]:
 
 
 def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], target_len: float | None, max_len: int,
-                    device: Any, say: Callable[[str], None]) -> tuple[Any, dict, dict, int]:
+                    device: Any, say: Callable[[str], None], *, resume: bool = False,
+                    progress: bool = True) -> tuple[Any, dict, dict, int]:
     """(teacher, split -> domain -> documents, split -> domain -> LabelSet, the VAE teacher's
     max span): documents cut into chunks within the teacher's token budgets, then labelled
     (cached by corpus, tokenizer, chunking and budget)."""
@@ -264,7 +265,17 @@ def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], targ
 
     sp, domains = cfg.splitter, cfg.data.domains
     max_span = sp.vae_max_span or default_max_span(sp.teacher, max_len, target_len)
-    if sp.teacher == "sllm":
+    caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
+    docs = {split: {d: _documents(cfg.data.dir, d, split, tokenizer, caps) for d in domains}
+            for split in ("train", "validation")}
+    if sp.teacher == "joint":
+        from segsllm.train.joint import train_joint_teacher
+
+        pcfg = sp.predictor_config(vocab_size=len(tokenizer), pad_id=int(tokenizer.pad_token_id), max_len=max_len,
+                                   target_len=min(target_len or max_len, max_len), decode="threshold")
+        teacher = train_joint_teacher(cfg, tokenizer, docs["train"], predictor_config=pcfg, device=device,
+                                      resume=resume, progress=progress, say=say)
+    elif sp.teacher == "sllm":
         from segsllm.train.sllm_teacher import load_sllm_teacher
 
         if not sp.sllm:
@@ -277,9 +288,6 @@ def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], targ
                                 entropy_context=sp.entropy_context, max_span=max_span, device=device)
     budget_train, budget_eval = DEFAULT_BUDGETS[sp.teacher]
     budget = {"train": sp.teacher_tokens or budget_train, "validation": sp.teacher_eval_tokens or budget_eval}
-    caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
-    docs = {split: {d: _documents(cfg.data.dir, d, split, tokenizer, caps) for d in domains}
-            for split in ("train", "validation")}
     chunks = {split: {d: make_chunks(docs[split][d], sp.chunk_tokens, budget[split]) for d in domains}
               for split in ("train", "validation")}
     key_parts = {d: {"corpus_sha256": m.get("sha256"), "corpus_created": m.get("created"),
@@ -310,6 +318,10 @@ def _splitter_lineage(cfg: Any, teacher: Any, labels: Mapping[str, Any], max_spa
         teacher_lineage.update(base_lm=str(Path(sp.base_lm).resolve()), mode=sp.entropy_mode)
     if sp.teacher in ("vae", "vae-rule"):
         teacher_lineage.update(vae=str(Path(sp.vae).resolve()), max_span=max_span)
+    if sp.teacher == "joint":
+        teacher_lineage.update(vae=str(Path(sp.vae).resolve()),
+                               base_lm=str(Path(sp.base_lm).resolve()) if sp.base_lm else cfg.backbone.spec,
+                               steps=sp.joint_steps, samples=sp.joint_samples, chunk_tokens=sp.joint_chunk_tokens)
     if sp.teacher == "sllm":
         teacher_lineage.update(sllm=str(Path(sp.sllm).resolve()), max_span=max_span,
                                segmentation=teacher.segmenter.spec(), prior_weight=sp.sllm_prior_weight)
@@ -399,7 +411,8 @@ def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
     out_dir, device = Path(cfg.run.out), start_compute(cfg)
     tokenizer = load_tokenizer(cfg.tokenizer.path)
     fingerprint = tokenizer_fingerprint(tokenizer)
-    teacher, docs, labels, max_span = _teacher_labels(cfg, tokenizer, manifests, target_len, max_len, device, say)
+    teacher, docs, labels, max_span = _teacher_labels(cfg, tokenizer, manifests, target_len, max_len, device, say,
+                                                      resume=resume, progress=progress)
     teacher_means = {d: labels["validation"][d].mean_len for d in cfg.data.domains}
     # Without a target the rule's own rate: match the teacher's lengths on validation.
     calib_target, decode = (balanced_mean(teacher_means), "threshold") if target_len is None else (target_len, sp.predictor.decode)

@@ -24,6 +24,8 @@ predictor learns to imitate:
   ``min(max_len, 2 * target_len)``.
 - ``sllm`` — what the SLLM pays (:mod:`segsllm.train.sllm_teacher`), iterated by hard EM
   (:mod:`segsllm.train.sllm_em`).
+- ``joint`` — no labels: the predictor trained end to end with an SLLM's loss
+  (:mod:`segsllm.train.joint`); its own decisions become the labels.
 
 Expensive per-token scores (entropies, span costs) and the labels are cached on disk,
 keyed by the teacher and its model's weights, the tokenizer, the corpus and the chunking,
@@ -64,6 +66,7 @@ DEFAULT_BUDGETS = {
     "vae": (12_000, 3_000),
     "vae-rule": (12_000, 3_000),
     "sllm": (12_000, 3_000),
+    "joint": (300_000, 40_000),
 }
 VAE_TEACHERS = ("vae", "vae-rule")
 
@@ -425,9 +428,9 @@ def build_teacher(name: str, tokenizer: Any, *, base_lm: str | None = None, vae:
         _check_teacher_vae(name, vae, model)
         return VAETeacher(model, min(max_span, model.config.max_len), device=device,
                           fingerprint=_weights_sha(vae) or module_fingerprint(model), name=name)
-    if name == "sllm":  # it needs an SLLM and a segmentation: built by its own module
-        raise ConfigError("the sllm teacher is built by segsllm.train.sllm_teacher.load_sllm_teacher")
-    raise ConfigError(f"unknown teacher {name!r}; teachers: punctuation, entropy, vae, vae-rule, sllm")
+    if name in ("sllm", "joint"):  # they need more than a folder: built by their own modules
+        raise ConfigError(f"the {name} teacher is built by segsllm.train.{'sllm_teacher' if name == 'sllm' else 'joint'}")
+    raise ConfigError(f"unknown teacher {name!r}; teachers: punctuation, entropy, vae, vae-rule, sllm, joint")
 
 
 # --------------------------------------------------------------------------- labels + cache

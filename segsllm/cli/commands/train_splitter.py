@@ -16,7 +16,8 @@ TEACHER_HELP = (
     "punctuation (distil the rule) | entropy (base LM next-token entropy, needs --base-lm) | "
     "vae (reconstruction-optimal spans up to max_len, needs --vae trained on random spans) | "
     "vae-rule (the earlier vae teacher: a rule's VAE, spans up to 2x target) | "
-    "sllm (what the SLLM pays: --sllm DIR for one step, else hard EM from --vae [+ --base-lm]) "
+    "sllm (what the SLLM pays: --sllm DIR for one step, else hard EM from --vae [+ --base-lm]) | "
+    "joint (no labels: trained end to end with an SLLM built from --vae [+ --base-lm]) "
     "(default: splitter.teacher)."
 )
 
@@ -35,11 +36,11 @@ def train_splitter_command(
         int | None, typer.Option("--max-len", help="Hard cap on tokens per segment (default: segmenter.max_len).")
     ] = None,
     base_lm: Annotated[
-        Path | None, typer.Option("--base-lm", help="Token-level LM folder (`segsllm train-lm`) for --teacher entropy; the SLLM backbone of --teacher sllm EM.")
+        Path | None, typer.Option("--base-lm", help="Token-level LM folder (`segsllm train-lm`) for --teacher entropy; the SLLM backbone of --teacher sllm EM and joint.")
     ] = None,
     vae: Annotated[
         Path | None,
-        typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae / vae-rule / sllm (EM)."),
+        typer.Option("--vae", help="SentenceVAE folder (`segsllm train-vae`) for --teacher vae / vae-rule / sllm (EM) / joint."),
     ] = None,
     sllm: Annotated[
         Path | None, typer.Option("--sllm", help="SLLM folder (`segsllm finetune`): one --teacher sllm step, no EM.")
@@ -78,6 +79,9 @@ def train_splitter_command(
     if sp.teacher == "sllm" and not (sp.sllm or sp.vae):
         raise ConfigError("--teacher sllm needs --sllm DIR (one step) or, for hard EM, --vae DIR (a SentenceVAE "
                           "trained on random spans) and optionally --base-lm DIR")
+    if sp.teacher == "joint" and not sp.vae:
+        raise ConfigError("--teacher joint needs --vae DIR (a SentenceVAE trained on random spans) and usually "
+                          "--base-lm DIR (the token LM): the SLLM it trains with")
     if not cfg.tokenizer.path:
         raise ConfigError("no tokenizer: pass --tokenizer DIR (see `segsllm train-tokenizer`)")
 

@@ -1,0 +1,130 @@
+"""The joint teacher: sampling with forced ends, the policy gradient's direction, and
+train-splitter --teacher joint end to end at toy size."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from segsllm.config import load_config
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COMMON = ["run.track=false", "run.device=cpu", "train.eval_every=0", "train.eval_batches=1", "train.ckpt_every=0",
+          "train.log_every=100", "train.warmup_steps=2"]
+
+
+def test_sample_ends_forces_the_last_token_and_max_len_and_leaves_them_out_of_the_policy():
+    from segsllm.train.joint import sample_ends
+
+    draws = np.zeros((2, 8), dtype=bool)
+    draws[0, 1] = True  # row 0: a sampled cut after token 1, then 5 more tokens with max_len 3
+    draws[1, [0, 1, 2, 6, 7]] = True  # row 1 has 5 real tokens: cuts beyond it are padding
+    ends, free = sample_ends(draws, np.array([7, 5]), max_len=3)
+    assert ends[0].tolist() == [2, 5, 7] and ends[1].tolist() == [1, 2, 3, 5]
+    # Row 0: the ends after tokens 4 (max_len) and 6 (the last) were forced, not sampled.
+    assert free[0].tolist() == [True, True, True, True, False, True, False, False]
+    assert free[1].tolist() == [True, True, True, True, False, False, False, False]
+
+
+class _CutAfterFive(torch.nn.Module):
+    """A stand-in SLLM whose cost is 1 nat per segment that does not end with token 5: the
+    cheapest segmentation cuts after every 5 and nowhere else."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, ids, lengths, is_last=None, return_details=False):
+        B, S, _ = ids.shape
+        last = ids.gather(2, (lengths - 1).clamp(min=0)[..., None])[..., 0]  # (B, S)
+        seg_nll = ((last != 5) & (lengths > 0)).float()
+        return {"loss": self.dummy * 0.0, "seg_nll": seg_nll, "stop_nll": torch.zeros(B, S + 1)}
+
+
+def test_the_policy_gradient_moves_boundaries_toward_what_the_sllm_pays_less_for():
+    from segsllm.config.splitter import BoundaryPredictorConfig
+    from segsllm.models.boundary import BoundaryPredictor
+    from segsllm.train.joint import JointChunker
+
+    torch.manual_seed(0)
+    pred = BoundaryPredictor(BoundaryPredictorConfig(vocab_size=16, d_model=8, n_layers=2, max_len=16, target_len=4.0,
+                                                     lookahead=0))
+    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=4.0, samples=4, price_lr=0.0)
+    opt = torch.optim.Adam(pred.parameters(), lr=3e-2)
+    rng = np.random.default_rng(0)
+    ids = torch.from_numpy(rng.integers(1, 9, size=(16, 32)))
+    mask = torch.ones_like(ids, dtype=torch.bool)
+
+    def gap() -> float:
+        with torch.no_grad():
+            z = pred(ids, mask)
+        return float(z[ids == 5].mean() - z[ids != 5].mean())
+
+    before = gap()
+    for _ in range(40):
+        opt.zero_grad()
+        model(ids, mask)["loss"].backward()
+        opt.step()
+    assert gap() > before + 1.0  # boundaries after 5 became likelier than elsewhere
+
+
+def test_the_segment_price_rises_while_segments_are_too_short():
+    from segsllm.config.splitter import BoundaryPredictorConfig
+    from segsllm.models.boundary import BoundaryPredictor
+    from segsllm.train.joint import JointChunker
+
+    pred = BoundaryPredictor(BoundaryPredictorConfig(vocab_size=16, d_model=8, n_layers=2, max_len=16, target_len=8.0))
+    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=8.0, samples=2, price_lr=0.5)
+    ids = torch.randint(1, 9, (4, 24))
+    out = model(ids, torch.ones_like(ids, dtype=torch.bool))  # logits near 0: segments of ~2 tokens
+    assert float(model.price) > 0.5 and float(out["n_tokens"]) / float(out["n_segments"]) < 4
+    model.eval()
+    model(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert float(model.price) == float(out["price"])  # evaluation does not move it
+
+
+@pytest.fixture(scope="module")
+def teacher_vae(tiny_data_dir, tokenizer, tmp_path_factory):
+    from segsllm.data.tokenizer import save_tokenizer
+    from segsllm.train.teachers import teacher_vae_segmenter
+    from segsllm.train.vae_stage import train_vae
+
+    root = tmp_path_factory.mktemp("joint")
+    tok = save_tokenizer(tokenizer, root / "tok")
+    cfg = load_config(None, [
+        f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", f"tokenizer.path={tok}", *COMMON,
+        f"segmenter.spec={teacher_vae_segmenter(8)}", "segmenter.max_len=8", "train.steps=4", "train.batch_size=16",
+        "train.lr=3e-3", "vae.d_model=16", "vae.n_heads=2", "vae.d_ff=32",
+    ])
+    train_vae(cfg, progress=False, exact_match_segments=1, n_samples=0)
+    return root
+
+
+def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher_vae, tiny_data_dir, tokenizer,
+                                                                          tmp_path):
+    from segsllm.segment import build_segmenter
+    from segsllm.train.sllm_em import run_splitter_stage
+
+    out = tmp_path / "splitter-joint"
+    cfg = load_config(None, [
+        f"data.dir={tiny_data_dir}", f"run.out={out}", f"tokenizer.path={teacher_vae / 'tok'}", *COMMON,
+        "segmenter.max_len=8", "splitter.teacher=joint", f"splitter.vae={teacher_vae / 'vae'}",
+        "splitter.target_len=4", "splitter.joint_steps=3", "splitter.joint_batch_size=4",
+        "splitter.joint_chunk_tokens=24", "splitter.chunk_tokens=48", "splitter.teacher_tokens=300",
+        "splitter.teacher_eval_tokens=120", "splitter.calibration_tokens=600", "splitter.predictor.d_model=8",
+        "splitter.predictor.n_layers=2", "train.steps=4", "train.batch_size=8", "train.lr=5e-3",
+        "backbone.hidden_size=16", "backbone.num_layers=1", "backbone.num_heads=2", "backbone.max_positions=32",
+    ])
+    result, rounds = run_splitter_stage(cfg, progress=False)
+    assert rounds == [] and result.teacher == "joint"
+    assert (out / "joint" / "checkpoints").is_dir()  # the joint training's own checkpoints
+    teacher = json.loads((out / "manifest.json").read_text())["lineage"]["teacher"]
+    assert teacher["name"] == "joint" and teacher["steps"] == 3 and teacher["vae"].endswith("vae")
+    seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
+    text = "a,b,c\n1,2,3\n"
+    assert "".join(seg.split_text(text)) == text
+    assert result.metrics["csv"]["max_seg_len"] <= 8
