@@ -193,11 +193,11 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, train_docs: Mapping[str, Seque
     """Train predictor + SLLM jointly on chunks of ``train_docs`` (checkpoints in
     ``<run.out>/joint``); the teacher that reads the trained predictor."""
     from segsllm.config.backbone import BackboneConfig
+    from segsllm.data.chunks import ChunkBatches
     from segsllm.models.boundary import BoundaryPredictor
     from segsllm.models.loading import load_artifact
     from segsllm.train.loop import train
     from segsllm.train.sllm_stage import _build_sllm
-    from segsllm.train.splitter_stage import ChunkBatches
     from segsllm.train.teachers import make_chunks
 
     sp = cfg.splitter
