@@ -113,6 +113,34 @@ def one_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="session")
+def teacher_vae(tiny_data_dir, tokenizer, tmp_path_factory):
+    """``root`` with ``tok/`` and ``vae/``: a SentenceVAE trained briefly on random spans of
+    up to 8 tokens, the unbiased teacher VAE of hard EM and the joint teacher."""
+    import torch
+
+    from segsllm.config import load_config
+    from segsllm.data.tokenizer import save_tokenizer
+    from segsllm.train.teachers import teacher_vae_segmenter
+    from segsllm.train.vae_stage import train_vae
+
+    root = tmp_path_factory.mktemp("teacher-vae")
+    tok = save_tokenizer(tokenizer, root / "tok")
+    cfg = load_config(None, [
+        f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", f"tokenizer.path={tok}", "run.track=false",
+        "run.device=cpu", "train.eval_every=0", "train.eval_batches=1", "train.ckpt_every=0", "train.log_every=100",
+        "train.warmup_steps=2", f"segmenter.spec={teacher_vae_segmenter(8)}", "segmenter.max_len=8",
+        "train.steps=8", "train.batch_size=16", "train.lr=3e-3", "vae.d_model=16", "vae.n_heads=2", "vae.d_ff=32",
+    ])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_vae(cfg, progress=False, exact_match_segments=1, n_samples=0)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
 def tiny_vae(vocab_size: int, max_len: int = 16, *, d_model: int = 32, n_heads: int = 4, **kw):
     """A small SentenceVAE (d_ff = 2 x d_model) drawn from torch's current RNG state."""
     from segsllm.config.vae import SentenceVAEConfig

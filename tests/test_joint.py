@@ -87,23 +87,6 @@ def test_the_segment_price_rises_while_segments_are_too_short():
     assert float(model.price) == float(out["price"])  # evaluation does not move it
 
 
-@pytest.fixture(scope="module")
-def teacher_vae(tiny_data_dir, tokenizer, tmp_path_factory):
-    from segsllm.data.tokenizer import save_tokenizer
-    from segsllm.train.teachers import teacher_vae_segmenter
-    from segsllm.train.vae_stage import train_vae
-
-    root = tmp_path_factory.mktemp("joint")
-    tok = save_tokenizer(tokenizer, root / "tok")
-    cfg = load_config(None, [
-        f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", f"tokenizer.path={tok}", *COMMON,
-        f"segmenter.spec={teacher_vae_segmenter(8)}", "segmenter.max_len=8", "train.steps=4", "train.batch_size=16",
-        "train.lr=3e-3", "vae.d_model=16", "vae.n_heads=2", "vae.d_ff=32",
-    ])
-    train_vae(cfg, progress=False, exact_match_segments=1, n_samples=0)
-    return root
-
-
 def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher_vae, tiny_data_dir, tokenizer,
                                                                           tmp_path):
     from segsllm.segment import build_segmenter

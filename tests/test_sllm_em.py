@@ -8,30 +8,12 @@ import numpy as np
 import pytest
 
 from segsllm.config import load_config
-from segsllm.data.tokenizer import save_tokenizer
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 COMMON = ["run.track=false", "run.device=cpu", "train.eval_every=0", "train.eval_batches=1", "train.ckpt_every=0",
           "train.log_every=100", "train.warmup_steps=2"]
-
-
-@pytest.fixture(scope="module")
-def teacher_vae(tiny_data_dir, tokenizer, tmp_path_factory):
-    """A SentenceVAE trained (briefly) on random spans: the unbiased teacher VAE."""
-    from segsllm.train.teachers import teacher_vae_segmenter
-    from segsllm.train.vae_stage import train_vae
-
-    root = tmp_path_factory.mktemp("em")
-    tok = save_tokenizer(tokenizer, root / "tok")
-    cfg = load_config(None, [
-        f"data.dir={tiny_data_dir}", f"run.out={root / 'vae'}", f"tokenizer.path={tok}", *COMMON,
-        f"segmenter.spec={teacher_vae_segmenter(8)}", "segmenter.max_len=8", "train.steps=8", "train.batch_size=16",
-        "train.lr=3e-3", "vae.d_model=16", "vae.n_heads=2", "vae.d_ff=32",
-    ])
-    train_vae(cfg, progress=False, exact_match_segments=1, n_samples=0)
-    return root
 
 
 def test_em_rounds_run_chain_and_record_bits_per_byte(teacher_vae, tiny_data_dir, tokenizer, tmp_path):
