@@ -143,6 +143,19 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
     return stages
 
 
+# pipeline.teachers entries that are a teacher with settings (their own splitter folder),
+# so an ablation can hold both: e.g. the entropy teacher's two modes.
+TEACHER_VARIANTS = {
+    "entropy-monotonic": ("entropy", ["splitter.entropy_mode=monotonic"]),
+    "entropy-global": ("entropy", ["splitter.entropy_mode=global"]),
+}
+
+
+def teacher_variant(entry: str) -> tuple[str, list[str]]:
+    """(teacher, the splitter settings it implies) of one ``pipeline.teachers`` entry."""
+    return TEACHER_VARIANTS.get(entry, (entry, []))
+
+
 def _segmenter_specs(base: Any, layout: PipelineLayout) -> list[str]:
     """The rule segmenters, then one ``learned:<splitter folder>`` per teacher."""
     return [*base.pipeline.segmenters, *(f"learned:{layout.splitter(t)}" for t in base.pipeline.teachers)]
@@ -171,8 +184,9 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
     learned: list[str] = []
     first = base.pipeline.segmenters[0] if base.pipeline.segmenters else None
     teacher_vae = _teacher_vae_stage(base, layout, stage_cfg, model_pair, stages)
-    for teacher in base.pipeline.teachers:
-        extra, after = [tok], ["tokenizer"]
+    for entry in base.pipeline.teachers:
+        teacher, variant = teacher_variant(entry)
+        extra, after = [tok, *variant], ["tokenizer"]
         if teacher in ("entropy", "sllm", "joint"):
             extra.append(f"splitter.base_lm={layout.lm}")
             after.append(lm)
@@ -184,7 +198,7 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
                 raise SegsllmError("the vae-rule teacher needs a VAE: list a rule segmenter in pipeline.segmenters")
             extra.append(f"splitter.vae={layout.vae(first)}")
             after.append(name(layout.vae(first)))
-        folder = layout.splitter(teacher)
+        folder = layout.splitter(entry)
         stages.append(Stage(name(folder), "splitter",
                             stage_cfg("splitter", folder, [*extra, f"splitter.teacher={teacher}"]),
                             _run_splitter, after))
@@ -208,7 +222,7 @@ def _teacher_vae_stage(base: Any, layout: PipelineLayout, stage_cfg: Callable[..
                        model_pair: Callable[..., list[Stage]], stages: list[Stage]) -> Path | None:
     """Add the VAE stage the ``vae``, ``sllm`` and ``joint`` teachers share: a SentenceVAE trained on
     random spans up to the splitter's max_len (docs/DESIGN.md §6); its folder."""
-    if not {"vae", "sllm", "joint"} & set(base.pipeline.teachers):
+    if not {"vae", "sllm", "joint"} & {teacher_variant(t)[0] for t in base.pipeline.teachers}:
         return None
     from segsllm.train.teachers import teacher_vae_segmenter
 

@@ -122,7 +122,7 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     from segsllm.config import load_config
     from segsllm.pipeline import plan_stages
 
-    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint]", "segmenter.max_len=32"]
+    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint,entropy-monotonic,entropy]", "segmenter.max_len=32"]
     base = load_config("smoke", sets, {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
     random_vae = [n for n in stages if n.startswith("vae-") and "randomspansegmenter" in n]
@@ -137,6 +137,10 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     joint = stages["splitter-joint"]  # the same start as hard EM: random-span VAE + the token LM
     assert joint.cfg.splitter.vae == sllm.cfg.splitter.vae and joint.cfg.splitter.base_lm == str(tmp_path / "lm")
     assert {"lm", random_vae[0]} <= set(joint.after) and "sllm-learned-splitter-joint" in stages
+    # Both entropy modes side by side, each in its own folder with its own SLLM.
+    mono, plain = stages["splitter-entropy-monotonic"].cfg.splitter, stages["splitter-entropy"].cfg.splitter
+    assert (mono.teacher, mono.entropy_mode, plain.entropy_mode) == ("entropy", "monotonic", "global")
+    assert "sllm-learned-splitter-entropy-monotonic" in stages
     names = list(stages)
     assert names.index(random_vae[0]) < names.index("splitter-vae")  # built before it is read
 

@@ -38,7 +38,9 @@ class PipelineConfig:
     learned splitter per teacher (each also gets its VAE + SLLM), then the bench."""
 
     segmenters: list[str] = field(default_factory=lambda: ["punctuation", "fixed:k=8"])
-    teachers: list[str] = field(default_factory=list)  # entropy | vae | punctuation
+    # Splitter teachers (splitter.teacher values) and variants with their own folder:
+    # entropy-global / entropy-monotonic (segsllm.pipeline.TEACHER_VARIANTS).
+    teachers: list[str] = field(default_factory=list)
     # Train every model once per seed, into OUT/seed-<k>/ (data and tokenizer shared);
     # empty: once, with run.seed, in OUT/ itself (`segsllm pipeline --seeds 0,1,2`).
     seeds: list[int] = field(default_factory=list)
