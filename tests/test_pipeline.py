@@ -219,3 +219,23 @@ def test_bad_seeds_are_one_line_errors(tmp_path):
         result = CliRunner().invoke(app, ["pipeline", "--config", "smoke", "--out", str(tmp_path), "--seeds", bad])
         assert result.exit_code == 2, result.output
         assert needle in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("preset", ["research", "research-gpu"])
+def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(preset, tmp_path):
+    """Issue #13's ablation from one command: every rule and every teacher's learned
+    segmenter gets a VAE, an SLLM and a matched LM in each of 3 seeds; one bench reads all."""
+    from segsllm.config import load_config
+    from segsllm.pipeline import plan_stages
+
+    base = load_config(preset, [], {"run.out": str(tmp_path)})
+    stages = {st.name: st for st in plan_stages(base, preset, [], tmp_path)}
+    arms = ["punctuation", "lines", "fixed-k-8", "fixed-k-16",
+            *(f"learned-splitter-{t}" for t in ("entropy", "entropy-monotonic", "vae", "vae-rule", "sllm", "joint"))]
+    for seed in (0, 1, 2):
+        for arm in arms:
+            assert f"seed-{seed}/sllm-{arm}" in stages["bench"].after, (seed, arm)
+            assert f"seed-{seed}/vae-{arm}" in stages
+        assert stages[f"seed-{seed}/splitter-sllm"].cfg.splitter.em_rounds == 2
+        assert stages[f"seed-{seed}/splitter-entropy-monotonic"].cfg.splitter.entropy_mode == "monotonic"
+    assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
