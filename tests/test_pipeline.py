@@ -236,6 +236,7 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         for arm in arms:
             assert f"seed-{seed}/sllm-{arm}" in stages["bench"].after, (seed, arm)
             assert f"seed-{seed}/vae-{arm}" in stages
-        assert stages[f"seed-{seed}/splitter-sllm"].cfg.splitter.em_rounds == 2
+        em = stages[f"seed-{seed}/splitter-sllm"].cfg.splitter
+        assert em.em_rounds == 2 and any(x.startswith("train.steps=") for x in em.em_sllm)
         assert stages[f"seed-{seed}/splitter-entropy-monotonic"].cfg.splitter.entropy_mode == "monotonic"
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)

@@ -176,3 +176,5 @@ def test_unbiased_vae_teacher_defaults_and_the_rule_variant(tokenizer, tmp_path)
     assert rule.describe()["teacher"] != unbiased.describe()["teacher"]  # cached apart
     with pytest.raises(ConfigError, match="load_sllm_teacher"):
         build_teacher("sllm", tokenizer)
+    with pytest.raises(ConfigError, match="train_joint_teacher"):
+        build_teacher("joint", tokenizer)

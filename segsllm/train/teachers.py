@@ -428,8 +428,10 @@ def build_teacher(name: str, tokenizer: Any, *, base_lm: str | None = None, vae:
         _check_teacher_vae(name, vae, model)
         return VAETeacher(model, min(max_span, model.config.max_len), device=device,
                           fingerprint=_weights_sha(vae) or module_fingerprint(model), name=name)
-    if name in ("sllm", "joint"):  # they need more than a folder: built by their own modules
-        raise ConfigError(f"the {name} teacher is built by segsllm.train.{'sllm_teacher' if name == 'sllm' else 'joint'}")
+    if name == "sllm":  # it needs an SLLM and a segmentation: built by its own module
+        raise ConfigError("the sllm teacher is built by segsllm.train.sllm_teacher.load_sllm_teacher")
+    if name == "joint":  # it trains first: built by its own module
+        raise ConfigError("the joint teacher is built by segsllm.train.joint.train_joint_teacher")
     raise ConfigError(f"unknown teacher {name!r}; teachers: punctuation, entropy, vae, vae-rule, sllm, joint")
 
 
