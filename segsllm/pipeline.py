@@ -205,8 +205,7 @@ def _model_stages(base: Any, layout: PipelineLayout, stage_cfg: Callable[..., An
         learned.append(f"learned:{folder}")
     for spec, teacher in zip(learned, base.pipeline.teachers, strict=True):
         stages += model_pair(spec, [name(layout.splitter(teacher))])
-    segs = [*base.pipeline.segmenters, *learned]
-    assert segs == _segmenter_specs(base, layout)
+    segs = _segmenter_specs(base, layout)  # the rules, then `learned`
     sllms = [name(layout.sllm(s)) for s in segs]
     bench_after = [lm, *sllms]
     if segs:  # the token LM continued for each SLLM's budget (kind "lm": the lm's own recipe)
