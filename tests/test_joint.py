@@ -85,6 +85,14 @@ def test_the_segment_price_rises_while_segments_are_too_short():
     model.eval()
     model(ids, torch.ones_like(ids, dtype=torch.bool))
     assert float(model.price) == float(out["price"])  # evaluation does not move it
+    # Too long: the price turns negative (a reward per segment), or the policy would collapse
+    # to boundaries only at max_len, where it has no gradient left.
+    with torch.no_grad():
+        pred.head.bias.fill_(-30.0)
+    model.train()
+    model.price.zero_()
+    model(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert float(model.price) == pytest.approx(0.5 * np.log(8.0 / 12.0), abs=1e-5)  # 24 tokens cut at 16: mean 12
 
 
 def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher_vae, tiny_data_dir, tokenizer,
@@ -107,6 +115,9 @@ def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher
     assert (out / "joint" / "checkpoints").is_dir()  # the joint training's own checkpoints
     teacher = json.loads((out / "manifest.json").read_text())["lineage"]["teacher"]
     assert teacher["name"] == "joint" and teacher["steps"] == 3 and teacher["vae"].endswith("vae")
+    val = teacher["validation"]  # the joint objective on validation chunks after training
+    assert {"prose/mean_len", "csv/nll_per_token", "code/price"} <= set(val)
+    assert all(1.0 <= val[f"{d}/mean_len"] <= 8.0 for d in ("prose", "code", "csv"))
     seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
     text = "a,b,c\n1,2,3\n"
     assert "".join(seg.split_text(text)) == text

@@ -13,10 +13,13 @@ on them, and the predictor is rewarded by what that SLLM pays. Per batch of B to
    (the K samples of a chunk cover the same bytes) — plus λ nats per segment;
 3. REINFORCE with a leave-one-out baseline, ∇ Σ_k (c_k − mean_{j≠k} c_j) / T · log π(b_k):
    boundaries move toward the segmentations the SLLM pays less for;
-4. λ, the price of one more segment (one more backbone step), is a Lagrange multiplier
-   set by dual ascent so that the sampled mean segment length tracks ``target_len``:
-   without it the cheapest segmentation in NLL is one token per segment, a token LM with
-   extra steps (the FLOP budget is the constraint, not part of the score);
+4. λ, the price of one more segment (one more backbone step), is the Lagrange multiplier
+   of "mean segment length = ``target_len``", moved by dual ascent on log(target / sampled
+   mean length). It takes either sign, because the NLL alone pulls either way: every extra
+   segment costs an EOS and a continue decision (toward long segments), while short
+   segments are easier to decode. A one-sided price (≥ 0) let the first run collapse to no
+   sampled boundary at all (logits ≈ −26, every segment cut only at ``max_len``, so the
+   policy had no gradient left);
 5. the SLLM's own loss on the sampled segmentations, so predictor and SLLM co-adapt.
 
 This is Dynamic-Token-Pooling / H-Net-style end-to-end chunking with a score-function
@@ -126,9 +129,9 @@ class JointChunker(nn.Module):
         logp = torch.where(taken, F.logsigmoid(logits)[None], F.logsigmoid(-logits)[None])  # (K, B, T)
         policy_loss = (advantage[..., None] * logp * policy_mask).sum((1, 2)).mean() / B
         mean_len = sizes.sum().float() * K / n_seg.sum()
-        if self.training:  # dual ascent: raise the price while segments are too short
+        if self.training:  # dual ascent on the equality "mean length = target": either sign
             with torch.no_grad():
-                self.price.add_(self.price_lr * (self.target_len / mean_len - 1.0)).clamp_(min=0.0)
+                self.price.add_(self.price_lr * torch.log(self.target_len / mean_len))
         n_tok = sizes.sum().float() * K
         return {
             "loss": out["loss"] + policy_loss,
@@ -172,6 +175,7 @@ class JointTeacher(Teacher):
     def __init__(self, predictor: Any, fingerprint: str | None = None) -> None:
         self.predictor = predictor.to("cpu").eval()
         self.fingerprint = fingerprint or module_fingerprint(self.predictor)
+        self.metrics: dict[str, float] = {}  # the joint objective on validation chunks
 
     def describe(self) -> dict[str, Any]:
         return {"teacher": self.name, "model": self.fingerprint}
@@ -187,13 +191,14 @@ class JointTeacher(Teacher):
         return (float(flat.min()) - 1.0, float(flat.max()) + 1.0) if flat.size else (-1.0, 1.0)
 
 
-def train_joint_teacher(cfg: Any, tokenizer: Any, train_docs: Mapping[str, Sequence[np.ndarray]], *,
+def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str, Sequence[np.ndarray]]], *,
                         predictor_config: Any, device: Any, resume: bool = False, progress: bool = True,
                         say: Callable[[str], None] = lambda msg: None) -> JointTeacher:
-    """Train predictor + SLLM jointly on chunks of ``train_docs`` (checkpoints in
-    ``<run.out>/joint``); the teacher that reads the trained predictor."""
+    """Train predictor + SLLM jointly on chunks of ``docs["train"]`` (checkpoints in
+    ``<run.out>/joint``), evaluated on ``docs["validation"]`` at the end; the teacher that
+    reads the trained predictor, with those validation metrics in ``teacher.metrics``."""
     from segsllm.config.backbone import BackboneConfig
-    from segsllm.data.chunks import ChunkBatches
+    from segsllm.data.chunks import ChunkBatches, eval_batches
     from segsllm.models.boundary import BoundaryPredictor
     from segsllm.models.loading import load_artifact
     from segsllm.train.loop import train
@@ -215,19 +220,32 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, train_docs: Mapping[str, Seque
     predictor = BoundaryPredictor(predictor_config)
     model = JointChunker(predictor, sllm, max_len=predictor_config.max_len, target_len=predictor_config.target_len,
                          samples=sp.joint_samples, price_lr=sp.joint_price_lr, pad_id=int(tokenizer.pad_token_id))
-    chunks = {d: [(c, np.zeros(len(c), np.float32)) for c in make_chunks(v, sp.joint_chunk_tokens, None) if len(c) > 1]
-              for d, v in train_docs.items()}
-    source = ChunkBatches(chunks, sp.joint_batch_size, int(tokenizer.pad_token_id), seed=cfg.run.seed,
+    pad = int(tokenizer.pad_token_id)
+
+    def chunked(split: str, budget: int | None) -> dict[str, list]:
+        return {d: [(c, np.zeros(len(c), np.float32)) for c in make_chunks(v, sp.joint_chunk_tokens, budget)
+                    if len(c) > 1] for d, v in docs[split].items()}
+
+    source = ChunkBatches(chunked("train", None), sp.joint_batch_size, pad, seed=cfg.run.seed,
                           balanced=cfg.data.balance_domains)
+    val = {d: eval_batches(v, sp.joint_batch_size, pad) for d, v in chunked("validation", 8 * 1024).items() if v}
     train_cfg = dataclasses.replace(cfg.train, steps=sp.joint_steps, batch_size=sp.joint_batch_size, lr=sp.joint_lr,
                                     warmup_steps=min(cfg.train.warmup_steps, max(sp.joint_steps // 10, 1)),
-                                    eval_every=0)
+                                    eval_every=sp.joint_steps if val else 0)
     say(f"joint teacher: {sp.joint_steps} steps x {sp.joint_batch_size} chunks of <= {sp.joint_chunk_tokens} tokens, "
         f"{sp.joint_samples} samples each")
-    train(model, joint_loss, source, train_cfg, Path(cfg.run.out) / "joint", reduce_metrics=reduce_joint_metrics,
-          device=device, count_tokens=lambda b: int(b["mask"].sum()), progress=progress, resume=resume,
-          meta={"kind": "joint_teacher", "vae": str(Path(sp.vae).resolve()), "backbone": stage_cfg.backbone.spec})
-    return JointTeacher(predictor)
+    result = train(model, joint_loss, source, train_cfg, Path(cfg.run.out) / "joint", eval_data=val,
+                   reduce_metrics=reduce_joint_metrics, device=device, count_tokens=lambda b: int(b["mask"].sum()),
+                   progress=progress, resume=resume,
+                   meta={"kind": "joint_teacher", "vae": str(Path(sp.vae).resolve()), "backbone": stage_cfg.backbone.spec})
+    metrics = {k.removeprefix("val/"): v for k, v in result.final_eval.items() if k.startswith("val/")}
+    for d in val:
+        say(f"joint teacher, validation {d}: sampled mean length {metrics.get(f'{d}/mean_len', float('nan')):.1f}, "
+            f"SLLM {metrics.get(f'{d}/nll_per_token', float('nan')):.3f} nats/token, "
+            f"segment price {metrics.get(f'{d}/price', float('nan')):+.2f} nats")
+    teacher = JointTeacher(predictor)
+    teacher.metrics = metrics
+    return teacher
 
 
 __all__ = ["JointChunker", "JointTeacher", "chunk_windows", "joint_loss", "reduce_joint_metrics", "sample_ends",

@@ -210,7 +210,7 @@ def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], targ
 
         pcfg = sp.predictor_config(vocab_size=len(tokenizer), pad_id=int(tokenizer.pad_token_id), max_len=max_len,
                                    target_len=min(target_len or max_len, max_len), decode="threshold")
-        teacher = train_joint_teacher(cfg, tokenizer, docs["train"], predictor_config=pcfg, device=device,
+        teacher = train_joint_teacher(cfg, tokenizer, docs, predictor_config=pcfg, device=device,
                                       resume=resume, progress=progress, say=say)
     elif sp.teacher == "sllm":
         from segsllm.train.sllm_teacher import load_sllm_teacher
@@ -258,7 +258,8 @@ def _splitter_lineage(cfg: Any, teacher: Any, labels: Mapping[str, Any], max_spa
     if sp.teacher == "joint":
         teacher_lineage.update(vae=str(Path(sp.vae).resolve()),
                                base_lm=str(Path(sp.base_lm).resolve()) if sp.base_lm else cfg.backbone.spec,
-                               steps=sp.joint_steps, samples=sp.joint_samples, chunk_tokens=sp.joint_chunk_tokens)
+                               steps=sp.joint_steps, samples=sp.joint_samples, chunk_tokens=sp.joint_chunk_tokens,
+                               validation=teacher.metrics)
     if sp.teacher == "sllm":
         teacher_lineage.update(sllm=str(Path(sp.sllm).resolve()), max_span=max_span,
                                segmentation=teacher.segmenter.spec(), prior_weight=sp.sllm_prior_weight)
