@@ -53,7 +53,7 @@ def test_the_policy_gradient_moves_boundaries_toward_what_the_sllm_pays_less_for
     torch.manual_seed(0)
     pred = BoundaryPredictor(BoundaryPredictorConfig(vocab_size=16, d_model=8, n_layers=2, max_len=16, target_len=4.0,
                                                      lookahead=0))
-    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=4.0, samples=4, price_lr=0.0)
+    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=4.0, samples=4)
     opt = torch.optim.Adam(pred.parameters(), lr=3e-2)
     rng = np.random.default_rng(0)
     ids = torch.from_numpy(rng.integers(1, 9, size=(16, 32)))
@@ -72,27 +72,29 @@ def test_the_policy_gradient_moves_boundaries_toward_what_the_sllm_pays_less_for
     assert gap() > before + 1.0  # boundaries after 5 became likelier than elsewhere
 
 
-def test_the_segment_price_rises_while_segments_are_too_short():
+def test_the_sampling_rate_is_the_target_whatever_the_logits_say():
+    """The rate shift holds mean σ at 1/target per chunk (padding ignored), so the policy can
+    move boundaries but never collapse to none or to one per token."""
     from segsllm.config.splitter import BoundaryPredictorConfig
     from segsllm.models.boundary import BoundaryPredictor
-    from segsllm.train.joint import JointChunker
+    from segsllm.train.joint import JointChunker, rate_shift
+
+    z = torch.tensor([[-26.0, -25.0, -27.0, -26.5, 0.0, 0.0], [5.0, 4.0, 6.0, 5.5, 4.5, 5.2]])
+    mask = torch.tensor([[True, True, True, True, False, False], [True] * 6])
+    tau = rate_shift(z, mask, 0.25)
+    rates = (torch.sigmoid(z - tau) * mask).sum(1) / mask.sum(1)
+    assert torch.allclose(rates, torch.tensor([0.25, 0.25]), atol=1e-4)
+    # The order inside a chunk is kept: the likeliest boundary stays the likeliest.
+    assert int(torch.argmax(z[1] - tau[1])) == 2
 
     pred = BoundaryPredictor(BoundaryPredictorConfig(vocab_size=16, d_model=8, n_layers=2, max_len=16, target_len=8.0))
-    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=8.0, samples=2, price_lr=0.5)
-    ids = torch.randint(1, 9, (4, 24))
-    out = model(ids, torch.ones_like(ids, dtype=torch.bool))  # logits near 0: segments of ~2 tokens
-    assert float(model.price) > 0.5 and float(out["n_tokens"]) / float(out["n_segments"]) < 4
-    model.eval()
-    model(ids, torch.ones_like(ids, dtype=torch.bool))
-    assert float(model.price) == float(out["price"])  # evaluation does not move it
-    # Too long: the price turns negative (a reward per segment), or the policy would collapse
-    # to boundaries only at max_len, where it has no gradient left.
     with torch.no_grad():
-        pred.head.bias.fill_(-30.0)
-    model.train()
-    model.price.zero_()
-    model(ids, torch.ones_like(ids, dtype=torch.bool))
-    assert float(model.price) == pytest.approx(0.5 * np.log(8.0 / 12.0), abs=1e-5)  # 24 tokens cut at 16: mean 12
+        pred.head.bias.fill_(-30.0)  # a collapsed predictor: no boundary anywhere
+    model = JointChunker(pred, _CutAfterFive(), max_len=16, target_len=4.0, samples=2)
+    torch.manual_seed(1)
+    ids = torch.randint(1, 9, (32, 64))
+    out = model(ids, torch.ones_like(ids, dtype=torch.bool))
+    assert 3.0 < float(out["n_tokens"]) / float(out["n_segments"]) < 5.5  # still about 4 tokens a segment
 
 
 def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher_vae, tiny_data_dir, tokenizer,
@@ -116,7 +118,7 @@ def test_train_splitter_with_the_joint_teacher_gives_a_learned_segmenter(teacher
     teacher = json.loads((out / "manifest.json").read_text())["lineage"]["teacher"]
     assert teacher["name"] == "joint" and teacher["steps"] == 3 and teacher["vae"].endswith("vae")
     val = teacher["validation"]  # the joint objective on validation chunks after training
-    assert {"prose/mean_len", "csv/nll_per_token", "code/price"} <= set(val)
+    assert {"prose/mean_len", "csv/nll_per_token", "code/advantage_abs"} <= set(val)
     assert all(1.0 <= val[f"{d}/mean_len"] <= 8.0 for d in ("prose", "code", "csv"))
     seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
     text = "a,b,c\n1,2,3\n"

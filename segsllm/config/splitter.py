@@ -130,7 +130,6 @@ class SplitterConfig:
     joint_batch_size: int = 8  # chunks per step (each sampled joint_samples times)
     joint_lr: float = 1.0e-3
     joint_samples: int = 2  # segmentations sampled per chunk (leave-one-out baseline)
-    joint_price_lr: float = 0.5  # dual-ascent step of the per-segment price (nats)
     joint_chunk_tokens: int = 128  # tokens per chunk = at most as many SLLM positions
     chunk_tokens: int = 512  # teacher/student documents are chunks of at most this many tokens
     teacher_tokens: int | None = None  # labelled train tokens per domain
@@ -161,8 +160,8 @@ class SplitterConfig:
         if self.joint_samples < 2:
             raise ConfigError(f"splitter.joint_samples must be >= 2 (the baseline is the other samples' mean), "
                               f"got {self.joint_samples}")
-        if self.joint_lr <= 0 or self.joint_price_lr < 0:
-            raise ConfigError("splitter.joint_lr must be > 0 and splitter.joint_price_lr >= 0")
+        if self.joint_lr <= 0:
+            raise ConfigError(f"splitter.joint_lr must be > 0, got {self.joint_lr}")
         if self.em_rounds < 1:
             raise ConfigError(f"splitter.em_rounds must be >= 1, got {self.em_rounds}")
         if self.sllm_prior_weight < 0:

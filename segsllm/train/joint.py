@@ -5,21 +5,22 @@ No teacher labels go in. The learned segmenter's own network (a
 random-span VAE + the pipeline's token LM, the start hard EM uses) is trained
 on them, and the predictor is rewarded by what that SLLM pays. Per batch of B token chunks:
 
-1. logits ℓ (B, T); K segmentations per chunk, b_t ~ Bernoulli(σ(ℓ_t)) independently, with
-   a boundary forced after the chunk's last token and wherever a segment would exceed
-   ``max_len`` (forced decisions are not the policy's and carry no gradient);
+1. logits ℓ (B, T), shifted per chunk by τ (no gradient) so that mean σ(ℓ − τ) over the
+   chunk is 1/``target_len``; K segmentations per chunk, b_t ~ Bernoulli(σ(ℓ_t − τ))
+   independently, with a boundary forced after the chunk's last token and wherever a
+   segment would exceed ``max_len`` (forced decisions are not the policy's);
 2. the SLLM scores each sample teacher-forced: cost = decoder NLL of every segment (tokens +
    EOS) + its continue decisions, in nats for the chunk — the quantity the bench scores
-   (the K samples of a chunk cover the same bytes) — plus λ nats per segment;
+   (the K samples of a chunk cover the same bytes);
 3. REINFORCE with a leave-one-out baseline, ∇ Σ_k (c_k − mean_{j≠k} c_j) / T · log π(b_k):
    boundaries move toward the segmentations the SLLM pays less for;
-4. λ, the price of one more segment (one more backbone step), is the Lagrange multiplier
-   of "mean segment length = ``target_len``", moved by dual ascent on log(target / sampled
-   mean length). It takes either sign, because the NLL alone pulls either way: every extra
-   segment costs an EOS and a continue decision (toward long segments), while short
-   segments are easier to decode. A one-sided price (≥ 0) let the first run collapse to no
-   sampled boundary at all (logits ≈ −26, every segment cut only at ``max_len``, so the
-   policy had no gradient left);
+4. the rate is fixed by the shift τ, so the policy decides only *where* the boundaries go,
+   never how many: the number of segments is the FLOP budget (one backbone step each), a
+   constraint rather than part of the score. Two earlier versions priced segments in the
+   reward instead (λ nats per segment, by dual ascent): a one-sided price let the policy
+   collapse to no sampled boundary (logits ≈ −26, cuts only at ``max_len``, no gradient
+   left); a two-sided one oscillated (λ ≈ −150 nats, the advantage all segment count, the
+   SLLM's NLL at 8.3 nats/token);
 5. the SLLM's own loss on the sampled segmentations, so predictor and SLLM co-adapt.
 
 This is Dynamic-Token-Pooling / H-Net-style end-to-end chunking with a score-function
@@ -85,15 +86,27 @@ def chunk_windows(ids: np.ndarray, ends: Sequence[np.ndarray], pad_id: int) -> d
     return collate_windows(items, pad_id)
 
 
-class JointChunker(nn.Module):
-    """A boundary predictor and an SLLM trained together (see the module docstring).
+def rate_shift(logits: torch.Tensor, mask: torch.Tensor, rate: float, iters: int = 30) -> torch.Tensor:
+    """Per row the τ with mean σ(logits − τ) over its real positions = ``rate`` (bisection,
+    no gradient). logits, mask (B, T) -> τ (B, 1)."""
+    with torch.no_grad():
+        z = logits.detach()
+        m = mask.float()
+        n = m.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+        lo = (z.masked_fill(~mask, float("inf")).min(1, keepdim=True).values - 30.0).clamp(min=-1e4)
+        hi = (z.masked_fill(~mask, float("-inf")).max(1, keepdim=True).values + 30.0).clamp(max=1e4)
+        for _ in range(iters):
+            mid = (lo + hi) / 2
+            too_many = (torch.sigmoid(z - mid) * m).sum(1, keepdim=True) / n > rate  # raise τ
+            lo, hi = torch.where(too_many, mid, lo), torch.where(too_many, hi, mid)
+        return (lo + hi) / 2
 
-    ``price`` (λ, nats per segment) is a buffer: it is checkpointed and resumes with the
-    weights.
-    """
+
+class JointChunker(nn.Module):
+    """A boundary predictor and an SLLM trained together (see the module docstring)."""
 
     def __init__(self, predictor: nn.Module, sllm: nn.Module, *, max_len: int, target_len: float,
-                 samples: int = 2, price_lr: float = 0.5, pad_id: int = 0) -> None:
+                 samples: int = 2, pad_id: int = 0) -> None:
         super().__init__()
         if samples < 2:
             raise ConfigError(f"splitter.joint_samples must be >= 2 (each sample's baseline is the others' mean), "
@@ -102,46 +115,37 @@ class JointChunker(nn.Module):
             raise ConfigError(f"joint teacher: target_len {target_len} must be in [1, max_len={max_len}]")
         self.predictor, self.sllm = predictor, sllm
         self.max_len, self.target_len, self.samples = int(max_len), float(target_len), int(samples)
-        self.price_lr, self.pad_id = float(price_lr), int(pad_id)
-        self.register_buffer("price", torch.zeros(()))
+        self.pad_id = int(pad_id)
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor, **_: Any) -> dict[str, torch.Tensor]:
         """ids (B, T), mask (B, T) (True = real, right-padded) -> ``loss`` and detached sums."""
         B, T = ids.shape
         K = self.samples
-        logits = self.predictor(ids, mask).float()  # (B, T)
+        raw = self.predictor(ids, mask).float()  # (B, T)
+        logits = raw - rate_shift(raw, mask, 1.0 / self.target_len)  # (B, T): mean σ = 1/target per chunk
         sizes = mask.sum(1)  # (B,)
         with torch.no_grad():
             draws = torch.rand(K, B, T, device=ids.device) < torch.sigmoid(logits)[None]  # (K, B, T)
-        ids_np = ids.cpu().numpy()
         ends, free = sample_ends(draws.reshape(K * B, T).cpu().numpy(), np.tile(sizes.cpu().numpy(), K),
                                  self.max_len)
-        batch = chunk_windows(np.tile(ids_np, (K, 1)), ends, self.pad_id)
+        batch = chunk_windows(np.tile(ids.cpu().numpy(), (K, 1)), ends, self.pad_id)
         batch = {k: v.to(ids.device) for k, v in batch.items()}
         out = self.sllm(batch["ids"], batch["lengths"], is_last=batch["is_last"], return_details=True)
         n_seg = torch.tensor([len(e) for e in ends], device=ids.device, dtype=torch.float32).view(K, B)
-        nll = (out["seg_nll"].sum(1) + out["stop_nll"].sum(1)).detach().view(K, B)  # (K, B) nats per chunk
-        cost = nll + self.price * n_seg  # (K, B)
+        cost = (out["seg_nll"].sum(1) + out["stop_nll"].sum(1)).detach().view(K, B)  # (K, B) nats per chunk
         baseline = (cost.sum(0, keepdim=True) - cost) / (K - 1)  # (K, B): the other samples' mean
         advantage = (cost - baseline) / sizes.clamp(min=1)[None].float()  # (K, B) nats per token
-        taken = torch.from_numpy(draws.reshape(K * B, T).cpu().numpy()).to(ids.device).view(K, B, T)
         policy_mask = torch.from_numpy(free).to(ids.device).view(K, B, T).float()
-        logp = torch.where(taken, F.logsigmoid(logits)[None], F.logsigmoid(-logits)[None])  # (K, B, T)
+        logp = torch.where(draws, F.logsigmoid(logits)[None], F.logsigmoid(-logits)[None])  # (K, B, T)
         policy_loss = (advantage[..., None] * logp * policy_mask).sum((1, 2)).mean() / B
-        mean_len = sizes.sum().float() * K / n_seg.sum()
-        if self.training:  # dual ascent on the equality "mean length = target": either sign
-            with torch.no_grad():
-                self.price.add_(self.price_lr * torch.log(self.target_len / mean_len))
-        n_tok = sizes.sum().float() * K
         return {
             "loss": out["loss"] + policy_loss,
             "sllm_loss": out["loss"].detach(),
-            "nll_nats": nll.sum(),
-            "n_tokens": n_tok,
+            "nll_nats": cost.sum(),
+            "n_tokens": sizes.sum().float() * K,
             "n_segments": n_seg.sum(),
-            "price": self.price.detach().clone(),
-            "boundary_prob": torch.sigmoid(logits.detach())[mask].sum(),
-            "n_positions": mask.sum().float(),
+            "advantage_abs": advantage.abs().sum() / K,
+            "n_chunks": torch.tensor(float(B)),
         }
 
 
@@ -153,16 +157,15 @@ def joint_loss(model: Any, batch: Mapping[str, Any]) -> tuple[Any, dict[str, flo
 
 
 def reduce_joint_metrics(sums: Mapping[str, float]) -> dict[str, float]:
-    """Summed counts -> loss, the SLLM's nats/token on sampled segmentations, mean sampled
-    segment length, mean boundary probability and the segment price λ."""
+    """Summed counts -> loss, the SLLM's nats/token on sampled segmentations, their mean
+    length, and the mean |advantage| (nats/token: how much the samples of a chunk differ)."""
     batches = max(sums.get("batches", 1.0), 1.0)
     return {
         "loss": sums["loss"] / batches,
         "sllm_loss": sums.get("sllm_loss", 0.0) / batches,
         "nll_per_token": sums.get("nll_nats", 0.0) / max(sums.get("n_tokens", 0.0), 1.0),
         "mean_len": sums.get("n_tokens", 0.0) / max(sums.get("n_segments", 0.0), 1.0),
-        "boundary_prob": sums.get("boundary_prob", 0.0) / max(sums.get("n_positions", 0.0), 1.0),
-        "price": sums.get("price", 0.0) / batches,
+        "advantage_abs": sums.get("advantage_abs", 0.0) / max(sums.get("n_chunks", 0.0), 1.0),
     }
 
 
@@ -219,7 +222,7 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str
     sllm, _ = _build_sllm(stage_cfg, sllm_cfg.validate(), vae.model, tokenizer, sp.vae)
     predictor = BoundaryPredictor(predictor_config)
     model = JointChunker(predictor, sllm, max_len=predictor_config.max_len, target_len=predictor_config.target_len,
-                         samples=sp.joint_samples, price_lr=sp.joint_price_lr, pad_id=int(tokenizer.pad_token_id))
+                         samples=sp.joint_samples, pad_id=int(tokenizer.pad_token_id))
     pad = int(tokenizer.pad_token_id)
 
     def chunked(split: str, budget: int | None) -> dict[str, list]:
@@ -241,12 +244,11 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str
     metrics = {k.removeprefix("val/"): v for k, v in result.final_eval.items() if k.startswith("val/")}
     for d in val:
         say(f"joint teacher, validation {d}: sampled mean length {metrics.get(f'{d}/mean_len', float('nan')):.1f}, "
-            f"SLLM {metrics.get(f'{d}/nll_per_token', float('nan')):.3f} nats/token, "
-            f"segment price {metrics.get(f'{d}/price', float('nan')):+.2f} nats")
+            f"SLLM {metrics.get(f'{d}/nll_per_token', float('nan')):.3f} nats/token")
     teacher = JointTeacher(predictor)
     teacher.metrics = metrics
     return teacher
 
 
-__all__ = ["JointChunker", "JointTeacher", "chunk_windows", "joint_loss", "reduce_joint_metrics", "sample_ends",
-           "train_joint_teacher"]
+__all__ = ["JointChunker", "JointTeacher", "chunk_windows", "joint_loss", "rate_shift", "reduce_joint_metrics",
+           "sample_ends", "train_joint_teacher"]
