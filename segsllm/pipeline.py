@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -372,4 +373,5 @@ def _run_bench(cfg: Any, resume: bool) -> None:
         folder = pretrained_folder(cfg.backbone)
         if folder is not None:
             cfg = dataclasses.replace(cfg, bench=dataclasses.replace(cfg.bench, base_lm=str(folder)))
-    run_bench(cfg)
+    # One line per model scored, like the training stages' step lines: a long bench is not silent.
+    run_bench(cfg, log=lambda msg: print(msg, file=sys.stderr, flush=True))

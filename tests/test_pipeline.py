@@ -186,6 +186,7 @@ def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
             "--set", "bench.speed=false", "--set", "bench.memory=false"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output[-3000:]
+    assert "scoring SLLM fixed:k=8" in result.output and "seed 2 of 2" in result.output  # the bench's progress
     assert (out / "tokenizer" / "pipeline.json").is_file() and not (out / "seed-0" / "tokenizer").exists()
     from segsllm.layout import PipelineLayout
 
