@@ -175,10 +175,11 @@ class JointTeacher(Teacher):
 
     name = "joint"
 
-    def __init__(self, predictor: Any, fingerprint: str | None = None) -> None:
+    def __init__(self, predictor: Any, fingerprint: str | None = None,
+                 metrics: Mapping[str, float] | None = None) -> None:
         self.predictor = predictor.to("cpu").eval()
         self.fingerprint = fingerprint or module_fingerprint(self.predictor)
-        self.metrics: dict[str, float] = {}  # the joint objective on validation chunks
+        self.metrics = dict(metrics or {})  # the joint objective on validation chunks
 
     def describe(self) -> dict[str, Any]:
         return {"teacher": self.name, "model": self.fingerprint}
@@ -245,9 +246,7 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str
     for d in val:
         say(f"joint teacher, validation {d}: sampled mean length {metrics.get(f'{d}/mean_len', float('nan')):.1f}, "
             f"SLLM {metrics.get(f'{d}/nll_per_token', float('nan')):.3f} nats/token")
-    teacher = JointTeacher(predictor)
-    teacher.metrics = metrics
-    return teacher
+    return JointTeacher(predictor, metrics=metrics)
 
 
 __all__ = ["JointChunker", "JointTeacher", "chunk_windows", "joint_loss", "rate_shift", "reduce_joint_metrics",
