@@ -353,8 +353,10 @@ def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipelin
         "mean": pytest.approx(row["sllm_bits_per_byte"]), "sd": 0.0, "n": 2}
     assert qd["models"]["baseline"]["budget"] == 1000 and qd["models"]["matched:punctuation"]["budget"] == 1700
     assert qd["models"]["sllm:punctuation"]["vae_budget"] == 300
-    # The context sweep: every model at every C, a plot, and the tables in results.md.
+    # The context sweep: the LM and the SLLMs at every C (matched LMs at the headline C only),
+    # a plot, and the tables in results.md.
     assert set(res.context_sweep["code"]) == {"16", "32", "64"}
+    assert set(res.context_sweep["code"]["16"]) == {"baseline", "sllm:punctuation"}
     assert res.context_sweep["code"]["32"]["baseline"]["estimate"] == pytest.approx(row["baseline_bits_per_byte"])
     assert (tmp_path / "out" / "context.png").read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "out" / "results.md").read_text()

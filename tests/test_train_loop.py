@@ -12,7 +12,7 @@ from torch import nn
 
 from segsllm.config.train import TrainConfig
 from segsllm.data.batches import SequentialBatches, ShuffledBatches
-from segsllm.errors import ArtifactError
+from segsllm.errors import ArtifactError, ConfigError
 from segsllm.train import checkpoint as ckpt
 from segsllm.train.loop import (
     TrainingDivergedError,
@@ -159,6 +159,31 @@ def test_schedule_warmup_then_cosine_to_min(tmp_path: Path) -> None:
     assert [logged[s] for s in range(1, 7)] == pytest.approx(
         [lr_at(s, cfg_for(steps=6, warmup_steps=2, lr=1e-3)) for s in range(6)]
     )
+
+
+def test_token_budget_ends_training_and_drives_the_cosine(tmp_path: Path) -> None:
+    """train.tokens: the first step whose tokens reach the budget is the last; the cosine runs
+    over the fraction of the budget seen; steps is only a cap; resume keeps both."""
+    per_row = lambda b: len(b[1])  # noqa: E731 - 4 "tokens" a step (batch of 4)
+    cfg = cfg_for(steps=100, tokens=22, warmup_steps=2, lr=1.0, min_lr_ratio=0.1, ckpt_every=2)
+    tracker = FakeTracker()
+    model, result = run(tmp_path / "a", cfg, tracker=tracker, count_tokens=per_row)
+    assert result.step == 6 and result.tokens_seen == 24  # 20 < 22 <= 24: six steps, not 100
+    logged = tracker.series("train/lr")
+    assert [logged[s] for s in (1, 2)] == pytest.approx([0.5, 1.0])  # warm-up by step
+    for step in range(2, 6):  # then the cosine at tokens_seen / budget before the update
+        frac = 4 * step / 22
+        assert logged[step + 1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+    assert lr_at(5, cfg, tokens_seen=22) == pytest.approx(0.1)  # the budget seen: the floor
+    assert run(tmp_path / "cap", cfg_for(steps=3, tokens=10_000), count_tokens=per_row)[1].step == 3
+    with pytest.raises(Crash):  # killed after step 5, resumed from the step-4 checkpoint
+        run(tmp_path / "b", cfg, callbacks=[CrashAt(5)], count_tokens=per_row)
+    resumed, again = run(tmp_path / "b", cfg, model_seed=7, resume=True, count_tokens=per_row)
+    assert (again.step, again.tokens_seen) == (6, 24)
+    for p, q in zip(model.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p, q)
+    with pytest.raises(ConfigError, match=r"train\.tokens"):
+        cfg_for(tokens=0).validate()
 
 
 def test_grad_accumulation_matches_larger_batch(tmp_path: Path) -> None:

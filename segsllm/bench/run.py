@@ -351,8 +351,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             name = f"{MATCHED_PREFIX}{spec}"
             say(f"scoring the token-matched LM of {spec} ({path})")
             model, tok = _load_lm(path, device)
-            for d in domains:
-                res = score_token_lm(name, model, tok, d, path=path)
+            for d in domains:  # the headline context only: the sweep compares the LM and the SLLMs
+                res = score_token_lm(name, model, tok, d, sweep=False, path=path)
                 baselines.append({"model": name, "domain": d, "path": str(path),
                                   **{k: v for k, v in res.as_dict().items() if k != "extra"}})
             del model

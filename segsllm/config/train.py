@@ -17,6 +17,11 @@ class TrainConfig:
     """
 
     steps: int = 1000  # optimizer steps in total (resume continues up to this number)
+    # Training-token budget (the loop's tokens_seen): when set, training ends at the first
+    # step whose total reaches it and the cosine decays over the fraction of it seen, so
+    # stages whose items hold different numbers of tokens (an SLLM on lines vs on 8-token
+    # chunks) train on the same number of tokens; ``steps`` is then only a cap. null: steps.
+    tokens: int | None = None
     batch_size: int = 32  # items per micro-batch; the stage decides what an item is
     grad_accum: int = 1  # micro-batches per optimizer step
     lr: float = 3e-4  # peak learning rate, reached at the end of warm-up
@@ -39,6 +44,8 @@ class TrainConfig:
         """Raise a one-line :class:`ConfigError` naming the bad ``train.*`` key."""
         checks = {  # key -> (valid?, what a valid value is)
             "steps": (self.steps >= 1, ">= 1"),
+            "tokens": (self.tokens is None or (isinstance(self.tokens, int) and self.tokens >= 1),
+                       "an integer >= 1 or null (a step budget)"),
             "batch_size": (self.batch_size >= 1, ">= 1"),
             "grad_accum": (self.grad_accum >= 1, ">= 1"),
             "lr": (self.lr > 0, "> 0"),

@@ -233,7 +233,8 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str
     source = ChunkBatches(chunked("train", None), sp.joint_batch_size, pad, seed=cfg.run.seed,
                           balanced=cfg.data.balance_domains)
     val = {d: eval_batches(v, sp.joint_batch_size, pad) for d, v in chunked("validation", 8 * 1024).items() if v}
-    train_cfg = dataclasses.replace(cfg.train, steps=sp.joint_steps, batch_size=sp.joint_batch_size, lr=sp.joint_lr,
+    train_cfg = dataclasses.replace(cfg.train, steps=sp.joint_steps, tokens=None, batch_size=sp.joint_batch_size,
+                                    lr=sp.joint_lr,
                                     warmup_steps=min(cfg.train.warmup_steps, max(sp.joint_steps // 10, 1)),
                                     eval_every=sp.joint_steps if val else 0)
     say(f"joint teacher: {sp.joint_steps} steps x {sp.joint_batch_size} chunks of <= {sp.joint_chunk_tokens} tokens, "

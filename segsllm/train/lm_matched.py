@@ -185,7 +185,7 @@ def train_matched_lm(cfg: Any, budgets: Mapping[str, int], *, resume: bool = Fal
     train_sets, eval_sets = _lm_windows(cfg, lm_cfg, tokenizer, ctx, bos, eos)
     per_step = tokens_per_step(train_sets, cfg.train.batch_size, cfg.train.grad_accum, dist_info()[2],
                                cfg.data.balance_domains)
-    train_cfg = dataclasses.replace(cfg.train, steps=plan_steps(max(budgets.values()), per_step),
+    train_cfg = dataclasses.replace(cfg.train, steps=plan_steps(max(budgets.values()), per_step), tokens=None,
                                     eval_at_start=False, eval_batches=None, eval_every=0)
     # Record what was actually used (tokenizer, steps planned), so config.yaml reproduces the run.
     cfg = dataclasses.replace(cfg, train=train_cfg,

@@ -11,7 +11,8 @@ Its helpers live beside it: :mod:`.distributed` (process group, collectives),
 
 Exact resume rests on three things being restored: weights + optimizer (safetensors), the
 global RNGs (dropout), and the data position (a :class:`BatchSource` state). The
-learning rate is a pure function of the step (:func:`segsllm.train.schedule.lr_at`).
+learning rate is a pure function of the step and, under a token budget (``train.tokens``), of
+the tokens seen (:func:`segsllm.train.schedule.lr_at`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from segsllm.train.distributed import (
 )
 from segsllm.train.optim import configure_optimizer, param_groups
 from segsllm.train.progress import progress_bar
-from segsllm.train.schedule import lr_at
+from segsllm.train.schedule import budget_reached, lr_at
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], "tuple[torch.Tensor, Mapping[str, float]]"]
@@ -330,7 +331,8 @@ def train(
     callbacks: Sequence[Any] = (),
     meta: Mapping[str, Any] | None = None,
 ) -> TrainResult:
-    """Train ``model`` for ``cfg.steps`` optimizer steps; checkpoints go to ``out_dir/checkpoints``.
+    """Train ``model`` for ``cfg.steps`` optimizer steps, or until ``cfg.tokens`` training tokens
+    (``count_tokens``, summed over ranks) when that is set; checkpoints go to ``out_dir/checkpoints``.
 
     ``loss_fn(model, batch)`` returns the micro-batch's mean loss (a scalar tensor) and a dict
     of summable floats (counts, sums); batches arrive on ``device``. Those sums, with ``loss``
@@ -448,9 +450,10 @@ def train(
         run_eval()
         last_eval = 0
 
-    with progress_bar(progress and is_main, cfg.steps, state.step, cfg.log_every) as bar:
-        while state.step < cfg.steps and not state.stop:
-            lr = lr_at(state.step, cfg)
+    with progress_bar(progress and is_main, cfg.steps, state.step, cfg.log_every, token_budget=cfg.tokens,
+                      tokens_start=state.tokens_seen) as bar:
+        while not budget_reached(cfg, state.step, state.tokens_seen) and not state.stop:
+            lr = lr_at(state.step, cfg, state.tokens_seen)
             for group in optimizer.param_groups:
                 group["lr"] = lr
 
@@ -496,9 +499,10 @@ def train(
             window["steps"] += 1
             window["tokens"] += int(step_tokens)
             elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-            bar.update(state.step, step_loss, window["tokens"] / elapsed)
+            last = budget_reached(cfg, state.step, state.tokens_seen)
+            bar.update(state.step, step_loss, window["tokens"] / elapsed, state.tokens_seen, last)
 
-            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+            if state.step % cfg.log_every == 0 or last:
                 n = window["steps"]
                 extra = (reduce_metrics or _mean_reduce)(
                     {**window_metrics, "loss": window["loss"] * cfg.grad_accum, "batches": n * cfg.grad_accum}
