@@ -149,6 +149,9 @@ def plan_stages(base: Any, preset: str | None, overrides: list[str], out: Path) 
 TEACHER_VARIANTS = {
     "entropy-monotonic": ("entropy", ["splitter.entropy_mode=monotonic"]),
     "entropy-global": ("entropy", ["splitter.entropy_mode=global"]),
+    # Hard EM started from the strongest rule (lines) at its segment scale: a learned splitter
+    # that can only win against lines at equal FLOPs if it cuts about as long (#13).
+    "sllm-lines": ("sllm", ["splitter.em_init=lines", "splitter.target_len=16"]),
 }
 
 

@@ -325,3 +325,16 @@ def test_resume_says_where_it_picks_up(tmp_path: Path, capsys) -> None:
     assert f"resuming from step 4 of 6 ({tmp_path / 'checkpoints' / 'step-0000004'})" in err
     train(DropoutMLP(), mse_loss, data, cfg, tmp_path / "fresh", progress=True, resume=True)
     assert "--resume: no checkpoint in" in capsys.readouterr().err
+
+
+def test_progress_lines_count_tokens_under_a_token_budget(capsys) -> None:
+    """In a log (not a terminal) a token-budgeted run says how far through its budget it is,
+    and its last step prints even off the logging grid."""
+    from segsllm.train.progress import progress_bar
+
+    with progress_bar(True, 100, 0, every=10, token_budget=500) as bar:
+        bar.update(10, 1.5, 100.0, tokens_seen=200)
+        bar.update(13, 1.25, 100.0, tokens_seen=520, last=True)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["train step 10  200/500 tokens  loss 1.5000  100 tok/s",
+                   "train step 13  520/500 tokens  loss 1.2500  100 tok/s"]
