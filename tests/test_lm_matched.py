@@ -104,6 +104,11 @@ def test_snapshots_continue_the_lm_to_each_budget(tiny_data_dir, start_lm, tmp_p
         assert set(doc["final"]) == {"prose", "code", "csv"} and doc["final"]["code"]["bits_per_byte"] > 0
         assert result.snapshots[name]["tokens_seen"] == rec["tokens_seen"]
     assert result.steps == json.loads((out / "large" / "metrics.json").read_text())["budget"]["steps"]
+    # The lm's schedule continued where it ended: a constant rate at its final lr, no warm-up.
+    lm_train = load_config(str(lm.out_dir / "config.yaml")).train
+    ran = load_config(str(out / "large" / "config.yaml")).train
+    assert ran.lr == pytest.approx(lm_train.lr * lm_train.min_lr_ratio) and lm_train.min_lr_ratio < 1
+    assert (ran.warmup_steps, ran.min_lr_ratio) == (0, 1.0)
     # Each snapshot is a train-lm folder that starts from the lm's weights and moved away from them.
     start = load_backbone(BackboneConfig(spec=str(lm.out_dir))).model
     small = load_backbone(BackboneConfig(spec=str(out / "small"))).model
