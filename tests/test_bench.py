@@ -288,6 +288,7 @@ def test_bench_reproducible_files_and_plots(tiny_data_dir, pipeline_dir, tmp_pat
     assert row["speedup_flops"] == pytest.approx(row["baseline_flops_per_token"] / row["sllm_flops_per_token"])
     assert row["backbone_steps_per_token"] == pytest.approx(1 / row["gen_segment_len"])
     assert row["bound"] > 0 and row["bound_flops"] > 0
+    assert all(r["segmenter_tokens_per_s"] > 0 for r in r1.rows)  # the segmenter's own batch throughput
     # A rerun gives the same cost account and generation, whatever the clock says.
     r3 = run_bench(_cfg(tiny_data_dir, pipeline_dir, tmp_path / "c", memory=False))
     exact = ("sllm_flops_per_token", "baseline_flops_per_token", "speedup_flops", "bound_flops", "gen_segment_len",

@@ -221,6 +221,23 @@ def sllm_table(docs: EvalDocs, tokenizer: Any, segmenter: Any) -> Any:
     return build_segment_table(docs.texts, tokenizer, segmenter, docs.domain)
 
 
+def segmenter_tokens_per_s(segmenter: Any, tokenizer: Any, docs: EvalDocs, repeats: int = 3) -> float:
+    """Tokens/s of ``segmenter.segment_batch`` alone on the scored texts (tokenized first,
+    best of ``repeats``): what the segmenter costs per token in batch mode, on this machine."""
+    import time
+
+    from segsllm.data.tokenizer import encode
+
+    ids = [np.asarray(encode(tokenizer, t), dtype=np.int64) for t in docs.texts]
+    n_tokens = sum(len(x) for x in ids)
+    best = math.inf
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        segmenter.segment_batch(ids)
+        best = min(best, time.perf_counter() - t0)
+    return n_tokens / max(best, 1e-9)
+
+
 def sllm_windows(table: Any, context_tokens: int, stride: int, max_segments: int | None) -> list[dict[str, Any]]:
     """Every equal-context window of ``table`` as an item for
     :func:`segsllm.data.segment_windows.collate_windows` + ``doc``, ``offset`` (first scored

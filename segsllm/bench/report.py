@@ -78,6 +78,8 @@ DEFINITIONS = {
     "kv_ratio": "SLLM KV bytes/token / LM KV bytes/token, beside kv_ideal_ratio = 1/L (test-set L at that context)",
     "kv_kb_per_token_slope": "slope of KV KB vs context tokens (paper's KB per token)",
     "mean_segment_len": "compression: mean tokens per segment (p95 beside it)",
+    "segmenter_tokens_per_s": "tokens/s of the segmenter alone in batch mode on the scored texts (best of 3, "
+                              "this machine, beside the bench's other work)",
     "vae_exact_match": "share of sampled test segments the VAE reconstructs exactly (greedy)",
 }
 
@@ -113,6 +115,7 @@ COLUMNS = [
     ("sllm_kv_kb_per_token_slope", "SLLM KB/tok slope", "{:.3f}"),
     ("mean_segment_len", "mean len", "{:.2f}"),
     ("p95_segment_len", "p95 len", "{:.0f}"),
+    ("segmenter_tokens_per_s", "seg tok/s", "{:,.0f}"),
     ("vae_exact_match", "VAE exact", "{:.3f}"),
 ]
 
