@@ -408,7 +408,8 @@ def _plt() -> Any:
 
 
 def plot_speed_quality(result: Any, path: Path) -> Path | None:
-    """Speedups vs bits/byte, a panel per domain; None when no speed was measured."""
+    """Speedups vs bits/byte (the FLOP point with its 95 % bits/byte interval), a panel per
+    domain; None when no speed was measured."""
     rows = [r for r in result.rows if _finite(r.get("sllm_bits_per_byte")) and not r.get("speed_na")
             and (_finite(r.get("speedup")) or _finite(r.get("speedup_flops")))]
     if not rows:
@@ -423,6 +424,10 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
             name = _short(r["segmenter"])
             if _finite(r.get("speedup_flops")):
                 ax.scatter(x, r["speedup_flops"], s=60, color=c, label=name, zorder=3)
+                lo, hi = r.get("sllm_bits_per_byte_low"), r.get("sllm_bits_per_byte_high")
+                if _finite(lo) and _finite(hi):  # the bits/byte interval, horizontal
+                    ax.errorbar(x, r["speedup_flops"], xerr=[[x - lo], [hi - x]], fmt="none", ecolor=c, capsize=3,
+                                lw=1.0, zorder=2)
                 ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             if _finite(r.get("speedup")):
                 lo, hi = r.get("speedup_q25", r["speedup"]), r.get("speedup_q75", r["speedup"])
