@@ -425,9 +425,10 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
             if _finite(r.get("speedup_flops")):
                 ax.scatter(x, r["speedup_flops"], s=60, color=c, label=name, zorder=3)
                 lo, hi = r.get("sllm_bits_per_byte_low"), r.get("sllm_bits_per_byte_high")
-                if _finite(lo) and _finite(hi):  # the bits/byte interval, horizontal
-                    ax.errorbar(x, r["speedup_flops"], xerr=[[x - lo], [hi - x]], fmt="none", ecolor=c, capsize=3,
-                                lw=1.0, zorder=2)
+                if _finite(lo) and _finite(hi):  # the bits/byte interval, horizontal (drawn from its
+                    # own ends: a percentile interval over few documents need not hold the estimate)
+                    ax.errorbar((lo + hi) / 2, r["speedup_flops"], xerr=abs(hi - lo) / 2, fmt="none", ecolor=c,
+                                capsize=3, lw=1.0, zorder=2)
                 ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             if _finite(r.get("speedup")):
                 lo, hi = r.get("speedup_q25", r["speedup"]), r.get("speedup_q75", r["speedup"])
