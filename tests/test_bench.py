@@ -498,3 +498,25 @@ def test_speed_plot_draws_a_bits_per_byte_interval_that_misses_its_estimate(tmp_
     result = SimpleNamespace(rows=[row], meta={"segmenters": ["punctuation"]}, quality={})
     out = plot_speed_quality(result, tmp_path / "sq.png")
     assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_segmenter_speed_times_exactly_the_tokens_of_the_scored_table():
+    """The segmenter is timed on each scored document's ids as the table holds them (no second
+    tokenization): two documents of 3 + 2 tokens reach segment_batch as two arrays."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from segsllm.bench.quality import segmenter_tokens_per_s
+
+    table = SimpleNamespace(ids=np.array([5, 6, 7, 8, 9]), starts=np.array([0, 2, 3]), lengths=np.array([2, 1, 2]),
+                            doc_index=np.array([0, 0, 1]))
+    seen = []
+
+    class Recorder:
+        def segment_batch(self, docs):
+            seen.append([d.tolist() for d in docs])
+            return [np.array([len(d)]) for d in docs]
+
+    assert segmenter_tokens_per_s(Recorder(), table, repeats=2) > 0
+    assert seen == [[[5, 6, 7], [8, 9]]] * 2

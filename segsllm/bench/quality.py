@@ -221,14 +221,18 @@ def sllm_table(docs: EvalDocs, tokenizer: Any, segmenter: Any) -> Any:
     return build_segment_table(docs.texts, tokenizer, segmenter, docs.domain)
 
 
-def segmenter_tokens_per_s(segmenter: Any, tokenizer: Any, docs: EvalDocs, repeats: int = 3) -> float:
-    """Tokens/s of ``segmenter.segment_batch`` alone on the scored texts (tokenized first,
-    best of ``repeats``): what the segmenter costs per token in batch mode, on this machine."""
+def segmenter_tokens_per_s(segmenter: Any, table: Any, repeats: int = 3) -> float:
+    """Tokens/s of ``segmenter.segment_batch`` alone on the documents of ``table`` (their token
+    ids as :func:`sllm_table` tokenized them; best of ``repeats``): what the segmenter costs per
+    token in batch mode, on this machine."""
     import time
 
-    from segsllm.data.tokenizer import encode
+    from segsllm.data.segment_windows import document_bounds
 
-    ids = [np.asarray(encode(tokenizer, t), dtype=np.int64) for t in docs.texts]
+    starts = np.asarray(table.starts, dtype=np.int64)
+    lengths = np.asarray(table.lengths, dtype=np.int64)
+    ids = [np.asarray(table.ids[starts[lo] : starts[hi - 1] + lengths[hi - 1]], dtype=np.int64)
+           for lo, hi in document_bounds(table).tolist()]
     n_tokens = sum(len(x) for x in ids)
     best = math.inf
     for _ in range(max(1, repeats)):

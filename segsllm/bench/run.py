@@ -424,7 +424,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     })
                 row.update({"mean_segment_len": comp["mean"], "p95_segment_len": comp["p95"],
                             "segments": comp["segments"], "vae_exact_match": em, "vae_exact_match_n": em_n,
-                            "segmenter_tokens_per_s": q.segmenter_tokens_per_s(seg, tok, docs[d])})
+                            "segmenter_tokens_per_s": q.segmenter_tokens_per_s(seg, table)})
                 for n in other_units:
                     drop_token_units(row, n, speed_ref=n == speed_ref)
                 rows.append(row)
