@@ -75,6 +75,37 @@ def test_span_costs_equal_the_sllms_own_decoder_and_stop_costs(sllm, tokenizer, 
     assert full.shape == (len(ids), 7) and full[e - 1, 6] == pytest.approx(want_stop, abs=1e-4) and full[-1, 6] == 0
 
 
+def test_inside_a_segment_the_cached_prefix_gives_the_direct_backbone_state(sllm, tokenizer, ids):
+    """Positions inside an S_t segment continue a cached prefix by one step: the state must
+    be the one a single backbone call over [start, earlier segments, partial piece] gives,
+    in every SLLM window (max_segments = 4 here, so the chunk spans several)."""
+    import torch.nn.functional as F
+
+    teacher = _teacher(sllm, tokenizer, bt=64)  # small batches: several prefix groups per call
+    ends = teacher.segmenter.segment(ids)
+    z, stop = teacher.prefix_states([ids], [ends])
+    starts = np.concatenate([[0], ends[:-1]])
+    checked = 0
+    for s in range(len(ids)):
+        k = int(np.searchsorted(ends, s, side="right"))
+        b = int(ends[k - 1]) if k else 0
+        pieces = [ids[a:e] for a, e in zip(starts[(k // 4) * 4 : k], ends[(k // 4) * 4 : k], strict=True)]
+        if s > b:
+            pieces.append(ids[b:s])
+        with torch.no_grad():
+            vecs = [sllm.start_inputs(1)[0]]
+            for p in pieces:
+                t = torch.from_numpy(p)[None]
+                vecs.append(sllm.embed_segments(t, torch.tensor([len(p)])))
+            h, _ = sllm.run_backbone(torch.cat(vecs)[None])  # (1, P, H)
+            want_z = sllm.predict_latent(h[0, -1]).numpy()
+            want_stop = float(F.softplus(sllm.stop_logits(h[0, -1])))
+        assert np.allclose(z[0][s], want_z, atol=1e-4), s
+        assert stop[0][s] == pytest.approx(want_stop, abs=1e-4), s
+        checked += s > b
+    assert checked > 10  # most positions sit inside a segment
+
+
 def test_the_latent_for_a_span_cannot_see_that_span_or_later(sllm, tokenizer, ids):
     teacher = _teacher(sllm, tokenizer)
     ends = teacher.segmenter.segment(ids)

@@ -51,6 +51,39 @@ def test_train_splitter_punctuation_saves_a_learned_segmenter(tiny_data_dir, tok
     assert "".join(seg.split_text("Hello there. How are you?\n")) == "Hello there. How are you?\n"
 
 
+def test_epoch_cap_takes_the_smaller_budget():
+    from segsllm.config.train import TrainConfig
+    from segsllm.train.splitter_stage import epoch_capped
+
+    base = TrainConfig(steps=600)
+    assert epoch_capped(base, 20.0, 36_000).tokens == 720_000  # no budget of its own: the cap
+    assert epoch_capped(TrainConfig(tokens=100_000), 20.0, 36_000).tokens == 100_000  # its own is smaller
+    assert epoch_capped(base, None, 36_000) is base  # no cap
+    assert epoch_capped(base, 0.5, 36_000).steps == 600  # steps stay the cap
+
+
+def test_student_stops_after_max_epochs_over_its_labels(tiny_data_dir, tokenizer_dir, tmp_path):
+    """A teacher with few labels: the student stops after max_epochs passes over them, not
+    after train.steps (hundreds of passes memorise the labels)."""
+    from segsllm.train.splitter_stage import train_splitter
+
+    def run(epochs: str):
+        cfg = load_config(None, [f"data.dir={tiny_data_dir}", f"run.out={tmp_path / epochs}", "segmenter.max_len=16",
+                                 f"tokenizer.path={tokenizer_dir}", *SMALL, f"splitter.max_epochs={epochs}"])
+        return train_splitter(cfg, progress=False)
+
+    capped, uncapped = run("0.5"), run("null")
+    assert uncapped.steps == 25
+    assert 1 <= capped.steps < 25
+
+
+def test_max_epochs_must_be_positive():
+    from segsllm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="splitter.max_epochs must be > 0"):
+        load_config(None, ["splitter.max_epochs=0"]).splitter.validate()
+
+
 def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):
     from typer.testing import CliRunner
 

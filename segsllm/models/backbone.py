@@ -426,6 +426,17 @@ def body_forward(
     return hidden, getattr(out, "cache" if "cache" in names else "past_key_values")
 
 
+def select_cache_rows(cache: Any, rows: Any) -> Any:
+    """A new KV cache whose batch row i is row ``rows[i]`` of ``cache`` (rows may repeat):
+    one shared prefix run once, then continued by many different next inputs."""
+    from transformers import DynamicCache
+
+    out = DynamicCache()
+    for i, layer in enumerate(cache.layers):  # transformers 5.x Cache: per-layer keys/values (B, heads, P, d)
+        out.update(layer.keys[rows], layer.values[rows], i)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Utilities: KV-cache size, parameter counts, freezing
 

@@ -95,50 +95,71 @@ class SLLMTeacher(Teacher):
                       ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Per chunk: latents ``z_s`` (n, D) and continue costs ``-log(1 - p_stop(h_s))`` (n,)
         for s = 0..n-1, where ``h_s`` reads ``chunk[:s]`` segmented as ``ends`` (S_t) and
-        nothing from ``s`` on (the module docstring's approximation)."""
+        nothing from ``s`` on (the module docstring's approximation).
+
+        Every position inside one S_t segment shares its prefix (the start vector and the
+        window's earlier segments) and differs only in the partial piece after it: the
+        prefix runs once with a KV cache, each partial piece is one more step on a copy of
+        it (the same outputs as one backbone call per position, ~P times fewer positions)."""
         import torch
         import torch.nn.functional as F
 
+        from segsllm.models.backbone import select_cache_rows
+
         model, M = self.model, self.model.config.max_segments
         # Vector table: row 0 the start vector, then every S_t segment, then every partial piece.
-        full, partial, rows = [], [], []  # rows: (chunk, [table rows]) per position s
+        full: list[np.ndarray] = []
+        partial: list[np.ndarray] = []
+        groups: list[tuple[list[int], list[tuple[int, int, int | None]]]] = []  # (prefix rows, [(c, s, piece)])
         base = 1
         for c, (ids, e) in enumerate(zip(chunks, ends, strict=True)):
             e = np.asarray(e, dtype=np.int64)
             starts = np.concatenate([[0], e[:-1]])
             full.extend(ids[a:b] for a, b in zip(starts.tolist(), e.tolist(), strict=True))
             k_of = np.searchsorted(e, np.arange(len(ids)), side="right")  # (n,) S_t segments ending <= s
+            by_k: dict[int, list[tuple[int, int, int | None]]] = {}
             for s, k in enumerate(k_of.tolist()):
-                ws = (k // M) * M  # this SLLM window's first segment
-                idx = [0, *range(base + ws, base + k)]
                 b = int(e[k - 1]) if k else 0
+                piece = None
                 if s > b:
-                    idx.append(-1 - len(partial))  # resolved once the table size is known
+                    piece = len(partial)
                     partial.append(ids[b:s])
-                rows.append((c, s, idx))
+                by_k.setdefault(k, []).append((c, s, piece))
+            for k, members in by_k.items():
+                ws = (k // M) * M  # this SLLM window's first segment
+                groups.append(([0, *range(base + ws, base + k)], members))
             base += len(e)
+        latents = [np.zeros((len(ids), model.vae.config.latent_width), dtype=np.float32) for ids in chunks]
+        stops = [np.zeros(len(ids), dtype=np.float32) for ids in chunks]
+
+        def emit(members: list[tuple[int, int, int | None]], h: Any) -> None:  # h (m, H)
+            z = model.predict_latent(h).float().cpu().numpy()  # (m, D)
+            cont = F.softplus(model.stop_logits(h)).float().cpu().numpy()  # (m,)
+            for r, (c, s, _) in enumerate(members):
+                latents[c][s], stops[c][s] = z[r], cont[r]
+
         with torch.inference_mode():
             table = torch.cat([model.start_inputs(1)[0].float(), self._embed(full), self._embed(partial)])  # (R, H)
-            n_fixed = 1 + len(full)
+            first_piece = 1 + len(full)
             by_len: dict[int, list[int]] = {}
-            for r, (_, _, idx) in enumerate(rows):
-                by_len.setdefault(len(idx), []).append(r)
-            h_last = torch.zeros(len(rows), model.hidden_size, device=self.device)  # (rows, H)
-            for P, members in sorted(by_len.items()):
+            for g, (prefix, _) in enumerate(groups):
+                by_len.setdefault(len(prefix), []).append(g)
+            for P, gs in sorted(by_len.items()):
                 step = max(1, self.batch_tokens // P)
-                for i in range(0, len(members), step):
-                    group = members[i : i + step]
-                    idx = torch.tensor([[j if j >= 0 else n_fixed - 1 - j for j in rows[r][2]] for r in group],
-                                       device=self.device)  # (B, P)
-                    h, _ = model.run_backbone(table[idx])  # (B, P, H): equal lengths, no padding
-                    h_last[torch.tensor(group, device=self.device)] = h[:, -1]
-            z = model.predict_latent(h_last).float().cpu().numpy()  # (rows, D)
-            cont = F.softplus(model.stop_logits(h_last)).float().cpu().numpy()  # (rows,)
-        latents = [np.zeros((len(ids), z.shape[1]), dtype=np.float32) for ids in chunks]
-        stops = [np.zeros(len(ids), dtype=np.float32) for ids in chunks]
-        for r, (c, s, _) in enumerate(rows):
-            latents[c][s] = z[r]
-            stops[c][s] = cont[r]
+                for i in range(0, len(gs), step):
+                    batch = gs[i : i + step]
+                    prefix = torch.tensor([groups[g][0] for g in batch], device=self.device)  # (G, P)
+                    h, cache = model.run_backbone(table[prefix], use_cache=True)  # (G, P, H)
+                    ends_here = [(j, m) for j, g in enumerate(batch) for m in groups[g][1] if m[2] is None]
+                    if ends_here:  # s on an S_t boundary: h_s is the prefix's last output
+                        emit([m for _, m in ends_here], h[[j for j, _ in ends_here], -1])
+                    inside = [(j, m) for j, g in enumerate(batch) for m in groups[g][1] if m[2] is not None]
+                    for a in range(0, len(inside), step):
+                        part = inside[a : a + step]
+                        rows = torch.tensor([j for j, _ in part], device=self.device)
+                        pieces = torch.tensor([first_piece + m[2] for _, m in part], device=self.device)
+                        h_in, _ = model.run_backbone(table[pieces][:, None], cache=select_cache_rows(cache, rows))
+                        emit([m for _, m in part], h_in[:, -1])  # (m, H): one step after the prefix
         return latents, stops
 
     def span_costs(self, chunks: Sequence[np.ndarray], latents: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -162,9 +183,10 @@ class SLLMTeacher(Teacher):
                     z = torch.from_numpy(np.stack([latents[c][s] for c, s in part])).to(self.device)  # (B, D)
                     ids = ids.to(self.device)  # (B, w)
                     dec_in, dec_mask, _ = vae.teacher_forcing(ids, torch.ones_like(ids, dtype=torch.bool))  # (B, w+1)
-                    logp = torch.log_softmax(vae.decoder(dec_in, z, attention_mask=dec_mask).float(), -1)  # (B, w+1, V)
-                    tok = -logp[:, :width].gather(-1, ids[..., None]).squeeze(-1)  # (B, w): NLL of each token
-                    cost = tok.cumsum(1) - logp[:, 1:, eos]  # (B, w): tokens up to l, then EOS after l
+                    logits = vae.decoder(dec_in, z, attention_mask=dec_mask).float()  # (B, w+1, V)
+                    norm = torch.logsumexp(logits, -1)  # (B, w+1): only two log-probs per position are read
+                    tok = norm[:, :width] - logits[:, :width].gather(-1, ids[..., None]).squeeze(-1)  # (B, w): token NLL
+                    cost = tok.cumsum(1) + norm[:, 1:] - logits[:, 1:, eos]  # (B, w): tokens up to l, then EOS after l
                     cost = cost.cpu().numpy()
                     for r, (c, s) in enumerate(part):
                         out[c][s, :width] = cost[r]

@@ -113,6 +113,15 @@ def boundary_prf(pred_ends: Sequence[np.ndarray], ref_ends: Sequence[np.ndarray]
     }
 
 
+def epoch_capped(train_cfg: Any, max_epochs: float | None, label_tokens: int) -> Any:
+    """``train_cfg`` with its token budget capped at ``max_epochs`` passes over the
+    ``label_tokens`` labelled train tokens (the smaller of that and its own budget)."""
+    if max_epochs is None:
+        return train_cfg
+    cap = max(1, int(max_epochs * label_tokens))
+    return dataclasses.replace(train_cfg, tokens=min(train_cfg.tokens or cap, cap))
+
+
 def cap_tokens(docs: Sequence[np.ndarray], max_tokens: int | None) -> list[np.ndarray]:
     """Whole documents in order until ``max_tokens`` (the last one truncated)."""
     out, total = [], 0
@@ -359,16 +368,22 @@ def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
                                target_len=min(calib_target, max_len), decode=decode)
     model = BoundaryPredictor(pcfg)
     train_source, eval_sources = _chunk_sources(cfg, labels, pad_id)
+    label_tokens = sum(labels["train"][d].n_tokens for d in cfg.data.domains)
+    train_cfg = epoch_capped(cfg.train, sp.max_epochs, label_tokens)
+    if train_cfg.tokens != cfg.train.tokens:
+        say(f"student: at most {sp.max_epochs:g} passes over {label_tokens:,} labelled tokens "
+            f"= {train_cfg.tokens:,} training tokens (splitter.max_epochs)")
     lineage = _splitter_lineage(cfg, teacher, labels, max_span, fingerprint, manifests)
     tags = {"segmenter": f"learned:{out_dir}", "teacher": sp.teacher, "domain": ",".join(cfg.data.domains),
             "backbone": sp.base_lm or "none"}
     with start_run(cfg, "splitter", tags=tags, manifests=manifests, resume=resume) as run:
         run.log_params({"splitter.num_parameters": model.num_parameters(), "splitter.target_len_resolved": calib_target,
                         "splitter.max_len_resolved": max_len, "splitter.left_context": pcfg.left_context,
+                        "splitter.label_tokens": label_tokens, "splitter.train_tokens": train_cfg.tokens,
                         **{f"teacher/{d}/{k}": v for d, ls in labels["train"].items()
                            for k, v in (("param", ls.param), ("train_tokens", ls.n_tokens))}})
         run.log_metrics({f"teacher/{d}/mean_len": v for d, v in teacher_means.items()}, step=0)
-        result = train(model, splitter_loss, train_source, cfg.train, out_dir, eval_data=eval_sources,
+        result = train(model, splitter_loss, train_source, train_cfg, out_dir, eval_data=eval_sources,
                        reduce_metrics=reduce_splitter_metrics, device=device, tracker=run,
                        count_tokens=lambda b: int(b["mask"].sum()), progress=progress, resume=resume,
                        meta={"kind": KIND, "tokenizer": fingerprint, "teacher": sp.teacher, "target_len": calib_target})
