@@ -80,7 +80,7 @@ def test_student_stops_after_max_epochs_over_its_labels(tiny_data_dir, tokenizer
 def test_max_epochs_must_be_positive():
     from segsllm.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="splitter.max_epochs must be > 0"):
+    with pytest.raises(ConfigError, match=r"splitter\.max_epochs must be > 0"):
         load_config(None, ["splitter.max_epochs=0"]).splitter.validate()
 
 
