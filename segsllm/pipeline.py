@@ -156,6 +156,11 @@ TEACHER_VARIANTS = {
     # splitter.max_epochs passes instead of memorising the labels.
     "sllm-lines": ("sllm", ["splitter.em_init=lines", "splitter.target_len=16", "splitter.teacher_tokens=40000",
                             "splitter.teacher_eval_tokens=6000", "train.batch_size=8"]),
+    # The same, but the DP may only merge punctuation segments (cut where punctuation cuts):
+    # unrestricted DP cuts have no local structure a student can learn (docs/DESIGN.md §6).
+    "sllm-merge": ("sllm", ["splitter.em_init=lines", "splitter.sllm_cut_at=punctuation", "splitter.target_len=16",
+                            "splitter.teacher_tokens=40000", "splitter.teacher_eval_tokens=6000",
+                            "train.batch_size=8"]),
 }
 
 

@@ -122,7 +122,8 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     from segsllm.config import load_config
     from segsllm.pipeline import plan_stages
 
-    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint,entropy-monotonic,entropy,sllm-lines]", "segmenter.max_len=32"]
+    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint,entropy-monotonic,entropy,sllm-lines,sllm-merge]",
+            "segmenter.max_len=32"]
     base = load_config("smoke", sets, {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
     random_vae = [n for n in stages if n.startswith("vae-") and "randomspansegmenter" in n]
@@ -144,6 +145,9 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     em_lines = stages["splitter-sllm-lines"].cfg.splitter  # hard EM from lines, at its scale
     assert (em_lines.teacher, em_lines.em_init, em_lines.target_len) == ("sllm", "lines", 16)
     assert em_lines.vae == sllm.cfg.splitter.vae and sllm.cfg.splitter.em_init == "punctuation"
+    merge = stages["splitter-sllm-merge"].cfg.splitter  # the same, merging punctuation segments only
+    assert (merge.em_init, merge.sllm_cut_at, em_lines.sllm_cut_at, sllm.cfg.splitter.sllm_cut_at) == (
+        "lines", "punctuation", None, None)
     names = list(stages)
     assert names.index(random_vae[0]) < names.index("splitter-vae")  # built before it is read
 

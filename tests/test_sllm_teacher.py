@@ -182,3 +182,36 @@ def test_fit_hits_the_target_length(sllm, tokenizer, ids):
     assert abs(fit.mean_len / 4.0 - 1) < 0.1 and np.isfinite(fit.param)
     for c, e in zip(chunks, fit.ends, strict=True):
         assert e[-1] == len(c) and np.diff(e, prepend=0).max() <= 6
+
+
+def test_merge_only_cuts_fall_on_the_rule_and_are_the_cheapest_such(sllm, tokenizer, sample_texts):
+    from segsllm.data.tokenizer import encode
+    from segsllm.errors import ConfigError
+    from segsllm.segment import build_segmenter
+    from segsllm.segment.learned import length_prior
+    from segsllm.train.sllm_teacher import segmentation_cost
+
+    rule = build_segmenter("punctuation", tokenizer=tokenizer, max_len=6)
+    free, merge = _teacher(sllm, tokenizer), _teacher(sllm, tokenizer, cut_at=rule)
+    assert "cut_at" not in free.describe() and merge.describe()["cut_at"] == rule.spec()
+    chunk = np.array(encode(tokenizer, sample_texts["csv"]), dtype=np.int64)[:16]  # commas and newlines
+    rule_ends = set(rule.segment_batch([chunk])[0].tolist())
+    assert 4 <= len(rule_ends) < len(chunk)  # the rule cuts often, not everywhere
+    table = merge.scores([chunk])[0]
+    span, after = table[:, :6], table[:, 6]
+    prior = merge.prior_weight * length_prior(4.0, 6)
+    for penalty in (-50.0, 0.0, 5.0):
+        got = merge.apply([chunk], [table], penalty, 6)[0].tolist()
+        assert set(got) <= rule_ends | {len(chunk)}
+        # The brute-force optimum over segmentations that cut only on the rule.
+        best = min(
+            segmentation_cost(span, after, np.array([*cuts, len(chunk)]), penalty, prior)
+            for k in range(len(rule_ends))
+            for cuts in itertools.combinations(sorted(rule_ends - {len(chunk)}), k)
+            if np.diff([*cuts, len(chunk)], prepend=0).max() <= 6
+        )
+        assert segmentation_cost(span, after, np.array(got), penalty, prior) == pytest.approx(best, abs=1e-4)
+    # Unrestricted, a segment bonus this large cuts after every token, off the rule too.
+    assert free.apply([chunk], [table], -50.0, 6)[0].tolist() == list(range(1, len(chunk) + 1))
+    with pytest.raises(ConfigError, match="longer than max_span"):
+        _teacher(sllm, tokenizer, cut_at=build_segmenter("punctuation", tokenizer=tokenizer, max_len=8))

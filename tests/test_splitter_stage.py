@@ -82,6 +82,8 @@ def test_max_epochs_must_be_positive():
 
     with pytest.raises(ConfigError, match=r"splitter\.max_epochs must be > 0"):
         load_config(None, ["splitter.max_epochs=0"]).splitter.validate()
+    with pytest.raises(ConfigError, match=r"splitter\.sllm_cut_at must name a segmenter"):
+        load_config(None, ["splitter.sllm_cut_at=' '"]).splitter.validate()
 
 
 def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):

@@ -125,6 +125,9 @@ class SplitterConfig:
     em_rounds: int = 2  # hard-EM rounds (without splitter.sllm): train SLLM on S_t, relabel, retrain
     em_init: str = "punctuation"  # S_0, the segmentation the first round's SLLM is trained on
     em_sllm: list[str] = field(default_factory=list)  # KEY=VALUE overrides of each round's SLLM training
+    # A rule segmenter spec (e.g. punctuation): the DP may cut only where that rule cuts, so
+    # every label segment is a merge of whole rule segments; None: anywhere (docs/DESIGN.md §6).
+    sllm_cut_at: str | None = None
     # ---- the joint teacher (docs/DESIGN.md §6): predictor + SLLM trained together, no labels
     joint_steps: int = 300  # optimizer steps of the joint training
     joint_batch_size: int = 8  # chunks per step (each sampled joint_samples times)
@@ -169,6 +172,8 @@ class SplitterConfig:
             raise ConfigError(f"splitter.joint_lr must be > 0, got {self.joint_lr}")
         if self.em_rounds < 1:
             raise ConfigError(f"splitter.em_rounds must be >= 1, got {self.em_rounds}")
+        if self.sllm_cut_at is not None and not str(self.sllm_cut_at).strip():
+            raise ConfigError("splitter.sllm_cut_at must name a segmenter (e.g. punctuation) or be null")
         if self.sllm_prior_weight < 0:
             raise ConfigError(f"splitter.sllm_prior_weight must be >= 0, got {self.sllm_prior_weight}")
         for item in self.em_sllm:

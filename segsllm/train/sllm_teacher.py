@@ -26,6 +26,12 @@ at once, because the decoder is causal (token NLLs are prefix sums; the EOS cost
 tokens is read at position ``l``). Hard EM (:mod:`segsllm.train.sllm_em`) retrains the SLLM
 on the new segmentation and repeats.
 
+**Merge-only cuts** (``cut_at``, ``splitter.sllm_cut_at``). Unrestricted, the DP's cheapest
+cuts carry no local structure a student can learn (docs/DESIGN.md §6, measured). With a
+rule segmenter as ``cut_at`` the DP may end a segment only where that rule does (or at the
+chunk's end), so every teacher segment is a run of whole rule segments: the DP decides which
+rule boundaries to keep, and the student learns a choice among positions it can recognise.
+
 S_t's boundaries are taken as given: a rule that looks ahead (punctuation keeps trailing
 whitespace, a learned splitter has ``lookahead``) decided them, so the *position* of the
 last S_t boundary before ``s`` may reflect a few tokens after it; the tokens themselves
@@ -52,21 +58,28 @@ class SLLMTeacher(Teacher):
 
     def __init__(self, model: Any, segmenter: Any, max_span: int, target_len: float | None = None,
                  prior_weight: float = 1.0, prior_shape: float = 2.0, batch_tokens: int = 4096,
-                 device: Any = "cpu", fingerprint: str | None = None) -> None:
+                 device: Any = "cpu", fingerprint: str | None = None, cut_at: Any | None = None) -> None:
         vae_max = model.vae.config.max_len
         if max_span > vae_max:
             raise ConfigError(f"sllm teacher: max_span {max_span} exceeds the SentenceVAE's max_len {vae_max}")
         if segmenter.max_len > vae_max:
             raise ConfigError(f"sllm teacher: segmenter {segmenter.spec()!r} allows {segmenter.max_len} tokens, "
                               f"the SentenceVAE at most {vae_max}")
+        if cut_at is not None and cut_at.max_len > max_span:
+            raise ConfigError(f"sllm teacher: cut_at {cut_at.spec()!r} allows {cut_at.max_len}-token segments, "
+                              f"longer than max_span {max_span}: no merge of them could be a candidate")
         self.model, self.segmenter, self.max_span = model, segmenter, int(max_span)
+        self.cut_at = cut_at
         self.target_len, self.prior_weight, self.prior_shape = target_len, float(prior_weight), float(prior_shape)
         self.batch_tokens, self.device = int(batch_tokens), device
         self.fingerprint = fingerprint or module_fingerprint(model)
 
     def describe(self) -> dict[str, Any]:
-        return {"teacher": self.name, "model": self.fingerprint, "segmentation": self.segmenter.spec(),
-                "max_span": self.max_span, "prior_weight": self.prior_weight, "prior_shape": self.prior_shape}
+        out = {"teacher": self.name, "model": self.fingerprint, "segmentation": self.segmenter.spec(),
+               "max_span": self.max_span, "prior_weight": self.prior_weight, "prior_shape": self.prior_shape}
+        if self.cut_at is not None:  # only when set: unrestricted teachers keep their label-cache keys
+            out["cut_at"] = self.cut_at.spec()
+        return out
 
     # ---------------------------------------------------------------- the SLLM's view
 
@@ -217,9 +230,26 @@ class SLLMTeacher(Teacher):
         if self.target_len is None:
             raise ConfigError("the sllm teacher needs a target length for its length prior (--target-len)")
         prior = self.prior_weight * length_prior(self.target_len, L, self.prior_shape)
-        return best_segmentation([len(c) for c in chunks], L, end_score=[-s[:, self.max_span] for s in scores],
+        return best_segmentation([len(c) for c in chunks], L, end_score=self.end_scores(chunks, scores, L),
                                  len_score=prior, span_score=[end_indexed(s[:, :L]) for s in scores],
                                  penalty=param)
+
+    def end_scores(self, chunks: Sequence[np.ndarray], scores: Sequence[np.ndarray], max_len: int) -> list[np.ndarray]:
+        """Per chunk (n,): minus the cost of continuing after each token; ``-inf`` where
+        ``cut_at`` does not cut (the chunk's own end is forced by the DP either way)."""
+        ends = [-s[:, self.max_span].astype(np.float64) for s in scores]
+        if self.cut_at is None:
+            return ends
+        if self.cut_at.max_len > max_len:
+            raise ConfigError(f"sllm teacher: cut_at {self.cut_at.spec()!r} allows {self.cut_at.max_len}-token "
+                              f"segments, the search at most {max_len}")
+        rule = self.cut_at.segment_batch([np.asarray(c, dtype=np.int64) for c in chunks])
+        out = []
+        for score, rule_ends in zip(ends, rule, strict=True):
+            allowed = np.zeros(score.shape, dtype=bool)
+            allowed[np.asarray(rule_ends, dtype=np.int64) - 1] = True
+            out.append(np.where(allowed, score, -np.inf))
+        return out
 
     def fit(self, chunks, scores, target_len, max_len) -> TeacherFit:
         if target_len is not None:
@@ -251,8 +281,9 @@ def segmentation_cost(span_cost: np.ndarray, after_cost: np.ndarray, ends: np.nd
 
 def load_sllm_teacher(path: str | Path, tokenizer: Any, *, max_span: int, segmenter: str | None = None,
                       target_len: float | None = None, prior_weight: float = 1.0, device: Any = "cpu",
-                      fingerprint: str | None = None) -> SLLMTeacher:
-    """The sllm teacher of the SLLM folder ``path``; S_t defaults to the segmenter it was trained on."""
+                      fingerprint: str | None = None, cut_at: str | None = None) -> SLLMTeacher:
+    """The sllm teacher of the SLLM folder ``path``; S_t defaults to the segmenter it was trained on.
+    ``cut_at``: a rule segmenter spec whose boundaries are the only places the DP may cut."""
     from segsllm.data.tokenizer import tokenizer_fingerprint
     from segsllm.models.loading import load_artifact
     from segsllm.segment import build_segmenter
@@ -268,9 +299,11 @@ def load_sllm_teacher(path: str | Path, tokenizer: Any, *, max_span: int, segmen
         raise ConfigError(f"{path} does not record its segmenter; name the segmentation S_t explicitly")
     vae_max = model.vae.config.max_len
     seg = build_segmenter(spec, tokenizer=tokenizer, max_len=vae_max)
+    span = min(int(max_span), vae_max)
+    rule = build_segmenter(cut_at, tokenizer=tokenizer, max_len=span) if cut_at else None
     sha = ((loaded.manifest.get("files") or {}).get("model.safetensors") or {}).get("sha256")
-    return SLLMTeacher(model, seg, min(int(max_span), vae_max), target_len=target_len, prior_weight=prior_weight,
-                       device=device, fingerprint=fingerprint or sha)
+    return SLLMTeacher(model, seg, span, target_len=target_len, prior_weight=prior_weight,
+                       device=device, fingerprint=fingerprint or sha, cut_at=rule)
 
 
 __all__ = ["SLLMTeacher", "load_sllm_teacher", "segmentation_cost"]
