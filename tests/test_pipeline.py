@@ -239,7 +239,8 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
     base = load_config(preset, [], {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, preset, [], tmp_path)}
     arms = ["punctuation", "lines", "fixed-k-8", "fixed-k-16",
-            *(f"learned-splitter-{t}" for t in ("entropy", "entropy-monotonic", "vae", "vae-rule", "sllm", "joint"))]
+            *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-lines", "entropy", "entropy-monotonic", "vae",
+                                                "vae-rule", "sllm", "joint"))]
     for seed in (0, 1, 2):
         for arm in arms:
             assert f"seed-{seed}/sllm-{arm}" in stages["bench"].after, (seed, arm)
@@ -247,4 +248,5 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         em = stages[f"seed-{seed}/splitter-sllm"].cfg.splitter
         assert em.em_rounds == 2 and any(x.startswith("train.steps=") for x in em.em_sllm)
         assert stages[f"seed-{seed}/splitter-entropy-monotonic"].cfg.splitter.entropy_mode == "monotonic"
+        assert stages[f"seed-{seed}/splitter-sllm-merge"].cfg.splitter.sllm_cut_at == "punctuation"
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
