@@ -520,3 +520,26 @@ def test_segmenter_speed_times_exactly_the_tokens_of_the_scored_table():
 
     assert segmenter_tokens_per_s(Recorder(), table, repeats=2) > 0
     assert seen == [[[5, 6, 7], [8, 9]]] * 2
+
+
+def test_a_seed_stopped_part_way_is_left_out_of_the_intervals(tmp_path):
+    """A pipeline stopped in seed 2 leaves a half-trained ``lm``: the bench reads seeds 0 and
+    1 and names seed 2, instead of crashing on it or mixing in a seed with models missing."""
+    from segsllm.bench.run import complete_seeds
+
+    def finished(folder):
+        folder.mkdir(parents=True)
+        for name in ("config.json", "manifest.json"):
+            (folder / name).write_text("{}")
+
+    for seed in (0, 1):
+        for part in ("lm", "sllm-punctuation", "lm-matched/punctuation"):
+            finished(tmp_path / f"seed-{seed}" / part)
+    (tmp_path / "seed-2" / "lm" / "checkpoints").mkdir(parents=True)  # stopped while training its LM
+    finished(tmp_path / "seed-3" / "lm")  # finished LM, no SLLM yet
+    (tmp_path / "seed-3" / "sllm-punctuation").mkdir()
+    found = find_artifacts(tmp_path, ["punctuation"])
+    assert found.baseline and set(found.matched) == {"punctuation"}
+    complete, incomplete = complete_seeds(found, ["punctuation"])
+    assert [p.name for p in complete] == ["seed-1"]
+    assert [p.name for p in incomplete] == ["seed-2", "seed-3"]

@@ -58,6 +58,7 @@ class BenchArtifacts:
     base_lm: Path | None = None
     matched: dict[str, Path] = field(default_factory=dict)  # segmenter spec -> token-matched LM folder
     seeds: list[Path] = field(default_factory=list)  # further seed folders (pipeline --seeds), the first excluded
+    incomplete_seeds: list[Path] = field(default_factory=list)  # further seed folders missing a model: left out
 
 
 def find_artifacts(from_dir: str | Path, segmenters: list[str]) -> BenchArtifacts:
@@ -127,7 +128,23 @@ def resolve_artifacts(bcfg: Any) -> tuple[list[str], BenchArtifacts]:
             raise ArtifactError(f"{what} folder {path} is not a model folder (no config.json)"
                                 if path.is_dir() else f"{what} folder not found: {path}")
     matched = {s: p for s, p in found.matched.items() if s in segmenters}
-    return segmenters, BenchArtifacts({s: sllm[s] for s in segmenters}, baseline, base_lm, matched, found.seeds)
+    seeds, incomplete = complete_seeds(found, segmenters)
+    return segmenters, BenchArtifacts({s: sllm[s] for s in segmenters}, baseline, base_lm, matched, seeds, incomplete)
+
+
+def complete_seeds(found: BenchArtifacts, segmenters: list[str]) -> tuple[list[Path], list[Path]]:
+    """(further seed folders holding a finished model for every model of the first seed,
+    those that do not): a seed whose pipeline was stopped part-way must not enter the
+    intervals with some of its models missing, nor crash the bench on a half-trained one."""
+    complete, incomplete = [], []
+    for seed_dir in found.seeds:
+        here = find_artifacts(seed_dir, segmenters)
+        need = [*(here.sllm.get(s) for s in segmenters if s in found.sllm),
+                *([here.baseline] if found.baseline else []),
+                *(here.matched.get(s) for s in found.matched)]
+        ok = all(p is not None and (p / "manifest.json").is_file() for p in need)
+        (complete if ok else incomplete).append(seed_dir)
+    return complete, incomplete
 
 
 # --------------------------------------------------------------------------- results
@@ -206,6 +223,8 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
     if not cfg.data.domains:
         raise ConfigError("data.domains is empty: name at least one corpus")
     segmenters, arts = resolve_artifacts(bcfg)
+    for seed_dir in arts.incomplete_seeds:
+        say(f"warning: {seed_dir} lacks a finished model the first seed has; left out of the intervals")
     domains = list(cfg.data.domains)
     data_dir = cfg.data.dir
     data_manifests = {d: load_manifest(data_dir, d) for d in domains}  # unknown domain: fail early
@@ -485,7 +504,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             "seed": cfg.run.seed, "settings": dataclasses.asdict(bcfg), "load_average": _load_average(),
             "cpu_count": os.cpu_count(), "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0),
             "contexts": sweep_cs, "notes": notes, "budgets": budgets,
-            "seeds": [str(p) for p in arts.seeds],
+            "seeds": [str(p) for p in arts.seeds], "incomplete_seeds": [str(p) for p in arts.incomplete_seeds],
             "artifacts": {"sllm": {k: str(v) for k, v in arts.sllm.items()},
                           "matched": {k: str(v) for k, v in arts.matched.items()},
                           "baseline": str(arts.baseline) if arts.baseline else None,
