@@ -66,6 +66,17 @@ def test_bad_overrides_are_one_line_errors_naming_the_key(overrides, needle):
     assert "\n" not in message
 
 
+def test_a_bad_layer_is_named_among_good_ones(tmp_path: Path):
+    """All layers merge in one call; a failure still names the layer at fault."""
+    preset = tmp_path / "p.yaml"
+    preset.write_text("run:\n  seed: 5\npipeline:\n  overrides:\n    lm: [train.steps=oops]\n")
+    with pytest.raises(ConfigError, match=r"\(from --set run.seed=x\)"):
+        load_config(str(preset), ["train.lr=0.1", "run.seed=x", "train.steps=3"])
+    with pytest.raises(ConfigError, match=r"train.steps.*\(from pipeline.overrides.lm in .*p.yaml: train.steps=oops\)"):
+        load_config(str(preset), ["train.lr=0.1"], stage="lm")
+    assert load_config(str(preset), ["train.lr=0.1"], stage="vae").run.seed == 5
+
+
 def test_unknown_key_in_yaml_is_an_error(tmp_path: Path):
     preset = tmp_path / "bad.yaml"
     preset.write_text("data:\n  domainz: [code]\n")

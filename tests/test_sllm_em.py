@@ -26,7 +26,7 @@ def test_em_rounds_run_chain_and_record_bits_per_byte(teacher_vae, tiny_data_dir
         "segmenter.max_len=8", "splitter.teacher=sllm", f"splitter.vae={teacher_vae / 'vae'}", "splitter.em_rounds=2",
         "splitter.target_len=4", "splitter.chunk_tokens=48", "splitter.teacher_tokens=300",
         "splitter.teacher_eval_tokens=120", "splitter.calibration_tokens=600", "splitter.predictor.d_model=8",
-        "splitter.predictor.n_layers=2", "train.steps=6", "train.batch_size=8", "train.lr=5e-3",
+        "splitter.predictor.n_layers=2", "splitter.predictor.prior_shape=3", "train.steps=6", "train.batch_size=8", "train.lr=5e-3",
         "backbone.hidden_size=16", "backbone.num_layers=1", "backbone.num_heads=2", "backbone.max_positions=32",
         "sllm.max_segments=8", "splitter.em_sllm=[train.steps=6,train.batch_size=4]",
     ])
@@ -46,6 +46,9 @@ def test_em_rounds_run_chain_and_record_bits_per_byte(teacher_vae, tiny_data_dir
     teacher = manifest["lineage"]["teacher"]
     assert teacher["name"] == "sllm" and str(first_splitter.resolve()) in teacher["segmentation"]
     assert teacher["sllm"].endswith("round-1/sllm")
+    # One length prior: the teacher's DP and the student's Viterbi decode share its shape.
+    assert teacher["prior_shape"] == 3.0
+    assert json.loads((out / "config.json").read_text())["prior_shape"] == 3.0
     seg = build_segmenter(f"learned:{out}", tokenizer=tokenizer)
     text = "x = 1\nprint(x)\n"
     assert "".join(seg.split_text(text)) == text

@@ -280,10 +280,11 @@ def segmentation_cost(span_cost: np.ndarray, after_cost: np.ndarray, ends: np.nd
 
 
 def load_sllm_teacher(path: str | Path, tokenizer: Any, *, max_span: int, segmenter: str | None = None,
-                      target_len: float | None = None, prior_weight: float = 1.0, device: Any = "cpu",
-                      fingerprint: str | None = None, cut_at: str | None = None) -> SLLMTeacher:
+                      target_len: float | None = None, prior_weight: float = 1.0, prior_shape: float = 2.0,
+                      device: Any = "cpu", fingerprint: str | None = None, cut_at: str | None = None) -> SLLMTeacher:
     """The sllm teacher of the SLLM folder ``path``; S_t defaults to the segmenter it was trained on.
-    ``cut_at``: a rule segmenter spec whose boundaries are the only places the DP may cut."""
+    ``cut_at``: a rule segmenter spec whose boundaries are the only places the DP may cut;
+    ``prior_shape``: the Gamma shape of the DP's length prior (the student decodes with the same)."""
     from segsllm.data.tokenizer import tokenizer_fingerprint
     from segsllm.models.loading import load_artifact
     from segsllm.segment import build_segmenter
@@ -302,7 +303,7 @@ def load_sllm_teacher(path: str | Path, tokenizer: Any, *, max_span: int, segmen
     span = min(int(max_span), vae_max)
     rule = build_segmenter(cut_at, tokenizer=tokenizer, max_len=span) if cut_at else None
     sha = ((loaded.manifest.get("files") or {}).get("model.safetensors") or {}).get("sha256")
-    return SLLMTeacher(model, seg, span, target_len=target_len, prior_weight=prior_weight,
+    return SLLMTeacher(model, seg, span, target_len=target_len, prior_weight=prior_weight, prior_shape=prior_shape,
                        device=device, fingerprint=fingerprint or sha, cut_at=rule)
 
 

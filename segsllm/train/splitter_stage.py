@@ -228,7 +228,8 @@ def _teacher_labels(cfg: Any, tokenizer: Any, manifests: Mapping[str, Any], targ
             raise ConfigError("one sllm-teacher step needs a trained SLLM: splitter.sllm (--sllm DIR); "
                               "hard EM trains its own (segsllm.train.sllm_em)")
         teacher = load_sllm_teacher(sp.sllm, tokenizer, max_span=max_span, target_len=target_len,
-                                    prior_weight=sp.sllm_prior_weight, device=device, cut_at=sp.sllm_cut_at)
+                                    prior_weight=sp.sllm_prior_weight, prior_shape=sp.predictor.prior_shape,
+                                    device=device, cut_at=sp.sllm_cut_at)
     else:
         teacher = build_teacher(sp.teacher, tokenizer, base_lm=sp.base_lm, vae=sp.vae, entropy_mode=sp.entropy_mode,
                                 entropy_context=sp.entropy_context, max_span=max_span, device=device)
