@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,8 @@ from segsllm.layout import PipelineLayout
 from segsllm.models.token_lm import is_from_scratch
 
 MARKER = "pipeline.json"
+# Stage kinds that continue from their last checkpoint when interrupted.
+RESUMABLE = ("lm", "vae", "sllm", "splitter", "lm-matched")
 
 
 @dataclass
@@ -90,8 +93,9 @@ def _write_marker(out: Path, stage: Stage, done: bool, seconds: float | None = N
     atomic_write_json(out / MARKER, {
         "stage": stage.name, "kind": stage.kind, "key": stage.key, "done": done,
         "after": stage.after, "seconds": seconds,
-        "cpu_seconds": cpu_seconds,  # this process's CPU time (all threads): a load-independent cost
+        "cpu_seconds": cpu_seconds,  # the stage's CPU time (all threads): a load-independent cost
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started_at": None if seconds is None else time.time() - seconds,  # epoch seconds (with jobs: overlaps)
     })
 
 
@@ -246,52 +250,79 @@ def _teacher_vae_stage(base: Any, layout: PipelineLayout, stage_cfg: Callable[..
 
 def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progress: bool = True,
                  on_stage: Callable[[str, str], None] | None = None) -> list[StageOutcome]:
-    """Run (or resume) every stage; ``on_stage(name, status)`` reports progress."""
+    """Run (or resume) every stage; ``on_stage(name, status)`` reports progress. With
+    ``pipeline.jobs`` > 1 independent stages run at once (:mod:`segsllm.pipeline_jobs`)."""
     from segsllm.tracking import run_name, start_run
 
     if not base.run.out:
         raise SegsllmError("pipeline needs an output folder: --out DIR (or run.out)")
+    jobs = base.pipeline.jobs
+    if jobs > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SegsllmError("pipeline.jobs > 1 runs stages in worker processes; under torchrun use --jobs 1")
     out = Path(base.run.out)
     stages = plan_stages(base, preset, overrides, out)
-    outcomes: list[StageOutcome] = []
+    markers = {st.name: _read_marker(Path(st.cfg.run.out)) for st in stages}
+    for st in stages:  # refuse before any work, not after the stages in front of it ran
+        marker = markers[st.name]
+        if marker and marker.get("done") and marker.get("key") != st.key:
+            raise SegsllmError(
+                f"{st.cfg.run.out} holds a finished '{st.name}' built with another configuration; "
+                "use a new --out (or delete that folder) to rebuild it"
+            )
+    outcomes: dict[str, StageOutcome] = {}
     with start_run(base, "pipeline", tags={"segmenter": ",".join(base.pipeline.segmenters),
                                            "domain": ",".join(base.data.domains),
                                            "backbone": base.backbone.spec},
                    run_name=run_name("pipeline", folder=out), resume=True) as parent:
-        for st in stages:
-            stage_out = Path(st.cfg.run.out)
-            marker = _read_marker(stage_out)
-            if marker and marker.get("done") and marker.get("key") == st.key:
-                outcomes.append(StageOutcome(st.name, "skipped", 0.0, stage_out))
-                if on_stage:
-                    on_stage(st.name, "skipped (already done with the same config)")
-                continue
-            if marker and marker.get("done") and marker.get("key") != st.key:
-                raise SegsllmError(
-                    f"{stage_out} holds a finished '{st.name}' built with another configuration; "
-                    "use a new --out (or delete that folder) to rebuild it"
-                )
-            resume = bool(marker and marker.get("key") == st.key and st.kind in ("lm", "vae", "sllm", "splitter", "lm-matched"))
+
+        def begin(st: Stage) -> bool:
+            """Mark ``st`` started; whether it resumes from a checkpoint."""
+            marker, stage_out = markers[st.name], Path(st.cfg.run.out)
+            resume = bool(marker and marker.get("key") == st.key and st.kind in RESUMABLE)
             resume = resume and (stage_out / "checkpoints").is_dir()
             if on_stage:
                 on_stage(st.name, "resuming" if resume else "running")
             _write_marker(stage_out, st, done=False)
-            started, cpu_started = time.perf_counter(), time.process_time()
             st.cfg.run.tags = {**st.cfg.run.tags, "pipeline.run_id": parent.run_id or "",
                                "pipeline.stage": st.name}
-            st.run(st.cfg, resume)
-            seconds = time.perf_counter() - started
-            _write_marker(stage_out, st, done=True, seconds=seconds, cpu_seconds=time.process_time() - cpu_started)
+            return resume
+
+        def end(st: Stage, resume: bool, seconds: float, cpu_seconds: float) -> None:
+            stage_out = Path(st.cfg.run.out)
+            _write_marker(stage_out, st, done=True, seconds=seconds, cpu_seconds=cpu_seconds)
             parent.log_metrics({f"stage_seconds/{st.name}": seconds})
-            outcomes.append(StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out))
-        parent.log_dict([dataclasses.asdict(o) for o in outcomes], "stages.json")
+            outcomes[st.name] = StageOutcome(st.name, "resumed" if resume else "done", seconds, stage_out)
+            if on_stage and jobs > 1:
+                on_stage(st.name, f"finished in {seconds:.0f} s")
+
+        todo = []
+        for st in stages:
+            marker = markers[st.name]
+            if marker and marker.get("done") and marker.get("key") == st.key:
+                outcomes[st.name] = StageOutcome(st.name, "skipped", 0.0, Path(st.cfg.run.out))
+                if on_stage:
+                    on_stage(st.name, "skipped (already done with the same config)")
+            else:
+                todo.append(st)
+        if jobs > 1 and len(todo) > 1:
+            from segsllm.pipeline_jobs import run_stages_parallel
+
+            run_stages_parallel(todo, jobs, start=begin, finish=end)
+        else:
+            for st in todo:
+                resume = begin(st)
+                started, cpu_started = time.perf_counter(), time.process_time()
+                st.run(st.cfg, resume)
+                end(st, resume, time.perf_counter() - started, time.process_time() - cpu_started)
+        ordered = [outcomes[st.name] for st in stages]
+        parent.log_dict([dataclasses.asdict(o) for o in ordered], "stages.json")
         for st in stages:
             if st.kind != "bench":
                 continue
             for name in ("results.md", "results.json", "results.csv", "speed_quality.png", "memory.png"):
                 if (Path(st.cfg.run.out) / name).is_file():
                     parent.log_artifact(Path(st.cfg.run.out) / name, st.name if st.name != "bench" else None)
-    return outcomes
+    return ordered
 
 
 # --------------------------------------------------------------------------- stage runners

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 
@@ -186,11 +187,12 @@ def test_planner_lays_out_one_folder_per_seed_with_shared_data_and_tokenizer(tmp
 
 
 def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
+    """With --jobs 2: the seeds' stages run side by side in two worker processes."""
     root, _, _ = smoke_run
     out = root / "seeds"
     args = ["pipeline", "--config", "smoke", "--data-dir", str(root / "data"), "--out", str(out),
             "--seeds", "0,1", "--segmenters", "fixed:k=8", "--teachers", "", "--no-track", "--device", "cpu",
-            "--set", "bench.speed=false", "--set", "bench.memory=false"]
+            "--set", "bench.speed=false", "--set", "bench.memory=false", "--jobs", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output[-3000:]
     assert "scoring SLLM fixed:k=8" in result.output and "seed 2 of 2" in result.output  # the bench's progress
@@ -206,6 +208,9 @@ def test_two_seeds_train_everything_twice_and_a_rerun_skips_it_all(smoke_run):
         _check_matched_and_budgets(models, ["fixed-k-8"])
         weights.append((models / "lm" / "model.safetensors").read_bytes())
     assert weights[0] != weights[1]  # each seed its own model
+    spans = sorted((m["started_at"], m["started_at"] + m["seconds"])
+                   for m in (json.loads(p.read_text()) for p in out.glob("seed-*/*/pipeline.json")))
+    assert any(b[0] < a[1] for a, b in itertools.pairwise(spans)), "no two stages ran at once"
     # One bench over both seeds: every trained model has mean ± sd over 2 seeds, an untouched
     # floor has none, and each interval holds the mean over seeds.
     results = json.loads((out / "bench" / "results.json").read_text())

@@ -44,6 +44,10 @@ class PipelineConfig:
     # Train every model once per seed, into OUT/seed-<k>/ (data and tokenizer shared);
     # empty: once, with run.seed, in OUT/ itself (`segsllm pipeline --seeds 0,1,2`).
     seeds: list[int] = field(default_factory=list)
+    # Stages run at once, each in a worker process with cores // jobs torch threads, as soon
+    # as the stages it reads have finished (`segsllm pipeline --jobs 2`). Small models use
+    # few cores well, so on a CPU box two at a time finish sooner. Not part of any stage key.
+    jobs: int = 1
     # Per-stage dotted overrides (see the module docstring), e.g.
     # {lm: ["train.steps=200"], sllm: ["train.batch_size=4"]}. Keys: STAGES.
     overrides: dict[str, list[str]] = field(default_factory=dict)
@@ -51,6 +55,8 @@ class PipelineConfig:
     def validate(self) -> PipelineConfig:
         """One-line :class:`ConfigError` for an unknown stage under ``pipeline.overrides`` or
         a negative or repeated seed."""
+        if not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1:
+            raise ConfigError(f"pipeline.jobs must be an int >= 1, got {self.jobs!r}")
         if any(k < 0 for k in self.seeds) or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"pipeline.seeds must be distinct non-negative integers, got {self.seeds}")
         for stage, items in self.overrides.items():

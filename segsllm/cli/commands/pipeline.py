@@ -31,6 +31,12 @@ def pipeline_command(
                                      "seed into OUT/seed-<k>/ (data and tokenizer shared; default: "
                                      "pipeline.seeds, else once with --seed in OUT/)."),
     ] = None,
+    jobs: Annotated[
+        int | None,
+        typer.Option("--jobs", "-j", metavar="<int>",
+                     help="Stages run at once, each in its own process with cores/N threads "
+                          "(default: pipeline.jobs, 1). 2 on a 2-core box: seeds and segmenters train side by side."),
+    ] = None,
 ) -> None:
     """Run every stage from a preset: data, tokenizer, LM, VAE + SLLM per segmenter, splitters, bench.
 
@@ -45,7 +51,8 @@ def pipeline_command(
         "pipeline.teachers": split_list(teachers),
         "pipeline.seeds": seed_list(seeds),
     }
-    cfg = opts.resolve(extra)
+    scalar = {"pipeline.jobs": jobs}
+    cfg = opts.resolve({**extra, **scalar})
     if not cfg.run.out:
         cfg.run.out = "runs/pipeline"
     overrides = list(opts.set_)
