@@ -304,7 +304,7 @@ def run_pipeline(base: Any, preset: str | None, overrides: list[str], *, progres
                     on_stage(st.name, "skipped (already done with the same config)")
             else:
                 todo.append(st)
-        if jobs > 1 and len(todo) > 1:
+        if jobs > 1:
             from segsllm.pipeline_jobs import run_stages_parallel
 
             run_stages_parallel(todo, jobs, start=begin, finish=end)
