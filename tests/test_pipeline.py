@@ -245,7 +245,7 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
     base = load_config(preset, [], {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, preset, [], tmp_path)}
     arms = ["punctuation", "lines", "fixed-k-8", "fixed-k-16",
-            *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-lines", "entropy", "entropy-monotonic", "vae",
+            *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-fixed", "sllm-lines", "entropy", "entropy-monotonic", "vae",
                                                 "vae-rule", "sllm", "joint"))]
     for seed in (0, 1, 2):
         for arm in arms:
@@ -255,4 +255,6 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         assert em.em_rounds == 2 and any(x.startswith("train.steps=") for x in em.em_sllm)
         assert stages[f"seed-{seed}/splitter-entropy-monotonic"].cfg.splitter.entropy_mode == "monotonic"
         assert stages[f"seed-{seed}/splitter-sllm-merge"].cfg.splitter.sllm_cut_at == "punctuation"
+        fixed = stages[f"seed-{seed}/splitter-sllm-fixed"].cfg.splitter
+        assert fixed.em_init == "fixed:k=16" and fixed.predictor.prior_shape == 32
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
