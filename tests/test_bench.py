@@ -105,6 +105,24 @@ def test_layout_seeds_matched_and_budgets(tmp_path):
     assert seed_segmenter(f"learned:{tmp_path / 'seed-0' / 'splitter-sllm'}/", seed1) == \
         f"learned:{seed1 / 'splitter-sllm'}"
     assert seed_segmenter("fixed:k=8", seed1) == "fixed:k=8"
+    assert seed_segmenter(f"learned:path={tmp_path / 'seed-0' / 'splitter-sllm'},decode=threshold", seed1) == \
+        f"learned:{seed1 / 'splitter-sllm'}"
+
+
+def test_teacher_f1_is_the_mean_over_the_seeds_own_splitters(tmp_path):
+    """A learned row's fidelity reads each seed's splitter metrics; rules and gaps are NaN."""
+    from segsllm.bench.run import splitter_teacher_f1
+
+    for seed, f1 in (("seed-0", 0.2), ("seed-1", 0.4)):
+        folder = tmp_path / seed / "splitter-sllm"
+        folder.mkdir(parents=True)
+        (folder / "metrics.json").write_text(json.dumps({"final": {"csv": {"teacher_f1": f1}}}))
+    spec = f"learned:{tmp_path / 'seed-0' / 'splitter-sllm'}"
+    assert splitter_teacher_f1(spec, "csv") == pytest.approx(0.2)
+    assert splitter_teacher_f1(spec, "csv", [tmp_path / "seed-1"]) == pytest.approx(0.3)
+    assert math.isnan(splitter_teacher_f1(spec, "code"))  # the domain was not recorded
+    assert math.isnan(splitter_teacher_f1(spec, "csv", [tmp_path / "seed-2"]))  # a seed without its splitter
+    assert math.isnan(splitter_teacher_f1("fixed:k=8", "csv"))
 
 
 def _docs(data_dir, domain="prose", target=1500):
@@ -349,6 +367,11 @@ def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipelin
     assert row["matched_bits_per_byte"] == row["baseline_bits_per_byte"]
     assert row["sllm_bits_per_byte_low"] <= row["sllm_bits_per_byte"] <= row["sllm_bits_per_byte_high"]
     assert row["context_tokens"] == 32 and row["sllm_max_window_tokens"] <= 32
+    # Where the bits go (mean over the seeds): tokens + boundaries, the first tokens a part of the tokens.
+    assert row["sllm_bits_per_byte_tokens"] + row["sllm_bits_per_byte_boundaries"] == \
+        pytest.approx(row["sllm_bits_per_byte"], rel=1e-9)
+    assert 0 < row["sllm_bits_per_byte_first_token"] < row["sllm_bits_per_byte_tokens"]
+    assert math.isnan(row["splitter_teacher_f1"])  # a rule segmenter has no teacher
     # Two seeds (identical copies): mean ± sd with sd 0; budgets in tokens.
     assert qd["n_seeds"] == 2 and qd["models"]["sllm:punctuation"]["seeds"] == {
         "mean": pytest.approx(row["sllm_bits_per_byte"]), "sd": 0.0, "n": 2}

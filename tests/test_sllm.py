@@ -229,11 +229,13 @@ def test_bits_per_byte_and_perplexities_by_hand():
     with torch.no_grad():
         e = [model.embed_segments(torch.tensor([s]), torch.tensor([len(s)])) for s in segs]
         h, _ = model.run_backbone(torch.cat([model.start_inputs(1), e[0][:, None], e[1][:, None]], 1))
-        seg_nll = []
+        seg_nll, first_nll = [], []
         for j, s in enumerate(segs):
             logits = model.vae.decoder(torch.tensor([[1, *s]]), model.predict_latent(h[:, j]))  # BOS=1
             logp = logits.log_softmax(-1)[0]
             seg_nll.append(-sum(float(logp[t, tok]) for t, tok in enumerate([*s, 2])))  # EOS=2
+            first_nll.append(-float(logp[0, s[0]]))
+        out = model(batch["ids"], batch["lengths"], return_details=True)
         p_stop = torch.sigmoid(model.stop_logits(h))[0]
         stop_nll = -math.log(1 - p_stop[0]) - math.log(1 - p_stop[1]) - math.log(p_stop[2])
     total = sum(seg_nll) + stop_nll
@@ -242,6 +244,10 @@ def test_bits_per_byte_and_perplexities_by_hand():
     assert m["paper_style_perplexity"] == pytest.approx(math.exp(seg_nll[1] / 3), rel=1e-5)  # first excluded
     assert stats["n_stop"] == 3 and stats["n_docs"] == 1 and stats["n_targets"] == 7
     assert m["bits_per_byte_tokens"] + m["bits_per_byte_boundaries"] == pytest.approx(m["bits_per_byte"], rel=1e-6)
+    # Where the bits go: each segment's first token, decoded from its latent alone.
+    assert out["seg_first_nll"][0].tolist() == pytest.approx(first_nll, rel=1e-5)
+    assert m["bits_per_byte_first_token"] == pytest.approx(sum(first_nll) / (math.log(2) * 11), rel=1e-5)
+    assert out["seg_nll"][0].tolist() == pytest.approx(seg_nll, rel=1e-5)
 
 
 def test_a_window_that_does_not_end_its_document_scores_no_stop_at_its_end():

@@ -14,7 +14,8 @@ Both models see the same token context ``C`` (:mod:`segsllm.bench.context`):
 - SLLM (:func:`score_sllm`): windows of whole segments whose tokens sum to at most ``C``,
   teacher-forced (:meth:`segsllm.models.sllm.SLLM.forward`), earlier segments carried as
   context; NLL over every scored segment's tokens and EOS plus its stop decision (and the
-  document's final stop). Token perplexity divides by document tokens + 1 per document, the
+  document's final stop). ``extra`` splits it: segment tokens (of which each segment's first
+  token, decoded from the predicted latent alone) and boundaries (EOS + stop). Token perplexity divides by document tokens + 1 per document, the
   LM's denominator; the paper-style perplexity is reported for comparison only.
 """
 
@@ -279,7 +280,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                  docs, name)
     D = docs.n_docs
     doc_nats = np.zeros(D, dtype=np.float64)  # (D,)
-    parts = dict.fromkeys(("tokens", "seg_eos", "stop", "ps_ce", "ps_n"), 0.0)
+    parts = dict.fromkeys(("tokens", "first", "seg_eos", "stop", "ps_ce", "ps_n"), 0.0)
     pad = model.vae.config.pad_id
     dev = torch.device(device)
     was_training = model.training
@@ -293,6 +294,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                             return_details=True)
                 seg_nll = out["seg_nll"].double().cpu().numpy()  # (B, S)
                 eos_nll = out["seg_eos_nll"].double().cpu().numpy()  # (B, S)
+                first_nll = out["seg_first_nll"].double().cpu().numpy()  # (B, S)
                 stop_nll = out["stop_nll"].double().cpu().numpy()  # (B, S+1), 0 where not scored
                 for r, it in enumerate(chunk):
                     o, k = it["offset"], len(it["lengths"])
@@ -300,6 +302,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                     stop = stop_nll[r, o : k + 1].sum()  # the decision before each scored segment (+ final stop)
                     doc_nats[it["doc"]] += seg.sum() + stop
                     parts["tokens"] += seg.sum() - eos_nll[r, o:k].sum()
+                    parts["first"] += first_nll[r, o:k].sum()
                     parts["seg_eos"] += eos_nll[r, o:k].sum()
                     parts["stop"] += stop
                     mean_ce = seg / (np.asarray(it["lengths"][o:k]) + 1.0)  # paper-style: per-segment mean CE
@@ -317,6 +320,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
         context_tokens=context_tokens, stride_tokens=stride,
         paper_style_perplexity=math.exp(min(parts["ps_ce"] / parts["ps_n"], 700.0)) if parts["ps_n"] else math.nan,
         extra={"bits_per_byte_tokens": bits_per_byte(parts["tokens"], docs.total_bytes),
+               "bits_per_byte_first_token": bits_per_byte(parts["first"], docs.total_bytes),
                "bits_per_byte_boundaries": bits_per_byte(parts["seg_eos"] + parts["stop"], docs.total_bytes),
                "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0),
                "max_window_segments": max((len(it["lengths"]) for it in items), default=0)},

@@ -81,6 +81,13 @@ DEFINITIONS = {
     "segmenter_tokens_per_s": "tokens/s of the segmenter alone in batch mode on the scored texts (best of 3, "
                               "this machine, beside the bench's other work)",
     "vae_exact_match": "share of sampled test segments the VAE reconstructs exactly (greedy)",
+    "sllm_bits_per_byte_first_token": "where the SLLM's bits go (mean over seeds): sllm_bits_per_byte = "
+                                      "sllm_bits_per_byte_tokens + sllm_bits_per_byte_boundaries (each segment's "
+                                      "EOS + the stop decisions); _first_token is the part of _tokens spent on each "
+                                      "segment's first token, the one decoded from the predicted latent alone",
+    "splitter_teacher_f1": "learned segmenters: boundary F1 of the deployed splitter (batch decode) against its "
+                           "teacher's labels on validation chunks, from the splitter's metrics.json, mean over "
+                           "seeds: how much of what the teacher chose the cheap segmenter reproduces",
 }
 
 # (column key, header, format) of the summary tables.
@@ -117,6 +124,8 @@ COLUMNS = [
     ("p95_segment_len", "p95 len", "{:.0f}"),
     ("segmenter_tokens_per_s", "seg tok/s", "{:,.0f}"),
     ("vae_exact_match", "VAE exact", "{:.3f}"),
+    ("sllm_bits_per_byte_first_token", "1st-token bits/B", "{:.3f}"),
+    ("splitter_teacher_f1", "teacher F1", "{:.2f}"),
 ]
 
 

@@ -24,9 +24,10 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from segsllm.bench.intervals import MATCHED_PREFIX
@@ -405,6 +406,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                     "sllm_bits_per_byte": sq.bits_per_byte, "sllm_token_perplexity": sq.token_perplexity,
                     "sllm_paper_style_perplexity": sq.paper_style_perplexity,
                     "sllm_bits_per_byte_boundaries": sq.extra["bits_per_byte_boundaries"],
+                    "sllm_bits_per_byte_first_token": sq.extra["bits_per_byte_first_token"],
                     "sllm_max_window_tokens": sq.extra["max_window_tokens"],
                 }
                 for name in lm_dirs:
@@ -460,10 +462,16 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
 
         # ---- further seeds: every model's per-document NLL again, for intervals over seeds too
         seed_nats = {d: {name: [r.doc_nats] for name, r in scored[d].items()} for d in domains}
+        seed_extra = {d: {name: [r.extra] for name, r in scored[d].items()} for d in domains}
         for k, seed_dir in enumerate(arts.seeds, 2):
             say(f"seed {k} of {len(arts.seeds) + 1}: {seed_dir}")
             _score_seed(find_artifacts(seed_dir, segmenters), segmenters, domains, seed_nats, score_token_lm,
-                        score_sllm_all, device)
+                        score_sllm_all, device, extras=seed_extra)
+        for row in rows:  # where the bits go, and the student's fidelity: means over seeds
+            extras = seed_extra[row["domain"]][f"{SLLM_NAME}{row['segmenter']}"]
+            for key in ("tokens", "first_token", "boundaries"):
+                row[f"sllm_bits_per_byte_{key}"] = fmean(e[f"bits_per_byte_{key}"] for e in extras)
+            row["splitter_teacher_f1"] = splitter_teacher_f1(row["segmenter"], row["domain"], arts.seeds)
 
         # ---- intervals: one paired bootstrap per domain over models and floors
         quality: dict[str, Any] = {}
@@ -537,9 +545,9 @@ def _note(notes: list[str], text: str) -> None:
 
 def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
                 values: dict[str, dict[str, list[Any]]], score_lm: Callable[..., Any], score_sllm: Callable[..., Any],
-                device: Any) -> None:
+                device: Any, extras: dict[str, dict[str, list[Any]]] | None = None) -> None:
     """Per-document NLL of every model of one further seed folder, on the same documents,
-    appended to ``values``."""
+    appended to ``values`` (and each SLLM's bits/byte breakdown to ``extras``)."""
     from segsllm.generate import load_sllm
     from segsllm.segment import build_segmenter
 
@@ -562,16 +570,50 @@ def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
             name = f"{SLLM_NAME}{spec}"
             res, _ = score_sllm(name, model, seg, tok, d, sweep=False)
             values[d].setdefault(name, []).append(res.doc_nats)
+            if extras is not None:
+                extras[d].setdefault(name, []).append(res.extra)
         del model
+
+
+def learned_folder(spec: str) -> Path | None:
+    """The splitter folder a ``learned:DIR`` / ``learned:path=DIR,...`` spec names; None for
+    any other segmenter."""
+    from segsllm.segment.spec import parse_args
+
+    name, _, rest = spec.partition(":")
+    if name.strip().lower() != "learned":
+        return None
+    positional, kwargs = parse_args(rest, spec)
+    folder = kwargs.get("path", positional)
+    return Path(folder.rstrip("/")) if folder else None
 
 
 def seed_segmenter(spec: str, seed_dir: Path) -> str:
     """The spec as this seed trained it: a ``learned:`` splitter is the one in ``seed_dir``
     (each seed trains its own), rule segmenters are the same in every seed."""
-    name, _, rest = spec.partition(":")
-    if name.strip().lower() != "learned":
-        return spec
-    return f"learned:{seed_dir / Path(rest.rstrip('/')).name}"
+    folder = learned_folder(spec)
+    return spec if folder is None else f"learned:{seed_dir / folder.name}"
+
+
+def splitter_teacher_f1(spec: str, domain: str, seed_dirs: Sequence[Path] = ()) -> float:
+    """Boundary F1 of a learned segmenter against its teacher's labels on ``domain``'s
+    validation chunks (its ``metrics.json``), the mean over the first seed's splitter and
+    each further seed's own; NaN for a rule segmenter or a splitter that records none."""
+    first = learned_folder(spec)
+    if first is None:
+        return math.nan
+    folders = [first, *(Path(d) / first.name for d in seed_dirs)]
+    values = []
+    for folder in folders:
+        try:
+            final = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("final", {})
+        except (OSError, ValueError):
+            return math.nan
+        value = (final.get(domain) or {}).get("teacher_f1")
+        if value is None:
+            return math.nan
+        values.append(float(value))
+    return fmean(values)
 
 
 def _budgets(from_dir: str | None) -> dict[str, Any]:

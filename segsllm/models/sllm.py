@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -41,6 +41,15 @@ from segsllm.models.vae import IGNORE_INDEX, SentenceVAE, lengths_to_mask
 
 KIND = "sllm"
 DECODE_CHUNK = 8192  # decoder positions per teacher-forced chunk (see SLLM.decode_nll)
+
+
+class DecodedNLL(NamedTuple):
+    """Teacher-forced decoder NLL of N segments (nats): where a segment's bits go."""
+
+    seg: torch.Tensor  # (N,) its tokens + its EOS
+    eos: torch.Tensor  # (N,) the EOS alone
+    first: torch.Tensor  # (N,) its first token alone (decoded from the latent, no token context)
+    correct: torch.Tensor  # () argmax-correct targets
 
 
 def _projection(kind: str, d_in: int, d_out: int, hidden: int | None) -> nn.Module:
@@ -170,13 +179,14 @@ class SLLM(nn.Module):
         ids (B, S, T), lengths (B, S) (0 = padded slot; real segments form a prefix),
         is_last (B,) (default: every window ends its document). Returns tensors: ``loss``
         (carries the graph) and detached sums — ``nll_tokens`` (segment tokens),
-        ``nll_seg_eos`` (each segment's EOS), ``nll_stop`` (stop decisions), ``n_tokens``,
+        ``nll_first`` (each segment's first token), ``nll_seg_eos`` (each segment's EOS), ``nll_stop`` (stop decisions), ``n_tokens``,
         ``n_segments``, ``n_targets`` (decoder targets = tokens + one EOS per segment),
         ``n_stop``, ``n_docs`` (windows that end a document), ``n_correct`` (argmax-correct
         decoder targets), ``stop_correct``, ``ps_ce_sum``/``ps_count`` (the paper-style
         per-segment mean CE, each window's first segment excluded). With ``return_details``
         also ``seg_nll`` (B, S) (decoder NLL per segment, incl. its EOS), ``seg_eos_nll`` (B, S)
-        (the EOS's share of it), ``stop_logits`` and ``stop_nll`` (B, S+1) (0 where no decision is scored) and ``hidden`` (B, S+1, H).
+        (the EOS's share of it), ``seg_first_nll`` (B, S) (its first token's share: the token
+        decoded from the predicted latent alone), ``stop_logits`` and ``stop_nll`` (B, S+1) (0 where no decision is scored) and ``hidden`` (B, S+1, H).
         """
         B, S, _ = ids.shape  # (B, S, T)
         dev = ids.device
@@ -201,7 +211,8 @@ class SLLM(nn.Module):
 
         # 3. h_{k-1} -> latent -> decoder, teacher-forced on s_k (targets: tokens then EOS).
         latent = self.predict_latent(h[:, :S][seg_mask])  # (N, D)
-        seg_nll, eos_nll, n_correct = self.decode_nll(flat_ids, flat_len, latent)  # (N,), (N,), ()
+        dec = self.decode_nll(flat_ids, flat_len, latent)
+        seg_nll, eos_nll, n_correct = dec.seg, dec.eos, dec.correct  # (N,), (N,), ()
 
         # 4. Stop decisions: position k < n continues (0); position n stops (1) if the
         # document ends in this window, else it is not scored (the next window decides).
@@ -228,6 +239,7 @@ class SLLM(nn.Module):
                 "loss": loss,
                 "nll_tokens": (seg_nll - eos_nll).sum().detach(),
                 "nll_seg_eos": eos_nll.sum().detach(),
+                "nll_first": dec.first.sum().detach(),
                 "nll_stop": stop_nll.sum().detach(),
                 "n_tokens": flat_len.sum(),
                 "n_segments": n_seg.sum(),
@@ -244,15 +256,17 @@ class SLLM(nn.Module):
             grid_nll[seg_mask] = seg_nll
             grid_eos = seg_nll.new_zeros(B, S)
             grid_eos[seg_mask] = eos_nll
-            out.update(seg_nll=grid_nll, seg_eos_nll=grid_eos, stop_logits=stop_logit, stop_nll=stop_nll, hidden=h)
+            grid_first = seg_nll.new_zeros(B, S)
+            grid_first[seg_mask] = dec.first
+            out.update(seg_nll=grid_nll, seg_eos_nll=grid_eos, seg_first_nll=grid_first, stop_logits=stop_logit, stop_nll=stop_nll, hidden=h)
         return out
 
     def decode_nll(self, ids: torch.Tensor, lengths: torch.Tensor,
-                   latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   latent: torch.Tensor) -> DecodedNLL:
         """Teacher-forced decoder NLL of segments (N, T) given their latents (N, D).
 
-        Returns per segment the NLL summed over its tokens and EOS (N,), the EOS's NLL (N,),
-        and the number of argmax-correct targets. Segments are decoded in length-sorted
+        Returns (:class:`DecodedNLL`) per segment the NLL summed over its tokens and EOS (N,),
+        the EOS's NLL (N,), the first token's NLL (N,) and the number of argmax-correct targets. Segments are decoded in length-sorted
         chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
         longest segment (prose segments beside 2-token CSV cells would otherwise multiply
         the (positions x vocabulary) logits several times over) and memory stays bounded.
@@ -267,7 +281,7 @@ class SLLM(nn.Module):
                 bounds.append((start, i))
                 start = i
         bounds.append((start, N))
-        seg_parts, eos_parts, correct = [], [], ids.new_zeros(())
+        seg_parts, eos_parts, first_parts, correct = [], [], [], ids.new_zeros(())
         for a, b in bounds:
             idx = order[a:b]
             T = sorted_len[b - 1]  # longest segment of the chunk
@@ -279,10 +293,12 @@ class SLLM(nn.Module):
                                   ignore_index=IGNORE_INDEX, reduction="none").view(n, T1)  # (n, T+1)
             seg_parts.append(nll.sum(1))
             eos_parts.append(nll[torch.arange(n, device=nll.device), L])
+            first_parts.append(nll[:, 0])  # every segment has >= 1 token: target 0 is its first
             with torch.no_grad():
                 correct = correct + ((logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)).sum()
         inverse = torch.argsort(order)  # back to the input order
-        return torch.cat(seg_parts)[inverse], torch.cat(eos_parts)[inverse], correct
+        return DecodedNLL(torch.cat(seg_parts)[inverse], torch.cat(eos_parts)[inverse],
+                          torch.cat(first_parts)[inverse], correct)
 
     # ---------------------------------------------------------------- save / load
 

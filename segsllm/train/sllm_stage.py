@@ -13,7 +13,8 @@ Metrics (docs/DESIGN.md §7), per domain on the validation split:
   (``-log p(continue)`` after each segment but the last — and before the first —, ``-log p(stop)``
   after the last). Split into ``bits_per_byte_tokens`` (segment tokens) and
   ``bits_per_byte_boundaries`` (segment EOS + stop decisions: what knowing where segments
-  and documents end costs).
+  and documents end costs); ``bits_per_byte_first_token`` is the part of the tokens' share
+  spent on each segment's first token, the one decoded from the predicted latent alone.
 - ``token_perplexity`` = exp(that same NLL / (document tokens + 1 per document)). The
   denominator is the token count of ``train-lm``'s baseline, which scores each document's
   tokens and its final EOS: both perplexities divide the NLL of the same text by the same
@@ -47,7 +48,7 @@ from segsllm.errors import ArtifactError, ConfigError
 from segsllm.train import stage
 
 KIND = "sllm"
-SUMMED = ("nll_tokens", "nll_seg_eos", "nll_stop", "n_tokens", "n_segments", "n_targets", "n_stop",
+SUMMED = ("nll_tokens", "nll_first", "nll_seg_eos", "nll_stop", "n_tokens", "n_segments", "n_targets", "n_stop",
           "n_docs", "n_correct", "stop_correct", "ps_ce_sum", "ps_count")
 
 
@@ -95,6 +96,7 @@ def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
         "bits_per_byte": bits_per_byte(nll, n_bytes),
         "bits_per_byte_tokens": bits_per_byte(g("nll_tokens", 0.0), n_bytes),
         "bits_per_byte_boundaries": bits_per_byte(g("nll_seg_eos", 0.0) + g("nll_stop", 0.0), n_bytes),
+        "bits_per_byte_first_token": bits_per_byte(g("nll_first", 0.0), n_bytes),
         "token_perplexity": token_perplexity(nll, int(g("n_tokens", 0.0) + g("n_docs", 0.0))),
         "paper_style_perplexity": math.exp(min(g("ps_ce_sum", 0.0) / ps_count, 700.0)) if ps_count else math.nan,
         "decoder_token_accuracy": g("n_correct", 0.0) / max(g("n_targets", 0.0), 1.0),
