@@ -135,6 +135,23 @@ def test_random_span_segmenter_conforms():
     assert list(old.segment(ids)) == list(seg.segment(ids))
 
 
+def test_random_span_control_keeps_its_lengths_in_range():
+    """min_len..max_len: a content-blind control as long and as irregular as a learned splitter;
+    the default's spec (folder names, cache keys) is unchanged."""
+    from segsllm.segment import SegmenterError, build_segmenter
+    from segsllm.segment.testing import check_segmenter
+
+    seg = build_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:min_len=13,max_len=19", max_len=48)
+    assert "min_len=13,max_len=19" in seg.spec() and build_segmenter(seg.spec()).min_len == 13
+    check_segmenter(seg, max_examples=15)
+    lengths = np.diff(np.concatenate([[0], seg.segment(list(range(5000)))]))
+    assert lengths[:-1].min() == 13 and lengths.max() == 19 and 15.5 < lengths.mean() < 16.5
+    plain = build_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:max_len=5")
+    assert plain.spec().endswith(":RandomSpanSegmenter:max_len=5,seed=0")
+    with pytest.raises(SegmenterError, match="min_len"):
+        build_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:min_len=9,max_len=5")
+
+
 def test_teacher_building_errors(tokenizer, tmp_path):
     from segsllm.errors import ArtifactError, ConfigError
     from segsllm.train.teachers import build_teacher
