@@ -109,6 +109,18 @@ def test_layout_seeds_matched_and_budgets(tmp_path):
         f"learned:{seed1 / 'splitter-sllm'}"
 
 
+def test_costs_by_length_merge_seeds_by_length():
+    from segsllm.bench.quality import costs_by_length
+
+    seed0 = {"nats": [0.0, 2.0, 0.0, 9.0], "segments": [0, 1, 0, 2]}  # one 1-token, two 3-token segments
+    seed1 = {"nats": [0.0, 4.0], "segments": [0, 3]}  # three 1-token segments
+    got = costs_by_length([seed0, seed1])
+    assert got["length"] == [1, 3] and got["segments"] == [4, 2]
+    assert got["nats_per_segment"] == pytest.approx([1.5, 4.5])
+    assert got["bits_per_token"] == pytest.approx([1.5 / math.log(2), 4.5 / (3 * math.log(2))])
+    assert costs_by_length([]) == {"length": [], "segments": [], "nats_per_segment": [], "bits_per_token": []}
+
+
 def test_teacher_f1_is_the_mean_over_the_seeds_own_splitters(tmp_path):
     """A learned row's fidelity reads each seed's splitter metrics; rules and gaps are NaN."""
     from segsllm.bench.run import splitter_teacher_f1
@@ -372,6 +384,13 @@ def test_floors_matched_lm_seeds_and_sweep_in_the_results(tiny_data_dir, pipelin
         pytest.approx(row["sllm_bits_per_byte"], rel=1e-9)
     assert 0 < row["sllm_bits_per_byte_first_token"] < row["sllm_bits_per_byte_tokens"]
     assert math.isnan(row["splitter_teacher_f1"])  # a rule segmenter has no teacher
+    # What a segment of each length costs: every scored segment of both seeds, once; its
+    # nats are the tokens + EOS, i.e. between the tokens' share and the whole NLL.
+    costs = qd["segment_costs"]["punctuation"]
+    assert sum(costs["segments"]) == 2 * row["segments"] and min(costs["length"]) >= 1
+    seg_bits = sum(n * c for n, c in zip(costs["segments"], costs["nats_per_segment"], strict=True)) / math.log(2)
+    assert row["sllm_bits_per_byte_tokens"] < seg_bits / (2 * qd["bytes"]) < row["sllm_bits_per_byte"]
+    assert (tmp_path / "out" / "segment_costs.png").read_bytes()[:4] == b"\x89PNG"
     # Two seeds (identical copies): mean ± sd with sd 0; budgets in tokens.
     assert qd["n_seeds"] == 2 and qd["models"]["sllm:punctuation"]["seeds"] == {
         "mean": pytest.approx(row["sllm_bits_per_byte"]), "sd": 0.0, "n": 2}

@@ -15,14 +15,16 @@ Both models see the same token context ``C`` (:mod:`segsllm.bench.context`):
   teacher-forced (:meth:`segsllm.models.sllm.SLLM.forward`), earlier segments carried as
   context; NLL over every scored segment's tokens and EOS plus its stop decision (and the
   document's final stop). ``extra`` splits it: segment tokens (of which each segment's first
-  token, decoded from the predicted latent alone) and boundaries (EOS + stop). Token perplexity divides by document tokens + 1 per document, the
+  token, decoded from the predicted latent alone) and boundaries (EOS + stop); and
+  ``cost_by_length`` sums each scored segment's NLL (tokens + EOS) and counts the segments
+  by segment length: what a segment of each length costs this SLLM. Token perplexity divides by document tokens + 1 per document, the
   LM's denominator; the paper-style perplexity is reported for comparison only.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,6 +283,8 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
     D = docs.n_docs
     doc_nats = np.zeros(D, dtype=np.float64)  # (D,)
     parts = dict.fromkeys(("tokens", "first", "seg_eos", "stop", "ps_ce", "ps_n"), 0.0)
+    width = int(np.asarray(table.lengths).max(initial=0)) + 1
+    len_nats, len_count = np.zeros(width), np.zeros(width, dtype=np.int64)  # by segment length
     pad = model.vae.config.pad_id
     dev = torch.device(device)
     was_training = model.training
@@ -305,6 +309,9 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                     parts["first"] += first_nll[r, o:k].sum()
                     parts["seg_eos"] += eos_nll[r, o:k].sum()
                     parts["stop"] += stop
+                    scored_len = np.asarray(it["lengths"][o:k], dtype=np.int64)
+                    len_nats += np.bincount(scored_len, weights=seg, minlength=width)
+                    len_count += np.bincount(scored_len, minlength=width)
                     mean_ce = seg / (np.asarray(it["lengths"][o:k]) + 1.0)  # paper-style: per-segment mean CE
                     if it["is_first"] and o == 0:
                         mean_ce = mean_ce[1:]  # each document's first segment excluded
@@ -322,9 +329,25 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
         extra={"bits_per_byte_tokens": bits_per_byte(parts["tokens"], docs.total_bytes),
                "bits_per_byte_first_token": bits_per_byte(parts["first"], docs.total_bytes),
                "bits_per_byte_boundaries": bits_per_byte(parts["seg_eos"] + parts["stop"], docs.total_bytes),
+               "cost_by_length": {"nats": len_nats.tolist(), "segments": len_count.tolist()},
                "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0),
                "max_window_segments": max((len(it["lengths"]) for it in items), default=0)},
     )
+
+
+def costs_by_length(parts: Sequence[Mapping[str, Sequence[float]]]) -> dict[str, list[float]]:
+    """Merge :func:`score_sllm`'s ``cost_by_length`` of one SLLM over seeds: for each segment
+    length that occurs, the segments scored, their mean NLL (nats, tokens + EOS) and bits per
+    token (that NLL over ln 2 x length)."""
+    width = max((len(p["segments"]) for p in parts), default=0)
+    nats, count = np.zeros(width), np.zeros(width)
+    for p in parts:
+        nats[: len(p["nats"])] += np.asarray(p["nats"], dtype=np.float64)
+        count[: len(p["segments"])] += np.asarray(p["segments"], dtype=np.float64)
+    length = np.flatnonzero(count)
+    per_segment = nats[length] / count[length]
+    return {"length": length.tolist(), "segments": count[length].astype(int).tolist(),
+            "nats_per_segment": per_segment.tolist(), "bits_per_token": (per_segment / (math.log(2) * length)).tolist()}
 
 
 def check_same_bytes(results: list[QualityResult]) -> None:
@@ -374,5 +397,5 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
     return hits / len(refs), len(refs)
 
 
-__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "lm_context_limit", "score_lm", "score_sllm",
+__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "costs_by_length", "lm_context_limit", "score_lm", "score_sllm",
            "scored_documents", "sllm_table", "sllm_windows", "subset", "trained_context", "vae_exact_match"]

@@ -85,6 +85,9 @@ DEFINITIONS = {
                                       "sllm_bits_per_byte_tokens + sllm_bits_per_byte_boundaries (each segment's "
                                       "EOS + the stop decisions); _first_token is the part of _tokens spent on each "
                                       "segment's first token, the one decoded from the predicted latent alone",
+    "segment_costs": "quality.<domain>.segment_costs.<segmenter>: for every segment length on the test set, the "
+                     "segments scored (all seeds), their mean SLLM NLL in nats (tokens + EOS) and bits per token; "
+                     "segment_costs.png draws bits per token against length",
     "splitter_teacher_f1": "learned segmenters: boundary F1 of the deployed splitter (batch decode) against its "
                            "teacher's labels on validation chunks, from the splitter's metrics.json, mean over "
                            "seeds: how much of what the teacher chose the cheap segmenter reproduces",
@@ -532,6 +535,35 @@ def plot_context(result: Any, path: Path) -> Path | None:
     return _save_figure(fig, "Quality vs token context; compressor floors (whole set) as grey lines", path)
 
 
+SEGMENT_COST_MIN = 20  # fewer segments of a length than this: too noisy a point to draw
+
+
+def plot_segment_costs(result: Any, path: Path) -> Path | None:
+    """Bits per token vs segment length, a panel per domain, a line per SLLM (lengths with at
+    least :data:`SEGMENT_COST_MIN` scored segments, over every seed); None when no SLLM was
+    scored. Where a segmenter's lengths fall on this curve is much of its bits/byte."""
+    groups = {d: q["segment_costs"] for d, q in (getattr(result, "quality", None) or {}).items()
+              if q.get("segment_costs")}
+    if not groups:
+        return None
+    plt = _plt()
+    colors = _colors(result)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.2), squeeze=False)
+    for ax, (domain, costs) in zip(axes[0], groups.items(), strict=True):
+        for spec, c in costs.items():
+            keep = [i for i, n in enumerate(c["segments"]) if n >= SEGMENT_COST_MIN]
+            if keep:
+                ax.plot([c["length"][i] for i in keep], [c["bits_per_token"][i] for i in keep], marker="o",
+                        ms=3, color=colors.get(spec), label=f"sllm:{_short(spec)}")
+        ax.set_title(domain)
+        ax.set_xlabel("segment length (tokens)")
+        ax.set_ylabel("SLLM bits per token of that segment (incl. EOS)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    return _save_figure(fig, f"What a segment costs by its length (lengths with >= {SEGMENT_COST_MIN} test segments)",
+                        path)
+
+
 def _plot_label(name: str) -> str:
     if name == "baseline":
         return "token LM"
@@ -607,12 +639,12 @@ def write_outputs(result: Any, out_dir: str | Path, plots: bool = True) -> dict[
     }
     if plots:
         for name, fn in (("speed_quality.png", plot_speed_quality), ("context.png", plot_context),
-                         ("memory.png", plot_memory)):
+                         ("memory.png", plot_memory), ("segment_costs.png", plot_segment_costs)):
             got = fn(result, out / name)
             if got is not None:
                 files[name] = got
     return files
 
 
-__all__ = ["DEFINITIONS", "markdown", "plot_context", "plot_memory", "plot_speed_quality", "quality_markdown",
+__all__ = ["DEFINITIONS", "markdown", "plot_context", "plot_memory", "plot_segment_costs", "plot_speed_quality", "quality_markdown",
            "rich_table", "sweep_markdown", "write_outputs"]

@@ -489,6 +489,9 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             sweep[d] = {str(c): sweep_point(swept[d][c], bcfg.bootstrap_resamples, bcfg.level, cfg.run.seed)
                         for c in sweep_cs if swept[d][c]}
             quality[d]["sweep_docs"] = {"n_docs": sweep_docs[d].n_docs, "bytes": sweep_docs[d].total_bytes}
+            quality[d]["segment_costs"] = {  # what a segment of each length costs each SLLM, all seeds
+                spec: q.costs_by_length([e["cost_by_length"] for e in seed_extra[d][f"{SLLM_NAME}{spec}"]])
+                for spec in segmenters if f"{SLLM_NAME}{spec}" in seed_extra[d]}
             for row in rows:
                 if row["domain"] == d:
                     _interval_columns(row, quality[d])
