@@ -70,7 +70,9 @@ STAGE_SECTIONS = {
 
 def _stage_key(cfg: Any, kind: str, upstream: list[str]) -> str:
     """Hash of the config sections the stage reads (plus seed and device) and upstream keys."""
-    resolved = dataclasses.asdict(cfg)
+    from segsllm.config.root import key_dict
+
+    resolved = key_dict(cfg)
     sections = STAGE_SECTIONS.get(kind, tuple(k for k in resolved if k not in ("run", "pipeline")))
     picked = {k: resolved[k] for k in sections}
     picked["run"] = {k: resolved["run"][k] for k in ("seed", "device", "out")}

@@ -298,3 +298,20 @@ def test_a_folder_or_file_named_like_a_preset_does_not_shadow_it(tmp_path, monke
     assert load_config("sub/conf").train.steps == 9  # so is a path with a separator
     with pytest.raises(ConfigError, match=r"config file not found: other\.yml"):
         resolve_preset("other.yml")
+
+
+def test_a_merge_only_student_decodes_where_its_teacher_could_cut():
+    """splitter.sllm_cut_at reaches the predictor of an sllm-taught student (and no other),
+    and cannot be set on the predictor by hand."""
+    from segsllm.config.splitter import BoundaryPredictorConfig, SplitterConfig
+    from segsllm.errors import ConfigError
+
+    def derived(**kw):
+        return SplitterConfig(**kw).validate().predictor_config(vocab_size=64, pad_id=0, max_len=48, target_len=16,
+                                                                decode="viterbi")
+
+    assert derived(teacher="sllm", sllm_cut_at="fixed:k=16").cut_at == "fixed:k=16"
+    assert derived(teacher="sllm").cut_at is None
+    assert derived(teacher="entropy", sllm_cut_at="punctuation").cut_at is None
+    with pytest.raises(ConfigError, match=r"predictor\.cut_at is not a setting"):
+        SplitterConfig(predictor=BoundaryPredictorConfig(cut_at="lines")).validate()

@@ -99,6 +99,46 @@ def test_streaming_mode_depends_only_on_tokens_up_to_t_plus_lookahead(splitter_d
     assert_causal(seg, _docs(tokenizer), seg.lookahead)
 
 
+@pytest.fixture(scope="module")
+def fixed_merge_dir(splitter_dir, tokenizer, tmp_path_factory):
+    """The same predictor, allowed to cut only where fixed:k=3 cuts (config.cut_at)."""
+    from segsllm.models.loading import load_artifact
+
+    model = load_artifact("boundary_predictor", str(splitter_dir)).model
+    model.config = dataclasses.replace(model.config, cut_at="fixed:k=3")
+    out = tmp_path_factory.mktemp("splitter-cut-at")
+    model.save_pretrained(out, tokenizer=tokenizer)
+    return out
+
+
+@pytest.mark.parametrize("extra", ["", ",decode=threshold", ",mode=stream"])
+def test_a_cut_at_splitter_cuts_only_where_its_rule_does(fixed_merge_dir, splitter_dir, tokenizer, extra):
+    """Every cut is a multiple of 3 (or the document's end); the rule forbids, it does not add."""
+    from segsllm.segment import build_segmenter
+    from segsllm.segment.testing import check_segmenter
+
+    seg = build_segmenter(f"learned:{fixed_merge_dir}{extra}", tokenizer=tokenizer)
+    free = build_segmenter(f"learned:{splitter_dir}{extra}", tokenizer=tokenizer)
+    check_segmenter(seg, max_examples=10)
+    n_cut = n_free = 0
+    for ids, ends, other in zip(_docs(tokenizer), seg.segment_batch(_docs(tokenizer)),
+                                free.segment_batch(_docs(tokenizer)), strict=True):
+        inner = ends[:-1]
+        assert np.all(inner % 3 == 0), inner
+        assert ends[-1] == len(ids)
+        n_cut, n_free = n_cut + len(ends), n_free + len(other)
+        if extra:  # threshold decoding: the free splitter's cuts at multiples of 3 all stay
+            assert {e for e in other[:-1].tolist() if e % 3 == 0} <= set(inner.tolist())
+    assert 0 < n_cut < n_free
+
+
+def test_a_cut_at_splitter_streams_causally(fixed_merge_dir, tokenizer):
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(f"learned:{fixed_merge_dir},mode=stream", tokenizer=tokenizer)
+    assert_causal(seg, _docs(tokenizer), seg.lookahead)
+
+
 def test_causality_check_fails_when_the_lookahead_is_violated(splitter_dir, tokenizer):
     """The check is not vacuous: claiming one token less lookahead than the model has fails."""
     from segsllm.segment import build_segmenter

@@ -258,3 +258,20 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         fixed = stages[f"seed-{seed}/splitter-sllm-fixed"].cfg.splitter
         assert fixed.em_init == "fixed:k=16" and fixed.predictor.prior_shape == 32
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
+
+
+def test_an_option_at_its_neutral_value_leaves_stage_keys_alone(monkeypatch):
+    """splitter.predictor.cut_at arrived after runs were published: at None it is not hashed
+    (those runs' finished splitters stay valid); set, it changes the key."""
+    import dataclasses
+
+    from segsllm import pipeline
+    from segsllm.config import load_config, root
+
+    cfg = load_config("smoke", [], stage="splitter")
+    key = pipeline._stage_key(cfg, "splitter", [])
+    set_cut = dataclasses.replace(cfg, splitter=dataclasses.replace(
+        cfg.splitter, predictor=dataclasses.replace(cfg.splitter.predictor, cut_at="fixed:k=16")))
+    assert pipeline._stage_key(set_cut, "splitter", []) != key
+    monkeypatch.setattr(root, "KEY_NEUTRAL", {})
+    assert pipeline._stage_key(cfg, "splitter", []) != key  # so at None the field was left out

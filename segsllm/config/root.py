@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from segsllm.config.backbone import BackboneConfig
 from segsllm.config.bench import BenchConfig
@@ -54,3 +55,21 @@ def _qualified(name: str, section: object, message: str) -> str:
     if first in {f.name for f in fields(section)}:  # type: ignore[arg-type]
         return f"{name}.{message}"
     return message
+
+
+# Options added after runs were published, left out of every cache key at their neutral
+# value so that those runs' finished stages stay valid: (section, ..., field) -> value.
+KEY_NEUTRAL: dict[tuple[str, ...], Any] = {("splitter", "predictor", "cut_at"): None}
+
+
+def key_dict(cfg: Config) -> dict[str, Any]:
+    """``cfg`` as a dict for hashing into a cache key (pipeline stages, EM rounds): every
+    field, except the :data:`KEY_NEUTRAL` ones that hold their neutral value."""
+    resolved = asdict(cfg)
+    for (*where, name), neutral in KEY_NEUTRAL.items():
+        node: Any = resolved
+        for part in where:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node and node[name] == neutral:
+            del node[name]
+    return resolved

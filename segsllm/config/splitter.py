@@ -49,6 +49,9 @@ class BoundaryPredictorConfig:
     viterbi_penalty: float = 0.0  # per-segment cost of the Viterbi search (calibrated)
     prior_weight: float = 1.0  # weight of the log length prior in the Viterbi search
     prior_shape: float = 2.0  # Gamma shape of the length prior (larger = more peaked)
+    # A rule segmenter spec: the predictor may cut only where that rule cuts (the splitter's
+    # teacher could only cut there: splitter.sllm_cut_at); None: anywhere.
+    cut_at: str | None = None
 
     @property
     def left_context(self) -> int:
@@ -194,9 +197,11 @@ class SplitterConfig:
 
     def predictor_config(self, *, vocab_size: int, pad_id: int, max_len: int, target_len: float,
                          decode: str) -> BoundaryPredictorConfig:
-        """``predictor`` with the fields the stage derives filled in, validated."""
+        """``predictor`` with the fields the stage derives filled in, validated. A student of
+        merge-only labels (the ``sllm`` teacher with ``sllm_cut_at``) cuts where they could."""
+        cut_at = self.sllm_cut_at if self.teacher == "sllm" else None
         return replace(self.predictor, vocab_size=vocab_size, pad_id=pad_id, max_len=max_len,
-                       target_len=float(target_len), decode=decode).validate()
+                       target_len=float(target_len), decode=decode, cut_at=cut_at).validate()
 
 
 # Predictor fields that train-splitter derives, and from what.
@@ -207,4 +212,5 @@ DERIVED = {
     "target_len": "splitter.target_len",
     "threshold": "the calibration",
     "viterbi_penalty": "the calibration",
+    "cut_at": "splitter.sllm_cut_at",
 }

@@ -69,6 +69,21 @@ def ends_from_cuts(cut: np.ndarray, sizes: np.ndarray, max_len: int) -> list[np.
     return [ends[a:b] - s for a, b, s in zip(lo.tolist(), hi.tolist(), starts.tolist(), strict=True)]
 
 
+def rule_cuts(rule: Segmenter, docs: Sequence[Any]) -> list[np.ndarray]:
+    """(n,) bool per document: ``True`` after the tokens where ``rule`` ends a segment."""
+    out = []
+    for ids, ends in zip(docs, rule.segment_batch([as_ids(d) for d in docs]), strict=True):
+        allowed = np.zeros(len(as_ids(ids)), dtype=bool)
+        allowed[np.asarray(ends, dtype=np.int64) - 1] = True
+        out.append(allowed)
+    return out
+
+
+def mask_logits(logits: Sequence[np.ndarray], allowed: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Logits with ``-inf`` wherever a cut is not ``allowed``: neither decode cuts there."""
+    return [np.where(a, z, -np.inf).astype(np.float32) for z, a in zip(logits, allowed, strict=True)]
+
+
 def threshold_decode(logits: Sequence[np.ndarray], threshold: float, max_len: int) -> list[np.ndarray]:
     """Cut where logit > ``threshold``, then split segments longer than ``max_len``."""
     if not len(logits):
@@ -244,6 +259,15 @@ class LearnedSegmenter(Segmenter):
         self.tokenizer = _folder_tokenizer(self.path)
         self._fingerprint = self.model.manifest.get("tokenizer_fingerprint")
         self._log_prior = length_prior(cfg.target_len, self.max_len, cfg.prior_shape)
+        self._rule = self._build_rule()
+
+    def _build_rule(self) -> Segmenter | None:
+        """The rule whose boundaries are the only allowed cuts (``config.cut_at``), if any."""
+        if not getattr(self.config, "cut_at", None):
+            return None
+        from segsllm.segment.registry import build_segmenter
+
+        return build_segmenter(self.config.cut_at, tokenizer=self.tokenizer, max_len=self.max_len)
 
     # ---- description: keep specs short (only what differs from the folder's defaults)
 
@@ -291,12 +315,18 @@ class LearnedSegmenter(Segmenter):
                 f"given {given}); use the tokenizer it was trained with"
             )
         self.tokenizer = tokenizer
+        self._rule = self._build_rule()
         return self
 
     # ---- segmentation
 
     def logits(self, docs: Sequence[Any]) -> list[np.ndarray]:
-        """Boundary logits (float32) of each document; ids are checked against the vocabulary."""
+        """Boundary logits (float32) of each document, ``-inf`` where ``config.cut_at`` does not cut."""
+        raw = self.raw_logits(docs)
+        return raw if self._rule is None else mask_logits(raw, rule_cuts(self._rule, docs))
+
+    def raw_logits(self, docs: Sequence[Any]) -> list[np.ndarray]:
+        """The predictor's boundary logits (float32); ids are checked against the vocabulary."""
         arrays = [as_ids(d) for d in docs]
         vocab = self.config.vocab_size
         for a in arrays:
@@ -349,6 +379,7 @@ class StreamingSplitter:
         self.max_len = segmenter.max_len
         self.buffer = EMPTY  # the last tokens: [buffer_start, n)
         self.buffer_start = 0
+        self.history: list[np.ndarray] | None = [] if segmenter._rule is not None else None  # every token (cut_at)
         self.n = 0  # tokens received
         self.decided = 0  # tokens whose "cut after" decision is final
         self.last_end = 0  # end offset of the last committed segment
@@ -360,7 +391,14 @@ class StreamingSplitter:
             return EMPTY
         lo = max(self.decided - self.left, self.buffer_start)
         window = self.buffer[lo - self.buffer_start :]
-        z = self.seg.logits([window])[0][self.decided - lo : upto - lo]
+        z = self.seg.raw_logits([window])[0][self.decided - lo : upto - lo]
+        if self.history is not None:  # the rule's cuts over the whole stream (its phase counts from 0)
+            self.history = [np.concatenate(self.history)] if len(self.history) > 1 else self.history
+            seen = self.history[0][: self.n]
+            # One token more (a copy of the last): the rule's cut after token n-1 is its own
+            # decision, not the forced end of a document that has not ended (rules are causal).
+            allowed = rule_cuts(self.seg._rule, [np.append(seen, seen[-1:])])[0][self.decided : upto]
+            z = np.where(allowed, z, -np.inf)
         ends = []
         for t, zt in enumerate(z.tolist(), start=self.decided):
             if zt > self.tau or (t + 1) - self.last_end >= self.max_len or (at_end and t == self.n - 1):
@@ -380,6 +418,8 @@ class StreamingSplitter:
         if arr.size == 0:
             return EMPTY
         self.buffer = np.concatenate([self.buffer, arr])
+        if self.history is not None:
+            self.history.append(arr)
         self.n += arr.size
         return self._decide(self.n - self.la, at_end=False)
 
@@ -424,7 +464,9 @@ __all__ = [
     "bisect_parameter",
     "ends_from_cuts",
     "length_prior",
+    "mask_logits",
     "mean_length",
+    "rule_cuts",
     "threshold_decode",
     "viterbi_decode",
 ]

@@ -90,7 +90,9 @@ def em_key(cfg: Any) -> str:
     the seed): finished round folders are reused only under the same key."""
     import hashlib
 
-    d = dataclasses.asdict(cfg)
+    from segsllm.config.root import key_dict
+
+    d = key_dict(cfg)
     picked = {k: v for k, v in d.items() if k not in ("run", "pipeline", "bench")}
     picked["seed"] = d["run"]["seed"]
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()[:16]

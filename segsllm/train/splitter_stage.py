@@ -148,6 +148,9 @@ def calibrate(seg: Any, logits: Mapping[str, Sequence[np.ndarray]], target_len: 
 
     cfg = seg.config
     flat = np.concatenate([z for zs in logits.values() for z in zs])
+    flat = flat[np.isfinite(flat)]  # -inf: a cut the rule of cut_at forbids
+    if not flat.size:
+        flat = np.zeros(1, dtype=np.float32)
 
     def threshold_mean(tau: float) -> float:
         return balanced_mean({d: mean_length(threshold_decode(zs, tau, seg.max_len)) for d, zs in logits.items()})
@@ -278,13 +281,21 @@ def _splitter_lineage(cfg: Any, teacher: Any, labels: Mapping[str, Any], max_spa
 
 
 def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.ndarray]], calibration_tokens: int,
-                     max_len: int, target: float) -> dict[str, Any]:
-    """Calibrate the length control on the validation documents and set it in ``model.config``."""
+                     max_len: int, target: float, tokenizer: Any) -> dict[str, Any]:
+    """Calibrate the length control on the validation documents and set it in ``model.config``
+    (on the logits the segmenter decodes: ``-inf`` where ``pcfg.cut_at`` does not cut)."""
+    from segsllm.segment.learned import mask_logits, rule_cuts
+
     calib_docs = {d: cap_tokens(v, calibration_tokens) for d, v in val_docs.items()}
     calib_docs = {d: v for d, v in calib_docs.items() if v}
     if not calib_docs:
         raise DataError("every validation split is empty: nothing to calibrate the length on")
     calib_logits = {d: model.document_logits(v) for d, v in calib_docs.items()}
+    if pcfg.cut_at:
+        from segsllm.segment import build_segmenter
+
+        rule = build_segmenter(pcfg.cut_at, tokenizer=tokenizer, max_len=max_len)
+        calib_logits = {d: mask_logits(z, rule_cuts(rule, calib_docs[d])) for d, z in calib_logits.items()}
     calibration = calibrate(_Probe(model, max_len, pcfg), calib_logits, target)
     model.config = dataclasses.replace(pcfg, threshold=float(calibration["threshold"]),
                                        viterbi_penalty=float(calibration["viterbi_penalty"])).validate()
@@ -390,7 +401,8 @@ def train_splitter(cfg: Any, *, resume: bool = False, progress: bool = True,
                        meta={"kind": KIND, "tokenizer": fingerprint, "teacher": sp.teacher, "target_len": calib_target})
         model = model.to("cpu").eval()
         say("calibrating length control on validation documents")
-        calibration = _calibrate_model(model, pcfg, docs["validation"], sp.calibration_tokens, max_len, calib_target)
+        calibration = _calibrate_model(model, pcfg, docs["validation"], sp.calibration_tokens, max_len, calib_target,
+                                       tokenizer)
         metrics: dict[str, dict[str, float]] = {}
         if is_rank_zero():
             # The folder is saved first: its metrics are measured as every command will load it.
