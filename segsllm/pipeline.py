@@ -174,10 +174,10 @@ TEACHER_VARIANTS = {
     "sllm-fixed": ("sllm", ["splitter.em_init=fixed:k=16", "splitter.predictor.prior_shape=32",
                             "splitter.target_len=16", "splitter.teacher_tokens=40000",
                             "splitter.teacher_eval_tokens=6000", "train.batch_size=8"]),
-    # Hard EM from fixed:k=16 that may only merge fixed:k=16's blocks (segments of 16, 32 or
-    # 48 tokens, 20 on average): boundaries as predictable as fixed:k=16's, fewer of them
-    # where the SLLM pays least for a longer segment. Its student decodes at multiples of 16 too.
-    "sllm-blocks": ("sllm", ["splitter.em_init=fixed:k=16", "splitter.sllm_cut_at=fixed:k=16",
+    # One round of hard EM from fixed:k=16 that may only merge fixed:k=16's blocks (segments
+    # of 16, 32 or 48 tokens, 20 on average): boundaries as predictable as fixed:k=16's, fewer
+    # of them where the SLLM pays least for a longer segment. Its student decodes at multiples of 16 too.
+    "sllm-blocks": ("sllm", ["splitter.em_init=fixed:k=16", "splitter.sllm_cut_at=fixed:k=16", "splitter.em_rounds=1",
                              "splitter.target_len=20", "splitter.teacher_tokens=40000",
                              "splitter.teacher_eval_tokens=6000", "train.batch_size=8"]),
 }

@@ -124,7 +124,7 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     from segsllm.config import load_config
     from segsllm.pipeline import plan_stages
 
-    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint,entropy-monotonic,entropy,sllm-lines,sllm-merge]",
+    sets = ["pipeline.teachers=[vae,vae-rule,sllm,joint,entropy-monotonic,entropy,sllm-lines,sllm-merge,sllm-blocks]",
             "segmenter.max_len=32"]
     base = load_config("smoke", sets, {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, "smoke", sets, tmp_path)}
@@ -150,6 +150,11 @@ def test_planner_wires_the_unbiased_and_rule_vae_teachers_and_the_sllm_teacher(t
     merge = stages["splitter-sllm-merge"].cfg.splitter  # the same, merging punctuation segments only
     assert (merge.em_init, merge.sllm_cut_at, em_lines.sllm_cut_at, sllm.cfg.splitter.sllm_cut_at) == (
         "lines", "punctuation", None, None)
+    blocks = stages["splitter-sllm-blocks"].cfg.splitter  # merging fixed:k=16's blocks, one round
+    assert (blocks.em_init, blocks.sllm_cut_at, blocks.em_rounds, blocks.target_len) == (
+        "fixed:k=16", "fixed:k=16", 1, 20)
+    derived = blocks.predictor_config(vocab_size=64, pad_id=0, max_len=48, target_len=20, decode="viterbi")
+    assert derived.cut_at == "fixed:k=16"  # its student decodes at multiples of 16 too
     names = list(stages)
     assert names.index(random_vae[0]) < names.index("splitter-vae")  # built before it is read
 
