@@ -585,3 +585,36 @@ def test_a_seed_stopped_part_way_is_left_out_of_the_intervals(tmp_path):
     complete, incomplete = complete_seeds(found, ["punctuation"])
     assert [p.name for p in complete] == ["seed-1"]
     assert [p.name for p in incomplete] == ["seed-2", "seed-3"]
+
+
+def test_segment_information_adds_up_to_what_the_models_score(tiny_data_dir, pipeline_dir):
+    """Per-token LM nats and per-segment SLLM nats are the scorers' own totals, split; the
+    profile's excess is cost minus information, binned by information."""
+    from segsllm.bench import quality as q
+    from segsllm.bench.run import load_token_lm
+    from segsllm.bench.segment_info import information_profile, segment_information
+    from segsllm.generate import load_sllm
+    from segsllm.segment import build_segmenter
+
+    docs = q.scored_documents(tiny_data_dir, "csv", "test", target_bytes=2500, min_docs=4, max_share=0.5)
+    lm, tok = load_token_lm(pipeline_dir / "lm", "cpu")
+    res = q.score_lm(lm, tok, docs, context_tokens=32, stride=16, per_token=True)
+    token_nats = res.extra["token_nats"]
+    assert [t.sum() for t in token_nats] == pytest.approx(res.doc_nats.tolist(), rel=1e-6)
+    model, stok, _ = load_sllm(pipeline_dir / "sllm-punctuation")
+    table = q.sllm_table(docs, stok, build_segmenter("punctuation", tokenizer=stok, max_len=model.vae.config.max_len))
+    sres = q.score_sllm(model, table, docs, context_tokens=32, stride=16)
+    cost, info = sres.extra["segment_nats"], segment_information(token_nats, table)
+    assert cost.min() > 0 and len(cost) == len(info) == len(table.lengths)
+    # Every segment is scored once: its tokens and its EOS, not the stop decisions.
+    seg_bits = cost.sum() / math.log(2) / docs.total_bytes
+    tokens, boundaries = sres.extra["bits_per_byte_tokens"], sres.extra["bits_per_byte_boundaries"]
+    assert tokens < seg_bits < tokens + boundaries
+    # The LM's information of all segments is its NLL of every token but the documents' EOS.
+    assert info.sum() == pytest.approx(sum(t[:-1].sum() for t in token_nats), rel=1e-6)
+    # Known answer: excess = 2 + 0.5 * info.
+    x = np.arange(1.0, 101.0)
+    p = information_profile(3 + 1.5 * x - 1, x, np.full(100, 4), bins=4)
+    assert p["slope"] == pytest.approx(0.5) and p["mean_excess"] == pytest.approx(2 + 0.5 * x.mean())
+    assert [b["segments"] for b in p["bins"]] == [25, 25, 25, 25]
+    assert p["bins"][0]["excess"] == pytest.approx(2 + 0.5 * 13.0) and p["mean_length"] == 4

@@ -71,7 +71,7 @@ class QualityResult:
     context_tokens: int
     stride_tokens: int
     paper_style_perplexity: float = math.nan  # SLLM only, "paper-style" (labelled everywhere)
-    extra: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # scorer-specific breakdowns (see each scorer)
 
     @property
     def nll_nats(self) -> float:
@@ -162,8 +162,10 @@ def lm_context_limit(model: Any) -> int | None:
 
 
 def score_lm(model: Any, tokenizer: Any, docs: EvalDocs, *, context_tokens: int, stride: int, name: str = "baseline",
-             batch_size: int = 8, device: Any = "cpu") -> QualityResult:
-    """Per-document NLL of a ``*ForCausalLM`` on ``docs``: sliding windows of ``context_tokens``."""
+             batch_size: int = 8, device: Any = "cpu", per_token: bool = False) -> QualityResult:
+    """Per-document NLL of a ``*ForCausalLM`` on ``docs``: sliding windows of ``context_tokens``.
+    With ``per_token``, ``extra["token_nats"]`` holds each document's NLL per token ((n + 1,):
+    its tokens, then its EOS)."""
     import torch
     import torch.nn.functional as F
 
@@ -191,6 +193,7 @@ def score_lm(model: Any, tokenizer: Any, docs: EvalDocs, *, context_tokens: int,
                            domain=docs.domain)
     _check_bytes(np.bincount(windows.row, weights=windows.n_bytes, minlength=docs.n_docs).astype(np.int64), docs, name)
     doc_nats = np.zeros(docs.n_docs, dtype=np.float64)  # (D,)
+    token_nats = [np.zeros(n + 1) for n in spans.lengths.tolist()] if per_token else None
     was_training = model.training
     model.eval()
     dev = torch.device(device)
@@ -204,13 +207,19 @@ def score_lm(model: Any, tokenizer: Any, docs: EvalDocs, *, context_tokens: int,
                 nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=IGNORE,
                                       reduction="none")  # (B, T)
                 np.add.at(doc_nats, windows.row[list(rows)], nll.sum(1).double().cpu().numpy())
+                if token_nats is not None:  # window w scores document positions [b, e)
+                    per = nll.double().cpu().numpy()  # (B, T)
+                    for r, w in enumerate(rows):
+                        a, b, e = int(windows.a[w]), int(windows.b[w]), int(windows.e[w])
+                        token_nats[int(windows.row[w])][b:e] = per[r, b - a : e - a]
     finally:
         model.train(was_training)
     n_tok = int(spans.lengths.sum()) + docs.n_docs
     if windows.n_targets != n_tok:  # pragma: no cover - window_bounds tiles by construction
         raise DataError(f"{docs.domain}: {name} scored {windows.n_targets} positions, expected {n_tok}")
     return QualityResult(model=name, doc_nats=doc_nats, doc_bytes=docs.doc_bytes.copy(), doc_ids=list(docs.ids),
-                         n_tokens=n_tok, context_tokens=context_tokens, stride_tokens=stride)
+                         n_tokens=n_tok, context_tokens=context_tokens, stride_tokens=stride,
+                         extra={"token_nats": token_nats} if per_token else {})
 
 
 # --------------------------------------------------------------------------- SLLM
@@ -248,7 +257,8 @@ def segmenter_tokens_per_s(segmenter: Any, table: Any, repeats: int = 3) -> floa
 def sllm_windows(table: Any, context_tokens: int, stride: int, max_segments: int | None) -> list[dict[str, Any]]:
     """Every equal-context window of ``table`` as an item for
     :func:`segsllm.data.segment_windows.collate_windows` + ``doc``, ``offset`` (first scored
-    slot) and ``tokens`` (the window's segment tokens, at most ``context_tokens``)."""
+    slot), ``tokens`` (the window's segment tokens, at most ``context_tokens``) and
+    ``segment`` (the table index of its first segment)."""
     from segsllm.bench.context import segment_window_bounds
     from segsllm.data.segment_windows import document_bounds
 
@@ -263,14 +273,15 @@ def sllm_windows(table: Any, context_tokens: int, stride: int, max_segments: int
             items.append({"ids": np.asarray(table.ids[tok0 : tok0 + n_tok], dtype=np.int64),
                           "lengths": lengths[s0:s1], "n_bytes": int(np.asarray(table.n_bytes[lo + b : s1]).sum()),
                           "is_first": a == 0, "is_last": s1 == hi, "doc": int(seg_doc[lo]), "offset": b - a,
-                          "tokens": n_tok})
+                          "tokens": n_tok, "segment": s0})
     return items
 
 
 def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, stride: int, name: str = "sllm",
                batch_size: int = 4, device: Any = "cpu") -> QualityResult:
     """Per-document NLL of an SLLM on ``docs`` (``table``: the texts cut by its segmenter,
-    :func:`sllm_table`) with windows of at most ``context_tokens`` segment tokens."""
+    :func:`sllm_table`) with windows of at most ``context_tokens`` segment tokens;
+    ``extra["segment_nats"]`` is every segment's NLL (tokens + EOS, table order)."""
     import torch
 
     from segsllm.data.segment_windows import collate_windows
@@ -284,6 +295,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
     doc_nats = np.zeros(D, dtype=np.float64)  # (D,)
     parts = dict.fromkeys(("tokens", "first", "seg_eos", "stop", "ps_ce", "ps_n"), 0.0)
     width = int(np.asarray(table.lengths).max(initial=0)) + 1
+    segment_nats = np.zeros(len(table.lengths))  # (N,) every segment is scored in exactly one window
     len_nats, len_count = np.zeros(width), np.zeros(width, dtype=np.int64)  # by segment length
     pad = model.vae.config.pad_id
     dev = torch.device(device)
@@ -309,6 +321,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                     parts["first"] += first_nll[r, o:k].sum()
                     parts["seg_eos"] += eos_nll[r, o:k].sum()
                     parts["stop"] += stop
+                    segment_nats[it["segment"] + o : it["segment"] + k] = seg
                     scored_len = np.asarray(it["lengths"][o:k], dtype=np.int64)
                     len_nats += np.bincount(scored_len, weights=seg, minlength=width)
                     len_count += np.bincount(scored_len, minlength=width)
@@ -330,6 +343,7 @@ def score_sllm(model: Any, table: Any, docs: EvalDocs, *, context_tokens: int, s
                "bits_per_byte_first_token": bits_per_byte(parts["first"], docs.total_bytes),
                "bits_per_byte_boundaries": bits_per_byte(parts["seg_eos"] + parts["stop"], docs.total_bytes),
                "cost_by_length": {"nats": len_nats.tolist(), "segments": len_count.tolist()},
+               "segment_nats": segment_nats,
                "windows": len(items), "max_window_tokens": max((it["tokens"] for it in items), default=0),
                "max_window_segments": max((len(it["lengths"]) for it in items), default=0)},
     )

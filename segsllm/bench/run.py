@@ -178,7 +178,8 @@ def _manifest_or_empty(path: Path | None) -> dict[str, Any]:
         return {}
 
 
-def _load_lm(path: Path, device: Any) -> tuple[Any, Any]:
+def load_token_lm(path: str | Path, device: Any) -> tuple[Any, Any]:
+    """(model in eval mode on ``device``, its tokenizer) of a token-LM folder."""
     from transformers.utils import logging as hf_logging
 
     from segsllm.config.backbone import BackboneConfig
@@ -343,7 +344,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         # ---- token baselines: once per domain, shared by every segmenter's cell
         for name, path in lm_dirs.items():
             say(f"scoring {name} ({path})")
-            model, tok = _load_lm(path, device)
+            model, tok = load_token_lm(path, device)
             lm_toks[name] = tok
             for d in domains:
                 res = score_token_lm(name, model, tok, d, path=path)
@@ -370,7 +371,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
         for spec, path in arts.matched.items():
             name = f"{MATCHED_PREFIX}{spec}"
             say(f"scoring the token-matched LM of {spec} ({path})")
-            model, tok = _load_lm(path, device)
+            model, tok = load_token_lm(path, device)
             for d in domains:  # the headline context only: the sweep compares the LM and the SLLMs
                 res = score_token_lm(name, model, tok, d, sweep=False, path=path)
                 baselines.append({"model": name, "domain": d, "path": str(path),
@@ -559,7 +560,7 @@ def _score_seed(arts: BenchArtifacts, segmenters: list[str], domains: list[str],
     for name, path in lms:
         if path is None:
             continue
-        model, tok = _load_lm(path, device)
+        model, tok = load_token_lm(path, device)
         for d in domains:
             values[d].setdefault(name, []).append(score_lm(name, model, tok, d, sweep=False).doc_nats)
         del model
@@ -706,4 +707,4 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-__all__ = ["BenchArtifacts", "BenchResult", "find_artifacts", "resolve_artifacts", "run_bench"]
+__all__ = ["BenchArtifacts", "BenchResult", "find_artifacts", "load_token_lm", "resolve_artifacts", "run_bench"]
