@@ -17,8 +17,9 @@ Both models see the same token context ``C`` (:mod:`segsllm.bench.context`):
   document's final stop). ``extra`` splits it: segment tokens (of which each segment's first
   token, decoded from the predicted latent alone) and boundaries (EOS + stop); and
   ``cost_by_length`` sums each scored segment's NLL (tokens + EOS) and counts the segments
-  by segment length: what a segment of each length costs this SLLM. Token perplexity divides by document tokens + 1 per document, the
-  LM's denominator; the paper-style perplexity is reported for comparison only.
+  by segment length: what a segment of each length costs this SLLM. Token perplexity
+  divides by document tokens + 1 per document, the LM's denominator; the paper-style
+  perplexity is reported for comparison only.
 """
 
 from __future__ import annotations
@@ -411,5 +412,6 @@ def vae_exact_match(vae: Any, table: Any, sel: np.ndarray, max_segments: int, *,
     return hits / len(refs), len(refs)
 
 
-__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "costs_by_length", "lm_context_limit", "score_lm", "score_sllm",
-           "scored_documents", "sllm_table", "sllm_windows", "subset", "trained_context", "vae_exact_match"]
+__all__ = ["EvalDocs", "QualityResult", "check_same_bytes", "compression", "costs_by_length", "lm_context_limit",
+           "score_lm", "score_sllm", "scored_documents", "sllm_table", "sllm_windows", "subset", "trained_context",
+           "vae_exact_match"]
