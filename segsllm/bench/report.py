@@ -540,28 +540,40 @@ SEGMENT_COST_MIN = 20  # fewer segments of a length than this: too noisy a point
 
 def plot_segment_costs(result: Any, path: Path) -> Path | None:
     """Bits per token vs segment length, a panel per domain, a line per SLLM (lengths with at
-    least :data:`SEGMENT_COST_MIN` scored segments, over every seed); None when no SLLM was
-    scored. Where a segmenter's lengths fall on this curve is much of its bits/byte."""
+    least :data:`SEGMENT_COST_MIN` scored segments, over every seed; a one-length segmenter is
+    one large marker); None when no SLLM was scored. Where a segmenter's lengths fall on this
+    curve is much of its bits/byte. The y axis stops at the 95th percentile of the points
+    (1-token segments can cost many times the rest), so the curves that matter stay readable."""
     groups = {d: q["segment_costs"] for d, q in (getattr(result, "quality", None) or {}).items()
               if q.get("segment_costs")}
     if not groups:
         return None
     plt = _plt()
     colors = _colors(result)
-    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.8 * len(groups), 4.6), squeeze=False)
+    handles: dict[str, Any] = {}
     for ax, (domain, costs) in zip(axes[0], groups.items(), strict=True):
+        ys: list[float] = []
         for spec, c in costs.items():
             keep = [i for i, n in enumerate(c["segments"]) if n >= SEGMENT_COST_MIN]
-            if keep:
-                ax.plot([c["length"][i] for i in keep], [c["bits_per_token"][i] for i in keep], marker="o",
-                        ms=3, color=colors.get(spec), label=f"sllm:{_short(spec)}")
+            if not keep:
+                continue
+            xs, y = [c["length"][i] for i in keep], [c["bits_per_token"][i] for i in keep]
+            (line,) = ax.plot(xs, y, marker="D" if len(keep) == 1 else "o", ms=7 if len(keep) == 1 else 3,
+                              color=colors.get(spec), label=_short(spec))
+            handles.setdefault(_short(spec), line)
+            ys += y
+        if ys:
+            lo, hi = min(ys), sorted(ys)[int(0.95 * (len(ys) - 1))]
+            ax.set_ylim(lo - 0.05 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
         ax.set_title(domain)
         ax.set_xlabel("segment length (tokens)")
-        ax.set_ylabel("SLLM bits per token of that segment (incl. EOS)")
+        ax.set_ylabel("SLLM bits per token of the segment (incl. EOS)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    return _save_figure(fig, f"What a segment costs by its length (lengths with >= {SEGMENT_COST_MIN} test segments)",
-                        path)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(3, len(handles)), fontsize=8,
+               frameon=False)
+    return _save_figure(fig, f"What a segment costs by its length (lengths with >= {SEGMENT_COST_MIN} test "
+                        "segments, all seeds)", path, rect=(0, 0.06 + 0.045 * math.ceil(len(handles) / 3), 1, 1))
 
 
 def _plot_label(name: str) -> str:
@@ -603,20 +615,25 @@ def plot_memory(result: Any, path: Path) -> Path | None:
 
 
 
-def _save_figure(fig: Any, title: str, path: Path) -> Path:
-    """Title, lay out, write (110 dpi) and close a bench figure; its path."""
+def _save_figure(fig: Any, title: str, path: Path, rect: tuple[float, float, float, float] | None = None) -> Path:
+    """Title, lay out (within ``rect`` of the figure, e.g. above a legend), write (110 dpi)
+    and close a bench figure; its path."""
     import matplotlib.pyplot as plt
 
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=rect)
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
+
 def _short(spec: str) -> str:
-    """A plot label: a learned splitter's folder name instead of its whole path."""
+    """A plot label: a learned splitter's folder name instead of its whole path, a plug-in's
+    class without its module."""
     name, _, rest = spec.partition(":")
-    return f"learned:{Path(rest.rstrip('/')).name}" if name == "learned" and rest else spec
+    if name == "learned" and rest:
+        return f"learned:{Path(rest.rstrip('/').removeprefix('path=')).name}"
+    return rest if "." in name and rest else spec
 
 
 def _finite(x: Any) -> bool:
