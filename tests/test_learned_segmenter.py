@@ -290,3 +290,16 @@ def test_save_load_round_trip_and_bad_folders(splitter_dir, tokenizer, tmp_path)
         build_segmenter(f"learned:{broken}")
     with pytest.raises(SegmenterError, match="mode must be"):
         build_segmenter(f"learned:{splitter_dir},mode=online")
+
+
+def test_cut_at_rules_are_the_built_in_ones(tokenizer):
+    """The same cuts as the registry's rule; anything else is refused in one line."""
+    from segsllm.segment import SegmenterError, build_segmenter
+    from segsllm.segment.learned import rule_segmenter
+
+    ids = _docs(tokenizer)
+    for spec in ("fixed:k=5", "punctuation", "lines"):
+        mine, theirs = rule_segmenter(spec, tokenizer, 12), build_segmenter(spec, tokenizer=tokenizer, max_len=12)
+        assert [e.tolist() for e in mine.segment_batch(ids)] == [e.tolist() for e in theirs.segment_batch(ids)]
+    with pytest.raises(SegmenterError, match="restricted to fixed, punctuation, lines"):
+        rule_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:max_len=5")

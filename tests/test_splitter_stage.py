@@ -82,8 +82,10 @@ def test_max_epochs_must_be_positive():
 
     with pytest.raises(ConfigError, match=r"splitter\.max_epochs must be > 0"):
         load_config(None, ["splitter.max_epochs=0"]).splitter.validate()
-    with pytest.raises(ConfigError, match=r"splitter\.sllm_cut_at must name a segmenter"):
-        load_config(None, ["splitter.sllm_cut_at=' '"]).splitter.validate()
+    for bad in ("' '", "learned:runs/splitter", "mypkg.rules:Commas"):  # a built-in rule, or nothing
+        with pytest.raises(ConfigError, match=r"splitter\.sllm_cut_at must be a built-in rule"):
+            load_config(None, [f"splitter.sllm_cut_at={bad}"]).splitter.validate()
+    assert load_config(None, ["splitter.sllm_cut_at=fixed:k=16"]).splitter.validate().sllm_cut_at == "fixed:k=16"
 
 
 def test_cli_train_splitter_runs_and_prints_a_table(tiny_data_dir, tokenizer_dir, tmp_path):

@@ -17,6 +17,7 @@ from segsllm.errors import ConfigError
 TEACHERS = ("punctuation", "entropy", "vae", "vae-rule", "sllm", "joint")
 DECODES = ("threshold", "viterbi")
 ENTROPY_MODES = ("global", "monotonic")
+CUT_AT_RULES = ("fixed", "punctuation", "lines")  # = segsllm.segment.learned.CUT_AT_RULES (config imports no segment)
 
 
 @dataclass
@@ -175,8 +176,9 @@ class SplitterConfig:
             raise ConfigError(f"splitter.joint_lr must be > 0, got {self.joint_lr}")
         if self.em_rounds < 1:
             raise ConfigError(f"splitter.em_rounds must be >= 1, got {self.em_rounds}")
-        if self.sllm_cut_at is not None and not str(self.sllm_cut_at).strip():
-            raise ConfigError("splitter.sllm_cut_at must name a segmenter (e.g. punctuation) or be null")
+        if self.sllm_cut_at is not None and str(self.sllm_cut_at).split(":", 1)[0].strip() not in CUT_AT_RULES:
+            raise ConfigError(f"splitter.sllm_cut_at must be a built-in rule ({', '.join(CUT_AT_RULES)}, "
+                              f"e.g. punctuation or fixed:k=16) or null, got {self.sllm_cut_at!r}")
         if self.sllm_prior_weight < 0:
             raise ConfigError(f"splitter.sllm_prior_weight must be >= 0, got {self.sllm_prior_weight}")
         for item in self.em_sllm:

@@ -69,6 +69,28 @@ def ends_from_cuts(cut: np.ndarray, sizes: np.ndarray, max_len: int) -> list[np.
     return [ends[a:b] - s for a, b, s in zip(lo.tolist(), hi.tolist(), starts.tolist(), strict=True)]
 
 
+CUT_AT_RULES = ("fixed", "punctuation", "lines")  # the rules a splitter may be restricted to
+
+
+def rule_segmenter(spec: str, tokenizer: Any = None, max_len: int | None = None) -> Segmenter:
+    """A built-in rule (:data:`CUT_AT_RULES`) from its spec, bound to ``tokenizer``: the
+    boundaries a ``cut_at`` splitter may cut at. Built here rather than by the registry,
+    which builds the learned segmenter itself."""
+    from segsllm.segment.fixed import FixedSegmenter
+    from segsllm.segment.lines import LinesSegmenter
+    from segsllm.segment.punctuation import PunctuationSegmenter
+    from segsllm.segment.spec import bind_params, parse_spec
+
+    rules: dict[str, Any] = {"fixed": FixedSegmenter, "punctuation": PunctuationSegmenter, "lines": LinesSegmenter}
+    parsed = parse_spec(spec, rules)
+    if parsed.name not in rules:
+        raise SegmenterError(f"cut_at {spec!r}: a splitter can be restricted to {', '.join(CUT_AT_RULES)} only")
+    factory = rules[parsed.name]
+    seg = factory(**bind_params(factory, parsed.name, parsed.positional, parsed.kwargs,
+                                {"max_len": max_len} if max_len is not None else None))
+    return seg.bind(tokenizer) if tokenizer is not None else seg
+
+
 def rule_cuts(rule: Segmenter, docs: Sequence[Any]) -> list[np.ndarray]:
     """(n,) bool per document: ``True`` after the tokens where ``rule`` ends a segment."""
     out = []
@@ -263,11 +285,8 @@ class LearnedSegmenter(Segmenter):
 
     def _build_rule(self) -> Segmenter | None:
         """The rule whose boundaries are the only allowed cuts (``config.cut_at``), if any."""
-        if not getattr(self.config, "cut_at", None):
-            return None
-        from segsllm.segment.registry import build_segmenter
-
-        return build_segmenter(self.config.cut_at, tokenizer=self.tokenizer, max_len=self.max_len)
+        cut_at = getattr(self.config, "cut_at", None)
+        return rule_segmenter(cut_at, self.tokenizer, self.max_len) if cut_at else None
 
     # ---- description: keep specs short (only what differs from the folder's defaults)
 
@@ -455,6 +474,7 @@ def _folder_tokenizer(path: str) -> Any:
 
 
 __all__ = [
+    "CUT_AT_RULES",
     "DECODES",
     "MODES",
     "LearnedSegmenter",
@@ -467,6 +487,7 @@ __all__ = [
     "mask_logits",
     "mean_length",
     "rule_cuts",
+    "rule_segmenter",
     "threshold_decode",
     "viterbi_decode",
 ]

@@ -284,7 +284,7 @@ def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.n
                      max_len: int, target: float, tokenizer: Any) -> dict[str, Any]:
     """Calibrate the length control on the validation documents and set it in ``model.config``
     (on the logits the segmenter decodes: ``-inf`` where ``pcfg.cut_at`` does not cut)."""
-    from segsllm.segment.learned import mask_logits, rule_cuts
+    from segsllm.segment.learned import mask_logits, rule_cuts, rule_segmenter
 
     calib_docs = {d: cap_tokens(v, calibration_tokens) for d, v in val_docs.items()}
     calib_docs = {d: v for d, v in calib_docs.items() if v}
@@ -292,9 +292,7 @@ def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.n
         raise DataError("every validation split is empty: nothing to calibrate the length on")
     calib_logits = {d: model.document_logits(v) for d, v in calib_docs.items()}
     if pcfg.cut_at:
-        from segsllm.segment import build_segmenter
-
-        rule = build_segmenter(pcfg.cut_at, tokenizer=tokenizer, max_len=max_len)
+        rule = rule_segmenter(pcfg.cut_at, tokenizer, max_len)
         calib_logits = {d: mask_logits(z, rule_cuts(rule, calib_docs[d])) for d, z in calib_logits.items()}
     calibration = calibrate(_Probe(model, max_len, pcfg), calib_logits, target)
     model.config = dataclasses.replace(pcfg, threshold=float(calibration["threshold"]),
