@@ -179,14 +179,15 @@ class SLLM(nn.Module):
         ids (B, S, T), lengths (B, S) (0 = padded slot; real segments form a prefix),
         is_last (B,) (default: every window ends its document). Returns tensors: ``loss``
         (carries the graph) and detached sums — ``nll_tokens`` (segment tokens),
-        ``nll_first`` (each segment's first token), ``nll_seg_eos`` (each segment's EOS), ``nll_stop`` (stop decisions), ``n_tokens``,
-        ``n_segments``, ``n_targets`` (decoder targets = tokens + one EOS per segment),
+        ``nll_first`` (each segment's first token), ``nll_seg_eos`` (each segment's EOS),
+        ``nll_stop`` (stop decisions), ``n_tokens``, ``n_segments``, ``n_targets`` (decoder targets = tokens + one EOS per segment),
         ``n_stop``, ``n_docs`` (windows that end a document), ``n_correct`` (argmax-correct
         decoder targets), ``stop_correct``, ``ps_ce_sum``/``ps_count`` (the paper-style
         per-segment mean CE, each window's first segment excluded). With ``return_details``
         also ``seg_nll`` (B, S) (decoder NLL per segment, incl. its EOS), ``seg_eos_nll`` (B, S)
         (the EOS's share of it), ``seg_first_nll`` (B, S) (its first token's share: the token
-        decoded from the predicted latent alone), ``stop_logits`` and ``stop_nll`` (B, S+1) (0 where no decision is scored) and ``hidden`` (B, S+1, H).
+        decoded from the predicted latent alone), ``stop_logits`` and ``stop_nll`` (B, S+1)
+        (0 where no decision is scored) and ``hidden`` (B, S+1, H).
         """
         B, S, _ = ids.shape  # (B, S, T)
         dev = ids.device
@@ -258,7 +259,8 @@ class SLLM(nn.Module):
             grid_eos[seg_mask] = eos_nll
             grid_first = seg_nll.new_zeros(B, S)
             grid_first[seg_mask] = dec.first
-            out.update(seg_nll=grid_nll, seg_eos_nll=grid_eos, seg_first_nll=grid_first, stop_logits=stop_logit, stop_nll=stop_nll, hidden=h)
+            out.update(seg_nll=grid_nll, seg_eos_nll=grid_eos, seg_first_nll=grid_first, stop_logits=stop_logit,
+                       stop_nll=stop_nll, hidden=h)
         return out
 
     def decode_nll(self, ids: torch.Tensor, lengths: torch.Tensor,
@@ -266,8 +268,8 @@ class SLLM(nn.Module):
         """Teacher-forced decoder NLL of segments (N, T) given their latents (N, D).
 
         Returns (:class:`DecodedNLL`) per segment the NLL summed over its tokens and EOS (N,),
-        the EOS's NLL (N,), the first token's NLL (N,) and the number of argmax-correct targets. Segments are decoded in length-sorted
-        chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
+        the EOS's NLL (N,), the first token's NLL (N,) and the number of argmax-correct
+        targets. Segments are decoded in length-sorted chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
         longest segment (prose segments beside 2-token CSV cells would otherwise multiply
         the (positions x vocabulary) logits several times over) and memory stays bounded.
         Exact: every segment is decoded independently of the others.
