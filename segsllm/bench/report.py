@@ -441,7 +441,8 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
                     # own ends: a percentile interval over few documents need not hold the estimate)
                     ax.errorbar((lo + hi) / 2, r["speedup_flops"], xerr=abs(hi - lo) / 2, fmt="none", ecolor=c,
                                 capsize=3, lw=1.0, zorder=2)
-                ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                if len(rs) <= ANNOTATE_MAX:  # more points than that: the labels would overlap; the legend names them
+                    ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
             if _finite(r.get("speedup")):
                 lo, hi = r.get("speedup_q25", r["speedup"]), r.get("speedup_q75", r["speedup"])
                 ax.errorbar(x, r["speedup"], yerr=[[r["speedup"] - lo], [hi - r["speedup"]]], fmt="o", mfc="none",
@@ -471,9 +472,11 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
            "wall-clock median [IQR]": Line2D([], [], marker="o", mfc="none", ls="-", color="grey"),
            "analytic bound (time)": Line2D([], [], marker="x", ls="", color="grey")}
     uniq.update(key)
-    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=min(len(uniq), 6), fontsize=8)
+    ncol = min(len(uniq), 4)
+    fig.legend(uniq.values(), uniq.keys(), loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.set_figheight(4.0 + 0.22 * math.ceil(len(uniq) / ncol))
     fig.suptitle(f"Speed vs quality ({result.meta.get('device', '')}, batch 1)")
-    fig.tight_layout(rect=(0, 0.08, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.04 + 0.05 * math.ceil(len(uniq) / ncol), 1, 0.95))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -535,6 +538,7 @@ def plot_context(result: Any, path: Path) -> Path | None:
     return _save_figure(fig, "Quality vs token context; compressor floors (whole set) as grey lines", path)
 
 
+ANNOTATE_MAX = 5  # SLLMs per panel up to which speed_quality.png writes each one's name beside it
 SEGMENT_COST_MIN = 20  # fewer segments of a length than this: too noisy a point to draw
 
 
