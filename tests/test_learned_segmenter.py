@@ -292,6 +292,23 @@ def test_save_load_round_trip_and_bad_folders(splitter_dir, tokenizer, tmp_path)
         build_segmenter(f"learned:{splitter_dir},mode=online")
 
 
+def test_a_punctuation_cut_at_splitter_decodes_in_batch_only(splitter_dir, tokenizer, tmp_path):
+    """Punctuation moves its boundary past the whitespace after it (it looks ahead), so the
+    stream mode, which promises causality, is refused in one line; batch mode works."""
+    from segsllm.models.loading import load_artifact
+    from segsllm.segment import SegmenterError, build_segmenter
+
+    model = load_artifact("boundary_predictor", str(splitter_dir)).model
+    model.config = dataclasses.replace(model.config, cut_at="punctuation")
+    model.save_pretrained(tmp_path, tokenizer=tokenizer)
+    punct = build_segmenter("punctuation", tokenizer=tokenizer, max_len=12)
+    for ids, ends, rule in zip(_docs(tokenizer), build_segmenter(f"learned:{tmp_path}", tokenizer=tokenizer)
+                               .segment_batch(_docs(tokenizer)), punct.segment_batch(_docs(tokenizer)), strict=True):
+        assert set(ends.tolist()) <= set(rule.tolist()) | {len(ids)}
+    with pytest.raises(SegmenterError, match="batch mode only"):
+        build_segmenter(f"learned:{tmp_path},mode=stream", tokenizer=tokenizer)
+
+
 def test_cut_at_rules_are_the_built_in_ones(tokenizer):
     """The same cuts as the registry's rule; anything else is refused in one line."""
     from segsllm.segment import SegmenterError, build_segmenter

@@ -20,16 +20,14 @@ import numpy as np
 def segment_information(token_nats: Sequence[np.ndarray], table: Any) -> np.ndarray:
     """(N,) token-LM nats of each segment of ``table`` (its tokens; the documents' EOS is not
     in any segment). ``token_nats[d]`` is document ``d``'s per-token NLL, as ``score_lm``
-    gives it with ``per_token`` on the same texts."""
+    gives it with ``per_token`` on the same texts, so without their EOS they line up with
+    ``table.ids`` (the documents' tokens, in order)."""
+    flat = np.concatenate([np.asarray(t[:-1], dtype=np.float64) for t in token_nats] or [np.zeros(0)])
+    if flat.size != len(table.ids):
+        raise ValueError(f"{flat.size} LM token scores for {len(table.ids)} segment-table tokens: not the same texts")
+    csum = np.concatenate([[0.0], np.cumsum(flat)])  # (T+1,)
     starts = np.asarray(table.starts, dtype=np.int64)
-    lengths = np.asarray(table.lengths, dtype=np.int64)
-    doc = np.asarray(table.doc_index, dtype=np.int64)
-    first = np.flatnonzero(np.diff(doc, prepend=-1))  # first segment of each document
-    doc_start = np.repeat(starts[first], np.diff(np.append(first, len(doc))))  # (N,) its document's start
-    out = np.empty(len(lengths))
-    for i, (d, a, n) in enumerate(zip(doc.tolist(), (starts - doc_start).tolist(), lengths.tolist(), strict=True)):
-        out[i] = float(np.sum(token_nats[d][a : a + n]))
-    return out
+    return csum[starts + np.asarray(table.lengths, dtype=np.int64)] - csum[starts]
 
 
 def information_profile(cost: np.ndarray, info: np.ndarray, lengths: np.ndarray, bins: int = 5) -> dict[str, Any]:

@@ -70,6 +70,10 @@ def ends_from_cuts(cut: np.ndarray, sizes: np.ndarray, max_len: int) -> list[np.
 
 
 CUT_AT_RULES = ("fixed", "punctuation", "lines")  # the rules a splitter may be restricted to
+# The rules whose cut after token t depends on tokens <= t only (and restarts at each of its
+# own cuts): a splitter restricted to them can stream. Punctuation moves a boundary past the
+# whitespace and closing punctuation after it, so its cut depends on later tokens: batch only.
+CAUSAL_CUT_AT = ("fixed", "lines")
 
 
 def rule_segmenter(spec: str, tokenizer: Any = None, max_len: int | None = None) -> Segmenter:
@@ -282,6 +286,9 @@ class LearnedSegmenter(Segmenter):
         self._fingerprint = self.model.manifest.get("tokenizer_fingerprint")
         self._log_prior = length_prior(cfg.target_len, self.max_len, cfg.prior_shape)
         self._rule = self._build_rule()
+        if mode == "stream" and self._rule is not None and cfg.cut_at.split(":", 1)[0] not in CAUSAL_CUT_AT:
+            raise SegmenterError(f"learned: cut_at={cfg.cut_at} looks past its own boundaries, so this splitter "
+                                 f"decodes in batch mode only (streaming needs cut_at in {', '.join(CAUSAL_CUT_AT)})")
 
     def _build_rule(self) -> Segmenter | None:
         """The rule whose boundaries are the only allowed cuts (``config.cut_at``), if any."""
@@ -398,7 +405,9 @@ class StreamingSplitter:
         self.max_len = segmenter.max_len
         self.buffer = EMPTY  # the last tokens: [buffer_start, n)
         self.buffer_start = 0
-        self.history: list[np.ndarray] | None = [] if segmenter._rule is not None else None  # every token (cut_at)
+        # cut_at: the tokens since the rule's last cut before `decided` (a causal rule restarts there)
+        self.history: list[np.ndarray] | None = [] if segmenter._rule is not None else None
+        self.history_start = 0
         self.n = 0  # tokens received
         self.decided = 0  # tokens whose "cut after" decision is final
         self.last_end = 0  # end offset of the last committed segment
@@ -411,13 +420,8 @@ class StreamingSplitter:
         lo = max(self.decided - self.left, self.buffer_start)
         window = self.buffer[lo - self.buffer_start :]
         z = self.seg.raw_logits([window])[0][self.decided - lo : upto - lo]
-        if self.history is not None:  # the rule's cuts over the whole stream (its phase counts from 0)
-            self.history = [np.concatenate(self.history)] if len(self.history) > 1 else self.history
-            seen = self.history[0][: self.n]
-            # One token more (a copy of the last): the rule's cut after token n-1 is its own
-            # decision, not the forced end of a document that has not ended (rules are causal).
-            allowed = rule_cuts(self.seg._rule, [np.append(seen, seen[-1:])])[0][self.decided : upto]
-            z = np.where(allowed, z, -np.inf)
+        if self.history is not None:
+            z = np.where(self._rule_allowed(upto), z, -np.inf)
         ends = []
         for t, zt in enumerate(z.tolist(), start=self.decided):
             if zt > self.tau or (t + 1) - self.last_end >= self.max_len or (at_end and t == self.n - 1):
@@ -428,6 +432,24 @@ class StreamingSplitter:
         self.buffer = self.buffer[keep - self.buffer_start :]
         self.buffer_start = keep
         return np.asarray(ends, dtype=np.int64)
+
+    def _rule_allowed(self, upto: int) -> np.ndarray:
+        """Whether the ``cut_at`` rule cuts after each token in [decided, upto). The rule is
+        causal and restarts at its own cuts (CAUSAL_CUT_AT), so it runs on the tokens since
+        its last cut: its phase (fixed:k) and max_len count from there, as over the whole stream."""
+        seen = np.concatenate(self.history) if len(self.history) > 1 else self.history[0]
+        self.history = [seen]
+        # One token more (a copy of the last): the rule's cut after token n-1 is its own
+        # decision, not the forced end of a document that has not ended.
+        cuts = rule_cuts(self.seg._rule, [np.append(seen, seen[-1:])])[0][: len(seen)]
+        start = self.history_start
+        allowed = cuts[self.decided - start : upto - start]
+        last = np.flatnonzero(cuts[: upto - start])  # drop what precedes the rule's last cut
+        if last.size:
+            keep = int(last[-1]) + 1
+            self.history = [seen[keep:]]
+            self.history_start = start + keep
+        return allowed
 
     def push(self, ids: Any) -> np.ndarray:
         """Add tokens; returns the end offsets (in the stream) that became final."""
@@ -474,6 +496,7 @@ def _folder_tokenizer(path: str) -> Any:
 
 
 __all__ = [
+    "CAUSAL_CUT_AT",
     "CUT_AT_RULES",
     "DECODES",
     "MODES",

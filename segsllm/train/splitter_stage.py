@@ -302,7 +302,7 @@ def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.n
 
 def _domain_metrics(seg: Any, stream: Any, rule: Any, val_docs: list[np.ndarray], test_docs: list[np.ndarray],
                     ls: Any) -> dict[str, float]:
-    """One domain's lengths (batch and streaming, validation and test), speed, and agreement
+    """One domain's lengths (batch and, when ``stream``, streaming; validation and test), speed, and agreement
     with the teacher's (and the punctuation rule's, when ``rule``) boundaries."""
     from segsllm.metrics import length_stats
     from segsllm.segment.learned import mean_length
@@ -313,18 +313,20 @@ def _domain_metrics(seg: Any, stream: Any, rule: Any, val_docs: list[np.ndarray]
         st = length_stats(np.concatenate([np.diff(e, prepend=0) for e in ends]))
         m.update(mean_len=st["mean"], p95_len=st["p95"], max_seg_len=float(st["max"]),
                  val_tokens=float(sum(map(len, val_docs))))
-        m["mean_len_stream"] = mean_length(stream.segment_batch(val_docs))
+        if stream is not None:
+            m["mean_len_stream"] = mean_length(stream.segment_batch(val_docs))
         m["tokens_per_s"] = measure_speed(seg, cap_tokens(val_docs, 100_000), min_seconds=0.5)
     if test_docs:
         m["mean_len_test"] = mean_length(seg.segment_batch(test_docs))
+    chunk_ends = seg.segment_batch(ls.chunks) if ls.chunks else []
+    sizes = [len(c) for c in ls.chunks]
     if ls.chunks:
-        sizes = [len(c) for c in ls.chunks]
-        m.update({f"teacher_{k}": v for k, v in boundary_prf(seg.segment_batch(ls.chunks), ls.ends, sizes).items()})
-        m.update({f"stream_teacher_{k}": v for k, v in
-                  boundary_prf(stream.segment_batch(ls.chunks), ls.ends, sizes).items()})
+        m.update({f"teacher_{k}": v for k, v in boundary_prf(chunk_ends, ls.ends, sizes).items()})
+        if stream is not None:
+            m.update({f"stream_teacher_{k}": v for k, v in
+                      boundary_prf(stream.segment_batch(ls.chunks), ls.ends, sizes).items()})
     if rule is not None and val_docs:
-        m.update({f"punct_{k}": v for k, v in boundary_prf(
-            seg.segment_batch(ls.chunks), rule.segment_batch(ls.chunks), [len(c) for c in ls.chunks]).items()})
+        m.update({f"punct_{k}": v for k, v in boundary_prf(chunk_ends, rule.segment_batch(ls.chunks), sizes).items()})
     return m
 
 
@@ -333,10 +335,13 @@ def _evaluate_folder(cfg: Any, out_dir: Path, tokenizer: Any, max_len: int, docs
                      target: float | None) -> dict[str, dict[str, float]]:
     """Metrics per domain of the saved folder, loaded as every command will load it."""
     from segsllm.segment import build_segmenter
+    from segsllm.segment.learned import CAUSAL_CUT_AT
     from segsllm.segment.punctuation import PunctuationSegmenter
 
     seg = build_segmenter(f"learned:{out_dir}", tokenizer=tokenizer, max_len=max_len)
-    stream = build_segmenter(f"learned:{out_dir},mode=stream", tokenizer=tokenizer, max_len=max_len)
+    cut_at = seg.config.cut_at
+    streams = not cut_at or cut_at.split(":", 1)[0] in CAUSAL_CUT_AT  # a batch-only splitter has no stream metrics
+    stream = build_segmenter(f"learned:{out_dir},mode=stream", tokenizer=tokenizer, max_len=max_len) if streams else None
     rule = PunctuationSegmenter(max_len=max_len).bind(tokenizer) if cfg.splitter.teacher != "punctuation" else None
     caps = {"max_docs": cfg.data.max_docs, "max_doc_bytes": cfg.data.max_doc_bytes}
     final = {k.split("/", 1)[1]: v for k, v in (final_eval or {}).items() if k.startswith("val/")}
