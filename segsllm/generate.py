@@ -42,7 +42,7 @@ from segsllm.models.backbone import Backbone, kv_cache_bytes
 from segsllm.models.vae import _sample
 
 STOP_REASONS = ("stop", "eos", "max_new_tokens", "max_positions", "empty_segment")
-SEGMENT_ENDS = ("eos", "max_len", "budget")  # how a generated segment ended
+SEGMENT_ENDS = ("eos", "cut", "max_len", "budget")  # how a generated segment ended (cut: the segmenter's)
 
 
 @dataclass
@@ -206,9 +206,18 @@ def generate_sllm(
     at a segment's first token, so no segment is empty and the run spends its whole budget
     (unless the backbone runs out of positions). ``on_segment(text)`` is called with each
     segment's text as soon as it exists.
+
+    With free boundaries (``sllm.boundaries=segmenter``) the segmenter ends each segment:
+    after every generated token it is asked whether it cuts there (on the prompt and every
+    token so far; it is causal, so later tokens cannot matter), and EOS is masked. The stop
+    head then says before a segment whether it is the document's last; that one alone is
+    ended by the decoder's EOS (or the budget), and generation stops after it (``stop``).
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if model.free_boundaries and not segmenter.causal:
+        raise SegsllmError(f"this SLLM leaves segment ends to a causal segmenter (sllm.boundaries=segmenter); "
+                           f"{segmenter.spec()!r} is not causal")
     was_training = model.training
     model.eval()
     device = model.start.device
@@ -249,7 +258,16 @@ def generate_sllm(
         result.prefill_s = time.perf_counter() - t0
 
         reason = "max_new_tokens"
+        free = bool(model.free_boundaries)
+        cut_after = None
+        if free:
+            from segsllm.segment.base import cuts_after
+
+            def cut_after(seg_ids: list[int]) -> bool:
+                return cuts_after(segmenter, [*prompt_ids, *result.token_ids, *seg_ids])
+
         while len(result.token_ids) < max_new_tokens:
+            last = False  # free boundaries: this segment is the document's last
             if not ignore_stop:
                 z = model.stop_logits(h_last)  # (1,)
                 if sampling.sampled:
@@ -257,28 +275,35 @@ def generate_sllm(
                     stop = bool(torch.bernoulli(p, generator=gen).item())
                 else:
                     stop = bool(z.item() > 0)
-                if stop:
+                if stop and not free:
                     reason = "stop"
                     break
+                last = stop
             budget = min(max_len, max_new_tokens - len(result.token_ids))
             info: dict[str, Any] = {}
             clock.start()
             latent = model.predict_latent(h_last)  # (1, D)
+            # ignore_stop: no empty segment. Free boundaries: EOS only in the last segment.
+            min_len = (0 if last else budget + 1) if free else (1 if ignore_stop else 0)
             seg = vae.generate(latent, max_len=budget, greedy=not sampling.sampled,
                                temperature=sampling.temperature, top_p=sampling.top_p, generator=gen,
-                               min_len=1 if ignore_stop else 0, info=info)[0]
+                               min_len=min_len, info=info, cut_after=cut_after if free and not last else None)[0]
             result.calls.append(Call("decoder", info["steps"], seconds=clock.stop()))
             result.decoder_cache_bytes = max(result.decoder_cache_bytes, decoder_cache_bytes(vae, budget))
             if not seg:
-                reason = "empty_segment"
+                reason = "stop" if last else "empty_segment"
                 break
-            result.empty_masked += int(info["eos_masked"][0])
-            result.segment_ends.append("eos" if info["eos"][0] else ("budget" if budget < max_len else "max_len"))
+            result.empty_masked += int(info["eos_masked"][0]) if not free else 0
+            ended = "cut" if info["cut"][0] else "eos" if info["eos"][0] else "budget" if budget < max_len else "max_len"
+            result.segment_ends.append(ended)
             result.token_ids += seg
             text = stream.push(seg)
             result.segments.append(text)
             if on_segment is not None:
                 on_segment(text)
+            if last:
+                reason = "stop"
+                break
             if len(result.token_ids) >= max_new_tokens:
                 break  # budget spent: the next backbone step would never be used
             if max_pos is not None and positions >= max_pos:

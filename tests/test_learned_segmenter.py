@@ -320,3 +320,39 @@ def test_cut_at_rules_are_the_built_in_ones(tokenizer):
         assert [e.tolist() for e in mine.segment_batch(ids)] == [e.tolist() for e in theirs.segment_batch(ids)]
     with pytest.raises(SegmenterError, match="restricted to fixed, punctuation, lines"):
         rule_segmenter("segsllm.segment.random_span:RandomSpanSegmenter:max_len=5")
+
+
+@pytest.fixture(scope="module")
+def lookahead0_dir(tokenizer, tmp_path_factory):
+    """A tiny random predictor with lookahead 0 (threshold ~1 cut in 4)."""
+    import torch
+
+    from segsllm.config.splitter import BoundaryPredictorConfig
+    from segsllm.data.tokenizer import encode
+    from segsllm.models.boundary import BoundaryPredictor
+
+    torch.manual_seed(1)
+    cfg = BoundaryPredictorConfig(vocab_size=len(tokenizer), d_model=16, n_layers=2, kernel_size=3,
+                                  dilations=[1, 2], lookahead=0, dropout=0.0, pad_id=0, max_len=12,
+                                  target_len=4.0, decode="threshold")
+    model = BoundaryPredictor(cfg)
+    z = np.concatenate(model.document_logits([np.array(encode(tokenizer, t)) for t in SAMPLE_TEXTS]))
+    model.config = dataclasses.replace(cfg, threshold=float(np.quantile(z, 0.75)))
+    out = tmp_path_factory.mktemp("splitter-la0")
+    model.save_pretrained(out, tokenizer=tokenizer)
+    return out
+
+
+@pytest.mark.parametrize("which,extra,causal", [("la0", "", True), ("la0", ",decode=viterbi", False),
+                                                ("la2", ",decode=threshold", False)])
+def test_the_causal_flag_of_a_learned_splitter(lookahead0_dir, splitter_dir, tokenizer, which, extra, causal):
+    """Causal = lookahead 0 and threshold decoding; then later tokens never move a cut (the
+    same check finds the moves of a lookahead-2 or a Viterbi splitter)."""
+    from test_free_boundaries import later_tokens_move_earlier_cuts
+
+    from segsllm.segment import build_segmenter
+
+    folder = lookahead0_dir if which == "la0" else splitter_dir
+    seg = build_segmenter(f"learned:{folder}{extra}", tokenizer=tokenizer)
+    assert seg.causal is causal
+    assert later_tokens_move_earlier_cuts(seg, _docs(tokenizer)[:3], np.random.default_rng(0)) is (not causal)

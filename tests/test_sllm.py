@@ -127,9 +127,9 @@ def decoder_latents(model: SLLM, docs) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     real = model.decode_nll
 
-    def spy(ids, lengths, latent):
+    def spy(ids, lengths, latent, *rest):
         seen.append(latent.detach().clone())
-        return real(ids, lengths, latent)
+        return real(ids, lengths, latent, *rest)
 
     model.decode_nll = spy  # instance attribute: only this model, only this call
     try:

@@ -384,6 +384,9 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
             say(f"scoring SLLM {spec} ({path})")
             model, tok, own_seg = load_sllm(path, device=device)
             seg = build_segmenter(spec, tokenizer=tok, max_len=model.vae.config.max_len)
+            if model.free_boundaries and not seg.causal:
+                raise ConfigError(f"the SLLM in {path} leaves segment ends to a causal segmenter "
+                                  f"(sllm.boundaries=segmenter); {seg.spec()!r} is not causal")
             if seg.spec() != own_seg.spec():
                 warnings.warn(f"benching the SLLM in {path} (trained with {own_seg.spec()!r}) with segmenter "
                               f"{seg.spec()!r}", stacklevel=2)

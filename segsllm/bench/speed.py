@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-MAX_LEN_NOTE = 0.5  # a row is flagged when fewer than half of its segments ended by EOS
+MAX_LEN_NOTE = 0.5  # a row is flagged when fewer than half of its segments ended by EOS (or the segmenter's cut)
 
 
 def make_prompts(texts: Sequence[str], tokenizer: Any, n: int, prompt_tokens: int) -> list[str]:
@@ -42,14 +42,15 @@ def generation_stats(results: Sequence[Any]) -> dict[str, Any]:
     ends = [e for r in results for e in r.segment_ends]
     tokens = sum(r.new_tokens for r in results)
     n = len(ends)
-    share = {k: (sum(e == k for e in ends) / n if n else math.nan) for k in ("eos", "max_len", "budget")}
+    share = {k: (sum(e == k for e in ends) / n if n else math.nan) for k in ("eos", "cut", "max_len", "budget")}
     masked = sum(getattr(r, "empty_masked", 0) for r in results)
     out = {"gen_segments": n, "gen_segment_len": tokens / n if n else math.nan,
            "gen_empty_masked_share": masked / n if n else math.nan,
-           "gen_eos_share": share["eos"], "gen_max_len_share": share["max_len"], "gen_budget_cut_share": share["budget"],
+           "gen_eos_share": share["eos"], "gen_cut_share": share["cut"], "gen_max_len_share": share["max_len"],
+           "gen_budget_cut_share": share["budget"],
            "backbone_steps_per_token": n / tokens if tokens else math.nan}
     note = None
-    if n and share["eos"] < MAX_LEN_NOTE:
+    if n and share["eos"] + share["cut"] < MAX_LEN_NOTE:
         note = (f"{share['max_len'] + share['budget']:.0%} of generated segments ended without EOS (max_len "
                 f"{'or budget ' if share['budget'] else ''}reached): the speedup reflects max_len, not the segmenter")
     if n and masked / n >= MAX_LEN_NOTE:

@@ -8,6 +8,7 @@ from typing import Any
 from segsllm.errors import ConfigError
 
 PROJECTIONS = ("auto", "identity", "linear", "mlp")
+BOUNDARIES = ("eos", "segmenter", "auto")  # who ends a segment (see SLLMConfig.boundaries)
 LEGACY_TRAIN_KEY = "batch_size"  # see SLLMConfig.from_dict
 
 
@@ -44,6 +45,15 @@ class SLLMConfig:
     # Pass the predicted latent through a LayerNorm before the decoder: the decoder was
     # trained on LayerNorm-ed encoder latents, so this matches their scale from step 0.
     out_layernorm: bool = True
+    # Who ends a segment. eos (the paper): the decoder emits EOS after each segment and a stop
+    # head decides after each segment whether the document ends; both are paid in bits/byte.
+    # segmenter: a causal segmenter (lookahead 0: fixed, lines, a lookahead-0 threshold
+    # splitter) ends every segment while the tokens are generated, so its cuts are a function
+    # of the text and cost nothing; the decoder's EOS then means "the document ends here"
+    # (trained only after a document's last token) and the stop head is unused.
+    # auto: segmenter when the SLLM's segmenter is causal, else eos (resolved when training
+    # starts; a saved SLLM holds eos or segmenter).
+    boundaries: str = "eos"
 
     def validate(self) -> SLLMConfig:
         """Raise :class:`ConfigError` (one line, names the key) for an unusable config."""
@@ -57,6 +67,8 @@ class SLLMConfig:
             raise ConfigError(f"sllm.stop_loss_weight: must be >= 0, got {self.stop_loss_weight!r}")
         if self.projection not in PROJECTIONS:
             raise ConfigError(f"sllm.projection: {self.projection!r} is not one of {', '.join(PROJECTIONS)}")
+        if self.boundaries not in BOUNDARIES:
+            raise ConfigError(f"sllm.boundaries: {self.boundaries!r} is not one of {', '.join(BOUNDARIES)}")
         if self.proj_hidden is not None and self.proj_hidden < 1:
             raise ConfigError(f"sllm.proj_hidden: must be >= 1 or null, got {self.proj_hidden!r}")
         return self

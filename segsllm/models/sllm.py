@@ -20,6 +20,19 @@ for a deliberately leaky backbone call.
     sum_k  sum_{t in s_k + EOS} -log p_dec(t | h_{k-1}, t_<)        (segment tokens and their EOS)
   + sum_{k < n} -log(1 - p_stop(h_k))  +  [last window] -log p_stop(h_n)   (stop decisions)
 so a whole document costs every token, every segment boundary and its own end exactly once.
+
+**Free boundaries** (``sllm.boundaries=segmenter``). With a causal segmenter (lookahead 0)
+the cut after a token is a function of the tokens so far, so the model need not say where
+segments end: the generator asks the segmenter after each token. The stop head then decides
+at h_{k-1}, before segment k, whether s_k is the document's last segment; only that one is
+ended by the decoder's EOS (the document ends there, wherever the segmenter would cut). So
+    sum_{k < n} sum_{t in s_k} -log p~_dec(t | h_{k-1}, t_<)    (EOS left out of the softmax)
+  + [last window] sum_{t in s_n + EOS} -log p_dec(t | h_{n-1}, t_<)   (the last segment)
+  + sum_k -log p_stop(is s_k the last? | h_{k-1})                    (one decision per segment)
+— no segment end is paid except the document's. A valid model of the text: every step is a
+distribution (over tokens, or tokens + EOS in a last segment), the segmentation is a
+deterministic causal function of the tokens, and a text that more than one sequence of
+decisions can produce is scored by one of them (a lower bound on its probability).
 """
 
 from __future__ import annotations
@@ -76,6 +89,9 @@ class SLLM(nn.Module):
     def __init__(self, config: SLLMConfig, vae: SentenceVAE, backbone: nn.Module) -> None:
         super().__init__()
         self.config = config.validate()
+        if config.boundaries not in ("eos", "segmenter"):
+            raise ConfigError(f"sllm.boundaries={config.boundaries} is resolved by the training stage; "
+                              "a model holds eos or segmenter")
         self.vae = vae
         self.backbone = backbone
         self.manifest: dict[str, Any] = {}  # filled by from_pretrained
@@ -131,6 +147,11 @@ class SLLM(nn.Module):
 
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def free_boundaries(self) -> bool:
+        """Whether the segmenter, not the decoder's EOS, ends segments (``sllm.boundaries``)."""
+        return self.config.boundaries == "segmenter"
 
     @property
     def max_positions(self) -> int | None:
@@ -210,22 +231,32 @@ class SLLM(nn.Module):
         pos_mask = torch.cat([torch.ones(B, 1, dtype=torch.long, device=dev), seg_mask.long()], 1)  # (B, S+1)
         h, _ = self.run_backbone(inputs, attention_mask=pos_mask)  # (B, S+1, H)
 
-        # 3. h_{k-1} -> latent -> decoder, teacher-forced on s_k (targets: tokens then EOS).
+        # 3. h_{k-1} -> latent -> decoder, teacher-forced on s_k (targets: tokens then EOS;
+        # with free boundaries EOS only in the document's last segment, none in the softmax elsewhere).
+        k = torch.arange(S + 1, device=dev)[None, :]  # (1, S+1)
+        n = n_seg[:, None]  # (B, 1)
+        has_eos = None
+        if self.free_boundaries:
+            has_eos = ((k[:, 1:] == n) & is_last[:, None].bool())[seg_mask]  # (N,) the document's last segment
         latent = self.predict_latent(h[:, :S][seg_mask])  # (N, D)
-        dec = self.decode_nll(flat_ids, flat_len, latent)
+        dec = self.decode_nll(flat_ids, flat_len, latent, has_eos)
         seg_nll, eos_nll, n_correct = dec.seg, dec.eos, dec.correct  # (N,), (N,), ()
 
         # 4. Stop decisions: position k < n continues (0); position n stops (1) if the
         # document ends in this window, else it is not scored (the next window decides).
-        k = torch.arange(S + 1, device=dev)[None, :]  # (1, S+1)
-        n = n_seg[:, None]  # (B, 1)
-        stop_target = (k == n).float()  # (B, S+1)
-        stop_valid = (k < n) | ((k == n) & is_last[:, None].bool())  # (B, S+1)
+        # With free boundaries position k < n decides whether s_{k+1} is the document's last.
+        if self.free_boundaries:
+            stop_target = ((k == n - 1) & is_last[:, None].bool()).float()  # (B, S+1)
+            stop_valid = k < n  # (B, S+1)
+        else:
+            stop_target = (k == n).float()  # (B, S+1)
+            stop_valid = (k < n) | ((k == n) & is_last[:, None].bool())  # (B, S+1)
         stop_logit = self.stop_logits(h)  # (B, S+1)
         stop_nll = F.binary_cross_entropy_with_logits(stop_logit, stop_target, reduction="none")
         stop_nll = stop_nll * stop_valid
 
-        n_targets = flat_len.sum() + flat_len.numel()  # tokens + one EOS per segment
+        n_eos = flat_len.numel() if has_eos is None else has_eos.sum()
+        n_targets = flat_len.sum() + n_eos  # tokens + one EOS per segment (free: per document end)
         w = self.config.stop_loss_weight
         loss = (seg_nll.sum() + w * stop_nll.sum()) / n_targets.clamp(min=1)
 
@@ -235,7 +266,8 @@ class SLLM(nn.Module):
             first = torch.zeros_like(seg_mask)
             first[:, 0] = True
             not_first = ~first[seg_mask]  # (N,)
-            seg_mean = seg_nll / (flat_len + 1).float()  # (N,)
+            seg_targets = flat_len + (1 if has_eos is None else has_eos.long())  # (N,)
+            seg_mean = seg_nll / seg_targets.float()  # (N,)
             out = {
                 "loss": loss,
                 "nll_tokens": (seg_nll - eos_nll).sum().detach(),
@@ -264,12 +296,14 @@ class SLLM(nn.Module):
         return out
 
     def decode_nll(self, ids: torch.Tensor, lengths: torch.Tensor,
-                   latent: torch.Tensor) -> DecodedNLL:
+                   latent: torch.Tensor, has_eos: torch.Tensor | None = None) -> DecodedNLL:
         """Teacher-forced decoder NLL of segments (N, T) given their latents (N, D).
 
         Returns (:class:`DecodedNLL`) per segment the NLL summed over its tokens and EOS (N,),
         the EOS's NLL (N,), the first token's NLL (N,) and the number of argmax-correct
-        targets. Segments are decoded in length-sorted chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
+        targets. ``has_eos`` (N,) bool: the segments whose EOS is a target (default: all); a
+        segment without one is scored on its tokens with EOS left out of the softmax and
+        reports an EOS NLL of 0 (free boundaries: a segment the segmenter ends). Segments are decoded in length-sorted chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
         longest segment (prose segments beside 2-token CSV cells would otherwise multiply
         the (positions x vocabulary) logits several times over) and memory stays bounded.
         Exact: every segment is decoded independently of the others.
@@ -289,12 +323,18 @@ class SLLM(nn.Module):
             T = sorted_len[b - 1]  # longest segment of the chunk
             L = lengths[idx]
             dec_in, dec_mask, targets = self.vae.teacher_forcing(ids[idx, :T], lengths_to_mask(L, T))  # (n, T+1)
+            rows = torch.arange(idx.numel(), device=ids.device)
+            if has_eos is not None:
+                targets[rows, L] = torch.where(has_eos[idx], targets[rows, L], IGNORE_INDEX)
             logits = self.vae.decoder(dec_in, latent[idx], attention_mask=dec_mask)  # (n, T+1, V)
             n, T1, V = logits.shape
+            if has_eos is not None:  # renormalise without EOS where it is not a target
+                eos_col = torch.arange(V, device=logits.device) == self.vae.config.eos_id  # (V,)
+                logits = logits.masked_fill((~has_eos[idx])[:, None, None] & eos_col, float("-inf"))
             nll = F.cross_entropy(logits.reshape(n * T1, V).float(), targets.reshape(-1),
                                   ignore_index=IGNORE_INDEX, reduction="none").view(n, T1)  # (n, T+1)
             seg_parts.append(nll.sum(1))
-            eos_parts.append(nll[torch.arange(n, device=nll.device), L])
+            eos_parts.append(nll[rows, L])  # 0 where the EOS is not a target (ignored)
             first_parts.append(nll[:, 0])  # every segment has >= 1 token: target 0 is its first
             with torch.no_grad():
                 correct = correct + ((logits.argmax(-1) == targets) & (targets != IGNORE_INDEX)).sum()

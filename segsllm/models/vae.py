@@ -22,6 +22,7 @@ Only torch is needed here; the folder format lives in :mod:`segsllm.models.artif
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -499,21 +500,27 @@ class SentenceVAE(nn.Module):
     def generate(self, latent: torch.Tensor, max_len: int | None = None, greedy: bool = True,
                  temperature: float = 1.0, top_p: float = 1.0,
                  generator: torch.Generator | None = None, min_len: int = 0,
-                 info: dict[str, Any] | None = None) -> list[list[int]]:
+                 info: dict[str, Any] | None = None,
+                 cut_after: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
         """Decode latents (B, D) with a KV cache; token id lists without BOS/EOS.
 
         At most ``max_len`` tokens per segment (default and cap: config.max_len); a segment
         that reaches it without EOS is returned as is. EOS is masked for the first
-        ``min_len`` tokens (a speed run asks for non-empty segments). ``info``, if given,
-        receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS) and
-        ``eos_masked`` (per row: EOS was the top choice at a masked step).
-        Does not change train/eval mode.
+        ``min_len`` tokens (a speed run asks for non-empty segments). ``cut_after`` (batch 1
+        only): called with the segment's tokens after each one; True ends the segment there
+        (a causal segmenter's decision, ``sllm.boundaries=segmenter``). ``info``, if given,
+        receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS),
+        ``cut`` (per row: ended by ``cut_after``) and ``eos_masked`` (per row: EOS was the
+        top choice at a masked step). Does not change train/eval mode.
         """
         cfg = self.config
         max_len = cfg.max_len if max_len is None else int(max_len)
         if not 0 <= max_len <= cfg.max_len:
             raise ValueError(f"max_len must be in [0, {cfg.max_len}], got {max_len}")
         B = latent.size(0)
+        if cut_after is not None and B != 1:
+            raise ValueError(f"cut_after decodes one segment at a time, got a batch of {B}")
+        by_cut = False
         cache = self.decoder.new_cache(max_len + 1)
         tok = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=latent.device)  # (B, 1)
         done = torch.zeros(B, dtype=torch.bool, device=latent.device)
@@ -527,6 +534,9 @@ class SentenceVAE(nn.Module):
             nxt = _sample(logits, greedy, temperature, top_p, generator)  # (B,)
             steps.append(nxt)
             done |= nxt == cfg.eos_id
+            if cut_after is not None and not bool(done.all()):
+                by_cut = bool(cut_after(torch.stack(steps, dim=1)[0].tolist()))
+                done |= by_cut
             if bool(done.all()):
                 break
             tok = nxt[:, None]
@@ -538,6 +548,7 @@ class SentenceVAE(nn.Module):
         if info is not None:
             info["steps"] = len(steps)
             info["eos"] = [cfg.eos_id in row for row in out_ids]
+            info["cut"] = [by_cut] * B
             info["eos_masked"] = masked.tolist()
         return result
 

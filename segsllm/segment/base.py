@@ -89,6 +89,11 @@ class Segmenter(abc.ABC):
 
     name: ClassVar[str] = ""  # registry name; build_segmenter sets it on the instance too
     needs_tokenizer: ClassVar[bool] = False
+    # Causal (lookahead 0): whether the cut after token t depends on tokens <= t only (and
+    # on the segmenter's own earlier cuts). A generator can then take the decisions token by
+    # token, so an SLLM with ``sllm.boundaries=segmenter`` need not encode them
+    # (docs/DESIGN.md §5). False unless a subclass knows better.
+    causal: ClassVar[bool] = False
     max_len: int
     tokenizer: Any = None
 
@@ -178,6 +183,10 @@ class MaxLenCapped(Segmenter):
         self.needs_tokenizer = inner.needs_tokenizer  # type: ignore[misc]
         self.tokenizer = inner.tokenizer
 
+    @property
+    def causal(self) -> bool:  # type: ignore[override]
+        return bool(self.inner.causal)  # the greedy max_len split is itself causal
+
     def segment(self, ids: Any) -> np.ndarray:
         return enforce_max_len(self.inner.segment(ids), self.max_len)
 
@@ -194,3 +203,19 @@ class MaxLenCapped(Segmenter):
 
     def params(self) -> dict[str, Any]:
         return {**self.inner.params(), "max_len": self.max_len}
+
+
+def cuts_after(segmenter: Segmenter, ids: Sequence[int]) -> bool:
+    """Whether a *causal* segmenter ends a segment after the last of ``ids``.
+
+    A segmenter always ends one at the end of what it is given, so it is given one more
+    token (a copy of the last): by causality the cut after ``ids[-1]`` cannot depend on it.
+    Refuses a segmenter that is not causal (the answer would depend on tokens not yet seen).
+    """
+    if not segmenter.causal:
+        raise SegmenterError(f"segmenter {segmenter.spec()!r} is not causal: its cuts depend on later tokens")
+    if not len(ids):
+        return False
+    arr = np.asarray([*ids, ids[-1]], dtype=np.int64)
+    ends = segmenter.segment(arr)
+    return bool(np.isin(len(ids), ends))

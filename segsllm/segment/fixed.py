@@ -13,6 +13,7 @@ class FixedSegmenter(Segmenter):
     """Cut every k tokens, whatever they are (the last segment may be shorter)."""
 
     name = "fixed"
+    causal = True  # the cut after token t depends on t's position only
 
     def __init__(self, k: int = 16, max_len: int | None = None) -> None:
         k = int(k)

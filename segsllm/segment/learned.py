@@ -330,6 +330,13 @@ class LearnedSegmenter(Segmenter):
         """Tokens after ``t`` that the decision for ``t`` may depend on (streaming mode)."""
         return int(self.config.lookahead)
 
+    @property
+    def causal(self) -> bool:  # type: ignore[override]
+        """Lookahead 0 and threshold decoding (and a causal ``cut_at`` rule, if any): the cut
+        after token ``t`` is then a function of tokens ``<= t`` and the earlier cuts."""
+        rule_causal = self._rule is None or bool(self._rule.causal)
+        return self.lookahead == 0 and self.effective_decode == "threshold" and rule_causal
+
     def bind(self, tokenizer: Any) -> LearnedSegmenter:
         """Refuse a tokenizer other than the one the predictor was trained with."""
         from segsllm.models.artifact import fingerprint_of

@@ -48,6 +48,7 @@ class LinesSegmenter(Segmenter):
 
     name = "lines"
     needs_tokenizer = True
+    causal = True  # the cut after token t depends on token t and the length of its line so far
 
     def __init__(self, max_len: int = 64) -> None:
         if int(max_len) < 1:

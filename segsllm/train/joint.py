@@ -217,7 +217,8 @@ def train_joint_teacher(cfg: Any, tokenizer: Any, docs: Mapping[str, Mapping[str
     if vae.model.config.max_len < predictor_config.max_len:
         raise ConfigError(f"joint teacher: the SentenceVAE takes segments of at most {vae.model.config.max_len} "
                           f"tokens, the splitter allows {predictor_config.max_len}")
-    sllm_cfg = dataclasses.replace(cfg.sllm, max_segments=sp.joint_chunk_tokens)
+    # Boundaries eos: the segmentations it samples are the predictor's, not a causal rule's.
+    sllm_cfg = dataclasses.replace(cfg.sllm, max_segments=sp.joint_chunk_tokens, boundaries="eos")
     # The backbone: the token LM (--base-lm), else cfg.backbone (a from-scratch one, as hard EM allows).
     stage_cfg = dataclasses.replace(cfg, backbone=BackboneConfig(spec=str(sp.base_lm))) if sp.base_lm else cfg
     sllm, _ = _build_sllm(stage_cfg, sllm_cfg.validate(), vae.model, tokenizer, sp.vae)

@@ -64,13 +64,15 @@ def _final_metrics(folder: Path) -> dict[str, dict[str, float]]:
 
 def round_sllm_config(cfg: Any, out_dir: Path, segmentation: str) -> Any:
     """The config of one round's SLLM: the stage's, with ``splitter.em_sllm`` applied, the
-    backbone ``splitter.base_lm`` and segmenter S_t."""
+    backbone ``splitter.base_lm`` and segmenter S_t. Boundaries are always ``eos``: the
+    teacher prices a span's EOS and stop decision (S_t is in general not causal)."""
     from segsllm.config.loader import apply_overrides
 
     c = apply_overrides(cfg, list(cfg.splitter.em_sllm), origin="splitter.em_sllm")
     backbone = c.backbone if not cfg.splitter.base_lm else dataclasses.replace(c.backbone, spec=str(cfg.splitter.base_lm))
     return dataclasses.replace(c, run=dataclasses.replace(c.run, out=str(out_dir)), backbone=backbone,
-                               segmenter=dataclasses.replace(c.segmenter, spec=segmentation))
+                               segmenter=dataclasses.replace(c.segmenter, spec=segmentation),
+                               sllm=dataclasses.replace(c.sllm, boundaries="eos"))
 
 
 def _check(cfg: Any) -> None:

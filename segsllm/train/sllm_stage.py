@@ -100,7 +100,8 @@ def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
         "token_perplexity": token_perplexity(nll, int(g("n_tokens", 0.0) + g("n_docs", 0.0))),
         "paper_style_perplexity": math.exp(min(g("ps_ce_sum", 0.0) / ps_count, 700.0)) if ps_count else math.nan,
         "decoder_token_accuracy": g("n_correct", 0.0) / max(g("n_targets", 0.0), 1.0),
-        "stop_accuracy": g("stop_correct", 0.0) / max(g("n_stop", 0.0), 1.0),
+        # nan without stop decisions (sllm.boundaries=segmenter: the document's end is an EOS)
+        "stop_accuracy": g("stop_correct", 0.0) / g("n_stop") if g("n_stop", 0.0) else math.nan,
         "mean_segment_len": g("n_tokens", 0.0) / max(g("n_segments", 0.0), 1.0),
         "segments_per_window": g("n_segments", 0.0) / max(g("n_windows", 0.0), 1.0),
     }
@@ -127,6 +128,17 @@ def resolve_segmenter(vae: Any, tokenizer: Any, requested: str | None, fallback:
             warnings.warn(f"segmenter {seg.spec()!r} differs from the one the SentenceVAE was trained with "
                           f"({ref.spec()!r}); its encoder/decoder will see unfamiliar segments", stacklevel=2)
     return seg
+
+
+def resolve_boundaries(sllm_cfg: Any, seg: Any) -> Any:
+    """``sllm_cfg`` with ``boundaries=auto`` resolved for ``seg`` (segmenter when it is causal,
+    else eos); ``segmenter`` with a segmenter that is not causal is a one-line error."""
+    if sllm_cfg.boundaries == "auto":
+        return dataclasses.replace(sllm_cfg, boundaries="segmenter" if seg.causal else "eos")
+    if sllm_cfg.boundaries == "segmenter" and not seg.causal:
+        raise ConfigError(f"sllm.boundaries=segmenter needs a causal segmenter (lookahead 0: fixed, lines, a "
+                          f"lookahead-0 threshold splitter); {seg.spec()!r} is not (use eos or auto)")
+    return sllm_cfg
 
 
 def check_backbone_tokenizer(backbone: Any, tokenizer: Any, vae_dir: str | Path) -> None:
@@ -270,11 +282,12 @@ def finetune_sllm(cfg: Any, vae_dir: str | Path, *, segmenter: str | None = None
     loaded = load_artifact("sentence_vae", vae_dir)
     vae, tokenizer = loaded.model, loaded.tokenizer
     seg = resolve_segmenter(vae, tokenizer, segmenter, cfg.segmenter.spec)
+    sllm_cfg = resolve_boundaries(sllm_cfg, seg)
     device = stage.start_compute(cfg)
     model, backbone = _build_sllm(cfg, sllm_cfg, vae, tokenizer, vae_dir)
     # Record what was actually used, so config.yaml reproduces the run.
     cfg = dataclasses.replace(
-        cfg, segmenter=dataclasses.replace(cfg.segmenter, spec=seg.spec(), max_len=seg.max_len),
+        cfg, segmenter=dataclasses.replace(cfg.segmenter, spec=seg.spec(), max_len=seg.max_len), sllm=sllm_cfg,
     )
     tables, train_source, eval_sources = _sllm_batches(cfg, sllm_cfg, tokenizer, seg, vae.config.pad_id)
     tok_fp = tokenizer_fingerprint(tokenizer)
