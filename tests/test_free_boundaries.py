@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_sllm import MAX_LEN, V, batch_of, leaky_body_forward, random_doc, tiny_sllm  # noqa: E402
+from test_sllm import V, batch_of, leaky_body_forward, random_doc, tiny_sllm  # noqa: E402
 
 from segsllm.errors import ConfigError, SegmenterError  # noqa: E402
 from segsllm.models import sllm as sllm_mod  # noqa: E402
@@ -103,7 +103,7 @@ def test_a_cut_segment_is_scored_without_eos_in_the_softmax():
         before = float(head["seg_nll"][0, 0] - head["seg_eos_nll"][0, 0])
         mass = 0.0
         for v in range(3, V):  # every ordinary token as the segment's last
-            out = nll_of(model, [[prefix + [v], *rest]])
+            out = nll_of(model, [[[*prefix, v], *rest]])
             tokens = float(out["seg_nll"][0, 0] - out["seg_eos_nll"][0, 0])
             mass += math.exp(-(tokens - before))
         totals[mode], specials[mode] = mass, next_token_probs(model, prefix)
@@ -180,7 +180,7 @@ def test_auto_is_resolved_before_a_model_exists(tokenizer):
     assert resolve_boundaries(cfg, punct).boundaries == "eos"
     with pytest.raises(ConfigError, match="needs a causal segmenter"):
         resolve_boundaries(SLLMConfig(boundaries="segmenter"), punct)
-    with pytest.raises(ConfigError, match="sllm.boundaries"):
+    with pytest.raises(ConfigError, match=r"sllm\.boundaries"):
         SLLMConfig(boundaries="sometimes").validate()
 
 

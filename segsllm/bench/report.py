@@ -65,7 +65,8 @@ DEFINITIONS = {
                "when the IQR reaches beyond ±25 % of the median (machine load in meta)",
     "gen_segment_len": "mean generated segment length L (generated tokens per SLLM backbone step), beside the "
                        "test set's mean len; EOS % = share of generated segments ended by the decoder's EOS "
-                       "(the rest hit max_len or the token budget); gen_empty_masked_share (results.json) = share of "
+                       "(the rest hit max_len or the token budget; with free boundaries gen_cut_share, in "
+                       "results.json, is the share ended by the segmenter's cut); gen_empty_masked_share (results.json) = share of "
                        "segments whose decoder chose EOS before any token, masked so the run keeps its budget",
     "backbone_steps_per_token": "backbone outputs consumed per generated token: 1/L for the SLLM, 1 for the LM",
     "bound": "analytic bound L*t_b,LM / (t_b + d*t_d + t_e) from measured per-call times (t_b,LM one LM step, "
@@ -88,6 +89,9 @@ DEFINITIONS = {
     "segment_costs": "quality.<domain>.segment_costs.<segmenter>: for every segment length on the test set, the "
                      "segments scored (all seeds), their mean SLLM NLL in nats (tokens + EOS) and bits per token; "
                      "segment_costs.png draws bits per token against length",
+    "boundaries": "who ends a segment: eos (the SLLM's decoder, paid in sllm_bits_per_byte_boundaries with the "
+                  "stop decisions) or segmenter (a causal segmenter, free: only the document's end and one "
+                  "'is this the last segment' decision per segment are paid; sllm.boundaries)",
     "splitter_teacher_f1": "learned segmenters: boundary F1 of the deployed splitter (batch decode) against its "
                            "teacher's labels on validation chunks, from the splitter's metrics.json, mean over "
                            "seeds: how much of what the teacher chose the cheap segmenter reproduces",
@@ -96,6 +100,7 @@ DEFINITIONS = {
 # (column key, header, format) of the summary tables.
 COLUMNS = [
     ("segmenter", "segmenter", "{}"),
+    ("boundaries", "boundaries", "{}"),
     ("sllm_bits_per_byte", "SLLM bits/B", "{:.4f}"),
     ("sllm_ci", "SLLM 95 %", "{}"),
     ("baseline_bits_per_byte", "LM bits/B", "{:.4f}"),

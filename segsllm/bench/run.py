@@ -405,6 +405,7 @@ def run_bench(cfg: Any, *, log: Callable[[str], None] | None = None) -> BenchRes
                                              device=device)
                 row: dict[str, Any] = {
                     "segmenter": spec, "segmenter_spec": seg.spec(), "domain": d, "backbone": backbone, "vae_depth": depth,
+                    "boundaries": model.config.boundaries,  # eos: the SLLM pays for segment ends; segmenter: free
                     "device": str(device), "eval_docs": docs[d].n_docs, "eval_bytes": docs[d].total_bytes,
                     "context_tokens": C0, "stride_tokens": bcfg.stride_for(C0),
                     "sllm_bits_per_byte": sq.bits_per_byte, "sllm_token_perplexity": sq.token_perplexity,
