@@ -174,13 +174,14 @@ TEACHER_VARIANTS = {
     "sllm-fixed": ("sllm", ["splitter.em_init=fixed:k=16", "splitter.predictor.prior_shape=32",
                             "splitter.target_len=16", "splitter.teacher_tokens=40000",
                             "splitter.teacher_eval_tokens=6000", "train.batch_size=8"]),
-    # sllm-fixed with a causal student (lookahead 0, threshold decode): its cuts are a function
-    # of the tokens so far, so with sllm.boundaries=segmenter (or auto) its SLLM pays nothing
-    # for segment ends, like fixed:k=16's; the price is a student that sees no later token.
+    # sllm-fixed with a causal student (lookahead 0, hazard decode: the peaked length prior
+    # applied token by token): its cuts are a function of the tokens so far, so with
+    # sllm.boundaries=segmenter (or auto) its SLLM pays nothing for segment ends, like
+    # fixed:k=16's; the price is a student that sees no later token.
     "sllm-fixed-causal": ("sllm", ["splitter.em_init=fixed:k=16", "splitter.predictor.prior_shape=32",
                                    "splitter.target_len=16", "splitter.teacher_tokens=40000",
                                    "splitter.teacher_eval_tokens=6000", "train.batch_size=8",
-                                   "splitter.predictor.lookahead=0", "splitter.predictor.decode=threshold"]),
+                                   "splitter.predictor.lookahead=0", "splitter.predictor.decode=hazard"]),
     # One round of hard EM from fixed:k=16 that may only merge fixed:k=16's blocks (segments
     # of 16, 32 or 48 tokens, 20 on average): boundaries as predictable as fixed:k=16's, fewer
     # of them where the SLLM pays least for a longer segment. Its student decodes at multiples of 16 too.

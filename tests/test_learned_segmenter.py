@@ -217,6 +217,57 @@ def test_calibration_hits_the_target_on_synthetic_data():
         assert abs(got / target - 1) < 0.05, (target, got)
 
 
+def test_hazard_odds_by_hand_and_a_hazard_decode_that_follows_the_prior():
+    from segsllm.segment.learned import hazard_decode, length_prior, log_hazard_odds
+
+    odds = log_hazard_odds(np.log([0.5, 0.25, 0.25]))  # h = 0.5, 0.5, 1
+    assert odds[:2] == pytest.approx([0.0, 0.0]) and odds[2] == np.inf
+    # Flat logits: every segment ends at the first length whose hazard clears the threshold.
+    lp = length_prior(6.0, 20, 32.0)  # peaked at 6
+    lo = log_hazard_odds(lp)
+    tau = float((lo[5] + lo[4]) / 2)  # cleared from length 6 on (the odds grow with l)
+    ends = hazard_decode([np.zeros(30, np.float32)], tau, 20, lo)[0]
+    assert np.diff(np.r_[0, ends]).tolist() == [6, 6, 6, 6, 6]
+    # A strong logit cuts early; a forbidden one (-inf) is skipped until max_len forces a cut.
+    z = np.zeros(30, np.float32)
+    z[2] = 1e3
+    assert hazard_decode([z], tau, 20, lo)[0][:2].tolist() == [3, 9]
+    assert hazard_decode([np.full(25, -np.inf, np.float32)], tau, 10, lo)[0].tolist() == [10, 20, 25]
+    # Causal: the cuts of a prefix are the whole document's cuts inside it.
+    rng = np.random.default_rng(0)
+    doc = rng.normal(0, 2, 200).astype(np.float32)
+    full = hazard_decode([doc], tau, 20, lo)[0]
+    for t in (17, 64, 133):
+        part = hazard_decode([doc[:t]], tau, 20, lo)[0]
+        assert part[:-1].tolist() == full[full < t].tolist()
+
+
+def test_calibration_hits_the_target_with_the_hazard_decode():
+    from segsllm.segment.learned import (
+        balanced_mean,
+        hazard_decode,
+        length_prior,
+        log_hazard_odds,
+        mean_length,
+    )
+    from segsllm.train.splitter_stage import calibrate
+
+    rng = np.random.default_rng(1)
+    logits = {name: [rng.normal(-2, 1.5, size=int(n)).astype(np.float32) for n in rng.integers(50, 300, size=15)]
+              for name in ("a", "b")}
+    for target in (6.0, 16.0):
+        class Probe:
+            max_len = 32
+            config = type("C", (), {"prior_weight": 1.0, "target_len": target, "decode": "hazard"})()
+            _log_prior = length_prior(target, 32, 8.0)
+            _log_odds = log_hazard_odds(_log_prior)
+
+        cal = calibrate(Probe(), logits, target)
+        got = balanced_mean({d: mean_length(hazard_decode(z, cal["hazard_threshold"], 32, Probe._log_odds))
+                             for d, z in logits.items()})
+        assert abs(got / target - 1) < 0.05, (target, got)
+
+
 def _brute_force(n: int, L: int, score) -> tuple[float, tuple[int, ...]]:
     best = (-np.inf, ())
     for mask in itertools.product([0, 1], repeat=n - 1):
@@ -343,10 +394,10 @@ def lookahead0_dir(tokenizer, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("which,extra,causal", [("la0", "", True), ("la0", ",decode=viterbi", False),
-                                                ("la2", ",decode=threshold", False)])
+@pytest.mark.parametrize("which,extra,causal", [("la0", "", True), ("la0", ",decode=hazard", True),
+                                                ("la0", ",decode=viterbi", False), ("la2", ",decode=threshold", False)])
 def test_the_causal_flag_of_a_learned_splitter(lookahead0_dir, splitter_dir, tokenizer, which, extra, causal):
-    """Causal = lookahead 0 and threshold decoding; then later tokens never move a cut (the
+    """Causal = lookahead 0 and threshold or hazard decoding; then later tokens never move a cut (the
     same check finds the moves of a lookahead-2 or a Viterbi splitter)."""
     from test_free_boundaries import later_tokens_move_earlier_cuts
 

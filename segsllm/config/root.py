@@ -59,7 +59,8 @@ def _qualified(name: str, section: object, message: str) -> str:
 
 # Options added after runs were published, left out of every cache key at their neutral
 # value so that those runs' finished stages stay valid: (section, ..., field) -> value.
-KEY_NEUTRAL: dict[tuple[str, ...], Any] = {("splitter", "predictor", "cut_at"): None, ("sllm", "boundaries"): "eos"}
+KEY_NEUTRAL: dict[tuple[str, ...], Any] = {("splitter", "predictor", "cut_at"): None, ("sllm", "boundaries"): "eos",
+                                           ("splitter", "predictor", "hazard_threshold"): 0.0}
 
 
 def key_dict(cfg: Config) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 from segsllm.errors import ConfigError
 
 TEACHERS = ("punctuation", "entropy", "vae", "vae-rule", "sllm", "joint")
-DECODES = ("threshold", "viterbi")
+DECODES = ("threshold", "viterbi", "hazard")
 ENTROPY_MODES = ("global", "monotonic")
 CUT_AT_RULES = ("fixed", "punctuation", "lines")  # = segsllm.segment.learned.CUT_AT_RULES (config imports no segment)
 
@@ -45,8 +45,11 @@ class BoundaryPredictorConfig:
     # ---- length control (calibrated after training; stored with the weights)
     max_len: int = 48  # hard cap on tokens per segment
     target_len: float = 8.0  # mean tokens per segment the calibration aims at
-    decode: str = "viterbi"  # batch-mode default: "viterbi" (length prior) or "threshold"
+    # batch-mode default: "viterbi" (length prior, whole document), "threshold", or "hazard"
+    # (the length prior's hazard added to each logit, decided token by token: causal)
+    decode: str = "viterbi"
     threshold: float = 0.0  # logit threshold (threshold decoding, streaming mode)
+    hazard_threshold: float = 0.0  # threshold of the hazard decode (calibrated)
     viterbi_penalty: float = 0.0  # per-segment cost of the Viterbi search (calibrated)
     prior_weight: float = 1.0  # weight of the log length prior in the Viterbi search
     prior_shape: float = 2.0  # Gamma shape of the length prior (larger = more peaked)

@@ -10,6 +10,12 @@ this token"; how logits become cuts is the length control:
   ``t`` needs only tokens ``<= t + lookahead`` (the predictor's receptive field) and the
   earlier decisions, so :class:`StreamingSplitter` commits it as soon as token
   ``t + lookahead`` arrives and never revises it.
+- **hazard** — causal and length-aware: after token ``t`` ending a segment of ``l`` tokens so
+  far, cut when ``logit_t + prior_weight * log(h(l) / (1 - h(l)))`` exceeds a calibrated
+  threshold, ``h`` the length prior's hazard (the chance a segment ends at ``l`` given that it
+  reached ``l``; 1 at ``max_len``). With lookahead 0 each decision needs tokens ``<= t`` only,
+  so the splitter is causal (``sllm.boundaries=segmenter`` can use it) yet keeps its segments
+  near the prior's length, as Viterbi does for the whole document.
 - **viterbi** (batch default) — the segmentation that maximises the sum of the cut
   logits, a log length prior (a discretised Gamma with the target mean) per segment and a
   per-segment penalty calibrated to hit the target mean length; segments are at most
@@ -33,7 +39,7 @@ import numpy as np
 from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids, enforce_max_len
 
 MODES = ("batch", "stream")
-DECODES = ("threshold", "viterbi")
+DECODES = ("threshold", "viterbi", "hazard")
 
 
 # --------------------------------------------------------------------------- length prior
@@ -119,6 +125,41 @@ def threshold_decode(logits: Sequence[np.ndarray], threshold: float, max_len: in
         return [EMPTY for _ in logits]
     flat = np.concatenate([np.asarray(z, dtype=np.float32) for z in logits])
     return ends_from_cuts(flat > threshold, sizes, max_len)
+
+
+def log_hazard_odds(log_prior: np.ndarray) -> np.ndarray:
+    """log(h(l) / (1 - h(l))) for l = 1..len(log_prior), ``h(l) = pi(l) / sum_{l' >= l} pi(l')``
+    the prior's hazard; +inf at the last length (a segment must end there)."""
+    lp = np.asarray(log_prior, dtype=np.float64)
+    tail = np.logaddexp.accumulate(lp[::-1])[::-1]  # log sum_{l' >= l} pi(l')
+    later = np.append(tail[1:], -np.inf)  # log sum_{l' > l} pi(l')
+    with np.errstate(divide="ignore"):
+        return lp - later
+
+
+def hazard_decode(logits: Sequence[np.ndarray], threshold: float, max_len: int, log_odds: np.ndarray,
+                  weight: float = 1.0) -> list[np.ndarray]:
+    """Cut after token ``t`` when ``logit_t + weight * log_odds[l - 1] > threshold``, ``l`` the
+    length of the segment so far (a segment of ``max_len`` always ends). Causal: each cut
+    depends on the logits up to ``t`` and the earlier cuts. Documents side by side, one
+    vectorised step per position."""
+    if not len(logits):
+        return []
+    sizes = np.array([len(z) for z in logits], dtype=np.int64)
+    T = int(sizes.max(initial=0))
+    z = np.full((len(logits), T), -np.inf, dtype=np.float64)  # (D, T)
+    for i, zi in enumerate(logits):
+        z[i, : len(zi)] = zi
+    bonus = weight * np.asarray(log_odds[:max_len], dtype=np.float64)  # (max_len,)
+    cut = np.zeros((len(logits), T), dtype=bool)  # (D, T)
+    run = np.zeros(len(logits), dtype=np.int64)  # (D,) tokens in the open segment
+    for t in range(T):
+        run += 1
+        c = (run >= max_len) | (z[:, t] + bonus[np.minimum(run, max_len) - 1] > threshold)
+        cut[:, t] = c
+        run[c] = 0
+    flat = np.concatenate([cut[i, :n] for i, n in enumerate(sizes.tolist())]) if sizes.sum() else cut[:, :0].ravel()
+    return ends_from_cuts(flat, sizes, max_len)
 
 
 def best_segmentation(
@@ -285,6 +326,7 @@ class LearnedSegmenter(Segmenter):
         self.tokenizer = _folder_tokenizer(self.path)
         self._fingerprint = self.model.manifest.get("tokenizer_fingerprint")
         self._log_prior = length_prior(cfg.target_len, self.max_len, cfg.prior_shape)
+        self._log_odds = log_hazard_odds(self._log_prior)
         self._rule = self._build_rule()
         if mode == "stream" and self._rule is not None and cfg.cut_at.split(":", 1)[0] not in CAUSAL_CUT_AT:
             raise SegmenterError(f"learned: cut_at={cfg.cut_at} looks past its own boundaries, so this splitter "
@@ -332,10 +374,10 @@ class LearnedSegmenter(Segmenter):
 
     @property
     def causal(self) -> bool:  # type: ignore[override]
-        """Lookahead 0 and threshold decoding (and a causal ``cut_at`` rule, if any): the cut
+        """Lookahead 0 and threshold or hazard decoding (and a causal ``cut_at`` rule): the cut
         after token ``t`` is then a function of tokens ``<= t`` and the earlier cuts."""
         rule_causal = self._rule is None or bool(self._rule.causal)
-        return self.lookahead == 0 and self.effective_decode == "threshold" and rule_causal
+        return self.lookahead == 0 and self.effective_decode in ("threshold", "hazard") and rule_causal
 
     def bind(self, tokenizer: Any) -> LearnedSegmenter:
         """Refuse a tokenizer other than the one the predictor was trained with."""
@@ -376,6 +418,9 @@ class LearnedSegmenter(Segmenter):
         if self.effective_decode == "threshold":
             tau = self.effective_threshold if threshold is None else threshold
             return threshold_decode(logits, tau, self.max_len)
+        if self.effective_decode == "hazard":
+            tau = float(getattr(self.config, "hazard_threshold", 0.0)) if threshold is None else threshold
+            return hazard_decode(logits, tau, self.max_len, self._log_odds, self.config.prior_weight)
         cfg = self.config
         pen = cfg.viterbi_penalty if penalty is None else penalty
         return viterbi_decode(logits, self.max_len, self._log_prior, cfg.prior_weight, pen)
@@ -513,7 +558,9 @@ __all__ = [
     "best_segmentation",
     "bisect_parameter",
     "ends_from_cuts",
+    "hazard_decode",
     "length_prior",
+    "log_hazard_odds",
     "mask_logits",
     "mean_length",
     "rule_cuts",

@@ -136,11 +136,13 @@ def cap_tokens(docs: Sequence[np.ndarray], max_tokens: int | None) -> list[np.nd
 
 
 def calibrate(seg: Any, logits: Mapping[str, Sequence[np.ndarray]], target_len: float) -> dict[str, Any]:
-    """Bisect the threshold and the Viterbi penalty of ``seg`` (a LearnedSegmenter) so that
-    the geometric mean over domains of the mean segment length is ``target_len``."""
+    """Bisect the threshold, the Viterbi penalty and the hazard threshold of ``seg`` (a
+    LearnedSegmenter) so that the geometric mean over domains of the mean segment length is
+    ``target_len``."""
     from segsllm.segment.learned import (
         balanced_mean,
         bisect_parameter,
+        hazard_decode,
         mean_length,
         threshold_decode,
         viterbi_decode,
@@ -159,10 +161,18 @@ def calibrate(seg: Any, logits: Mapping[str, Sequence[np.ndarray]], target_len: 
         return balanced_mean({d: mean_length(viterbi_decode(zs, seg.max_len, seg._log_prior, cfg.prior_weight, pen))
                               for d, zs in logits.items()})
 
+    def hazard_mean(tau: float) -> float:
+        return balanced_mean({d: mean_length(hazard_decode(zs, tau, seg.max_len, seg._log_odds, cfg.prior_weight))
+                              for d, zs in logits.items()})
+
     tau, tau_mean = bisect_parameter(threshold_mean, target_len, float(flat.min()) - 1, float(flat.max()) + 1)
     pen, pen_mean = bisect_parameter(viterbi_mean, target_len, -10.0, 10.0, iters=25)
-    return {"threshold": tau, "threshold_mean": tau_mean, "viterbi_penalty": pen, "viterbi_mean": pen_mean,
-            "target_len": target_len}
+    out = {"threshold": tau, "threshold_mean": tau_mean, "viterbi_penalty": pen, "viterbi_mean": pen_mean,
+           "target_len": target_len}
+    if getattr(cfg, "decode", None) == "hazard":  # a loop over positions: only when it is the decode in use
+        hz, hz_mean = bisect_parameter(hazard_mean, target_len, float(flat.min()) - 1, float(flat.max()) + 1)
+        out.update(hazard_threshold=hz, hazard_mean=hz_mean)
+    return out
 
 
 def measure_speed(seg: Any, docs: Sequence[np.ndarray], min_seconds: float = 1.0) -> float:
@@ -296,7 +306,8 @@ def _calibrate_model(model: Any, pcfg: Any, val_docs: Mapping[str, Sequence[np.n
         calib_logits = {d: mask_logits(z, rule_cuts(rule, calib_docs[d])) for d, z in calib_logits.items()}
     calibration = calibrate(_Probe(model, max_len, pcfg), calib_logits, target)
     model.config = dataclasses.replace(pcfg, threshold=float(calibration["threshold"]),
-                                       viterbi_penalty=float(calibration["viterbi_penalty"])).validate()
+                                       viterbi_penalty=float(calibration["viterbi_penalty"]),
+                                       hazard_threshold=float(calibration.get("hazard_threshold", 0.0))).validate()
     return calibration
 
 
@@ -430,10 +441,11 @@ class _Probe:
     """The bits of a LearnedSegmenter that calibration needs, before the folder exists."""
 
     def __init__(self, model: Any, max_len: int, config: Any) -> None:
-        from segsllm.segment.learned import length_prior
+        from segsllm.segment.learned import length_prior, log_hazard_odds
 
         self.model, self.max_len, self.config = model, max_len, config
         self._log_prior = length_prior(config.target_len, max_len, config.prior_shape)
+        self._log_odds = log_hazard_odds(self._log_prior)
 
 
 def _documents(data_dir: Any, domain: str, split: str, tokenizer: Any, caps: Mapping[str, Any]) -> list[np.ndarray]:
