@@ -161,3 +161,38 @@ def test_cli_generate_streams_and_compares_with_a_baseline(sllm_run, tokenizer, 
 def test_cli_generate_on_a_missing_model_is_one_line(tmp_path):
     result = _invoke(["generate", "--model", str(tmp_path / "nope"), "--prompt", "x"])
     assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_free_boundaries_train_end_to_end_with_a_causal_segmenter(vae_dir, tiny_data_dir, tmp_path, tokenizer):
+    """boundaries=auto with fixed:k=4 trains a free-boundary SLLM (saved as ``segmenter``):
+    its boundary share is only the document ends and last-segment decisions, so it is far
+    below the EOS model's on the same data; it generates along fixed:k=4's grid."""
+    from segsllm.generate import generate_sllm
+    from segsllm.models.sllm import SLLM
+    from segsllm.segment import build_segmenter
+    from segsllm.train.sllm_stage import finetune_sllm
+
+    runs = {}
+    for mode in ("auto", "eos"):
+        cfg = _cfg(tiny_data_dir, tmp_path / mode, "train.steps=20", f"sllm.boundaries={mode}")
+        runs[mode] = finetune_sllm(cfg, vae_dir, segmenter="fixed:k=4", progress=False, sample_tokens=0)
+    free = SLLM.from_pretrained(runs["auto"].out_dir, tokenizer=tokenizer)
+    assert free.config.boundaries == "segmenter"
+    assert SLLM.from_pretrained(runs["eos"].out_dir, tokenizer=tokenizer).config.boundaries == "eos"
+    for d in ("prose", "code", "csv"):
+        f, e = runs["auto"].metrics[d], runs["eos"].metrics[d]
+        assert f["bits_per_byte"] == pytest.approx(f["bits_per_byte_tokens"] + f["bits_per_byte_boundaries"])
+        assert f["bits_per_byte_boundaries"] < 0.5 * e["bits_per_byte_boundaries"], d
+        assert 0 <= f["stop_accuracy"] <= 1
+    run = generate_sllm(free, tokenizer, build_segmenter("fixed:k=4", tokenizer=tokenizer), "a, b", 10,
+                        ignore_stop=True)
+    assert run.new_tokens == 10 and run.segment_ends.count("cut") >= 2
+
+
+def test_free_boundaries_with_punctuation_is_one_line(vae_dir, tiny_data_dir, tmp_path):
+    result = _invoke(["finetune", "--vae", str(vae_dir), "--data-dir", str(tiny_data_dir), "--out", str(tmp_path / "o"),
+                      "--no-track", "--set", "sllm.boundaries=segmenter", "--set", "train.steps=1", *[
+                          x for kv in BACKBONE for x in ("--set", kv)]])
+    assert result.exit_code == 2 and "needs a causal segmenter" in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "o").exists()  # refused before anything is written
