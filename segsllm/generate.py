@@ -49,8 +49,8 @@ SEGMENT_ENDS = ("eos", "cut", "max_len", "budget")  # how a generated segment en
 class Call:
     """One model call during a generation, with the shapes its cost depends on."""
 
-    kind: str  # "backbone" (SLLM body) | "lm" (token LM incl. its vocab head) | "encoder" | "decoder"
-    length: int  # backbone/lm: positions fed; encoder: padded segment tokens; decoder: token steps
+    kind: str  # "backbone" (SLLM body) | "lm" (token LM incl. its vocab head) | "encoder" | "decoder" | "splitter"
+    length: int  # backbone/lm: positions fed; encoder: padded segment tokens; decoder: token steps; splitter: decisions
     batch: int = 1  # encoder: segments encoded in this call
     context: int = 0  # backbone/lm: positions already in the KV cache
     prefill: bool = False
@@ -264,6 +264,7 @@ def generate_sllm(
             from segsllm.segment.base import cuts_after
 
             def cut_after(seg_ids: list[int]) -> bool:
+                result.calls.append(Call("splitter", 1))  # one decision (priced by bench.flops)
                 return cuts_after(segmenter, [*prompt_ids, *result.token_ids, *seg_ids])
 
         while len(result.token_ids) < max_new_tokens:

@@ -407,3 +407,28 @@ def test_the_causal_flag_of_a_learned_splitter(lookahead0_dir, splitter_dir, tok
     seg = build_segmenter(f"learned:{folder}{extra}", tokenizer=tokenizer)
     assert seg.causal is causal
     assert later_tokens_move_earlier_cuts(seg, _docs(tokenizer)[:3], np.random.default_rng(0)) is (not causal)
+
+
+def test_a_learned_splitters_decisions_are_priced(lookahead0_dir, tokenizer):
+    """splitter_macs = what torch's FlopCounterMode counts per position of the predictor; a
+    free-boundary generation pays it once per generated token; a rule costs nothing."""
+    import torch
+    from test_bench_speed import PROMPT, _sllm
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segsllm.bench.flops import Pricer, splitter_macs
+    from segsllm.generate import generate_sllm
+    from segsllm.segment import build_segmenter
+
+    seg = build_segmenter(f"learned:{lookahead0_dir}", tokenizer=tokenizer)
+    T = 2000
+    with FlopCounterMode(display=False) as counter:
+        seg.model(torch.randint(3, len(tokenizer), (1, T)))
+    assert 2 * T * splitter_macs(seg) == pytest.approx(counter.get_total_flops(), rel=0.02)
+    assert splitter_macs(build_segmenter("fixed:k=4", tokenizer=tokenizer)) == 0
+    model, _ = _sllm(tokenizer)
+    model.config.boundaries = "segmenter"
+    run = generate_sllm(model, tokenizer, seg, PROMPT, 10, ignore_stop=True)
+    acc = Pricer(model, seg).account(run)
+    assert acc.splitter == 2 * splitter_macs(seg) * 10 and acc.generation > acc.splitter > 0
+    assert Pricer(model).account(run).splitter == 0  # priced only when the segmenter is named

@@ -13,6 +13,9 @@ matrices the call actually multiplies by:
 - **segment encoder**, per call on N segments of T (padded) tokens: the block linears
   per token, full T × T bidirectional attention, the pooling score, then the per-segment
   projection and the SLLM's ``proj_in``;
+- **learned splitter** (free boundaries only: ``sllm.boundaries=segmenter`` asks the
+  segmenter after every generated token), per decision: its convolutions once per position
+  (an incremental stream; rules such as ``fixed`` or ``lines`` are a lookup, priced 0);
 - **sentence decoder**, per call of k token steps: the SLLM's ``proj_out`` on the latent,
   the latent projection and the cross-attention K/V of the memory once, then per step
   the block linears, self-attention over the i + 1 cached positions, cross-attention over
@@ -47,6 +50,18 @@ def _linear_macs(modules: Iterable[Any]) -> int:
 
 def _macs_of(module: Any) -> int:
     return _linear_macs(module.modules()) if module is not None else 0
+
+
+def splitter_macs(segmenter: Any) -> int:
+    """Multiply-adds per token of a learned segmenter's boundary predictor (every Conv1d's
+    weights once per position, Linear layers too); 0 for a rule (no network)."""
+    import torch.nn as nn
+
+    model = getattr(segmenter, "model", None)
+    if not isinstance(model, nn.Module):
+        return 0
+    convs = sum(int(m.weight.numel()) for m in model.modules() if isinstance(m, nn.Conv1d))
+    return convs + _linear_macs(model.modules())
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,7 @@ class CostAccount:
     backbone: int = 0  # generation phase: backbone (SLLM) or the whole token LM incl. its head
     encoder: int = 0
     decoder: int = 0
+    splitter: int = 0  # free boundaries: the learned segmenter's decisions during generation
     new_tokens: int = 0
     backbone_steps: int = 0  # generation-phase backbone forwards
     encoder_calls: int = 0
@@ -133,7 +149,7 @@ class CostAccount:
 
     @property
     def generation(self) -> int:
-        return self.backbone + self.encoder + self.decoder
+        return self.backbone + self.encoder + self.decoder + self.splitter
 
     @property
     def flops_per_token(self) -> float:
@@ -147,7 +163,7 @@ class CostAccount:
 
     def as_dict(self) -> dict[str, Any]:
         return {"flops_prefill": self.prefill, "flops_backbone": self.backbone, "flops_encoder": self.encoder,
-                "flops_decoder": self.decoder, "flops_generation": self.generation,
+                "flops_decoder": self.decoder, "flops_splitter": self.splitter, "flops_generation": self.generation,
                 "flops_per_token": self.flops_per_token, "backbone_steps": self.backbone_steps,
                 "encoder_calls": self.encoder_calls, "decoder_steps": self.decoder_steps}
 
@@ -155,7 +171,7 @@ class CostAccount:
 class Pricer:
     """Prices the calls of a generation for one model (an SLLM or a token LM)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, segmenter: Any = None) -> None:
         from segsllm.models.backbone import Backbone
 
         if isinstance(model, Backbone):
@@ -163,6 +179,7 @@ class Pricer:
         self.is_sllm = hasattr(model, "vae") and hasattr(model, "backbone")
         self.body = body_cost(model.backbone if self.is_sllm else model, with_head=not self.is_sllm)
         self.vae = vae_cost(model) if self.is_sllm else None
+        self.splitter_macs = splitter_macs(segmenter) if segmenter is not None else 0
 
     def call_flops(self, call: Any) -> int:
         """FLOPs of one :class:`segsllm.generate.Call`."""
@@ -174,6 +191,8 @@ class Pricer:
             return self.vae.encoder_flops(call.batch, call.length)
         if call.kind == "decoder":
             return self.vae.decoder_flops(call.length)
+        if call.kind == "splitter":
+            return 2 * self.splitter_macs * call.length
         raise ValueError(f"unknown call kind {call.kind!r}")
 
     def account(self, result: Any) -> CostAccount:
@@ -189,6 +208,8 @@ class Pricer:
             elif call.kind == "encoder":
                 acc.encoder += f
                 acc.encoder_calls += call.batch
+            elif call.kind == "splitter":
+                acc.splitter += f
             else:
                 acc.decoder += f
                 acc.decoder_steps += call.length
@@ -201,4 +222,4 @@ class Pricer:
         return acc
 
 
-__all__ = ["BodyCost", "CostAccount", "Pricer", "VAECost", "body_cost", "vae_cost"]
+__all__ = ["BodyCost", "CostAccount", "Pricer", "VAECost", "body_cost", "splitter_macs", "vae_cost"]

@@ -93,7 +93,7 @@ def speed_cell(lm: Any, lm_tok: Any, sllm: Any, tok: Any, segmenter: Any, prompt
     if reason:
         row.update({"speed_na": reason, "speedup": math.nan, "speedup_flops": math.nan})
         return row
-    lm_acc, sllm_acc = Pricer(lm).total(lm_runs), Pricer(sllm).total(sllm_runs)
+    lm_acc, sllm_acc = Pricer(lm).total(lm_runs), Pricer(sllm, segmenter).total(sllm_runs)
     row.update({"baseline_flops_per_token": lm_acc.flops_per_token, "sllm_flops_per_token": sllm_acc.flops_per_token,
                 "speedup_flops": lm_acc.flops_per_token / sllm_acc.flops_per_token,
                 **{f"sllm_{k}": v for k, v in sllm_acc.as_dict().items() if k != "flops_per_token"}})
