@@ -153,11 +153,12 @@ def hazard_decode(logits: Sequence[np.ndarray], threshold: float, max_len: int, 
     bonus = weight * np.asarray(log_odds[:max_len], dtype=np.float64)  # (max_len,)
     cut = np.zeros((len(logits), T), dtype=bool)  # (D, T)
     run = np.zeros(len(logits), dtype=np.int64)  # (D,) tokens in the open segment
-    for t in range(T):
-        run += 1
-        c = (run >= max_len) | (z[:, t] + bonus[np.minimum(run, max_len) - 1] > threshold)
-        cut[:, t] = c
-        run[c] = 0
+    with np.errstate(invalid="ignore"):  # -inf (a cut cut_at forbids) + inf (at max_len): forced anyway
+        for t in range(T):
+            run += 1
+            c = (run >= max_len) | (z[:, t] + bonus[np.minimum(run, max_len) - 1] > threshold)
+            cut[:, t] = c
+            run[c] = 0
     flat = np.concatenate([cut[i, :n] for i, n in enumerate(sizes.tolist())]) if sizes.sum() else cut[:, :0].ravel()
     return ends_from_cuts(flat, sizes, max_len)
 
