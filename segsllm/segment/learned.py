@@ -141,26 +141,22 @@ def hazard_decode(logits: Sequence[np.ndarray], threshold: float, max_len: int, 
                   weight: float = 1.0) -> list[np.ndarray]:
     """Cut after token ``t`` when ``logit_t + weight * log_odds[l - 1] > threshold``, ``l`` the
     length of the segment so far (a segment of ``max_len`` always ends). Causal: each cut
-    depends on the logits up to ``t`` and the earlier cuts. Documents side by side, one
-    vectorised step per position."""
-    if not len(logits):
-        return []
-    sizes = np.array([len(z) for z in logits], dtype=np.int64)
-    T = int(sizes.max(initial=0))
-    z = np.full((len(logits), T), -np.inf, dtype=np.float64)  # (D, T)
-    for i, zi in enumerate(logits):
-        z[i, : len(zi)] = zi
+    depends on the logits up to ``t`` and the earlier cuts. One vectorised step per segment:
+    from a segment's start, its end is the first position of the next ``max_len`` that clears
+    the threshold."""
     bonus = weight * np.asarray(log_odds[:max_len], dtype=np.float64)  # (max_len,)
-    cut = np.zeros((len(logits), T), dtype=bool)  # (D, T)
-    run = np.zeros(len(logits), dtype=np.int64)  # (D,) tokens in the open segment
+    out = []
     with np.errstate(invalid="ignore"):  # -inf (a cut cut_at forbids) + inf (at max_len): forced anyway
-        for t in range(T):
-            run += 1
-            c = (run >= max_len) | (z[:, t] + bonus[np.minimum(run, max_len) - 1] > threshold)
-            cut[:, t] = c
-            run[c] = 0
-    flat = np.concatenate([cut[i, :n] for i, n in enumerate(sizes.tolist())]) if sizes.sum() else cut[:, :0].ravel()
-    return ends_from_cuts(flat, sizes, max_len)
+        for zi in logits:
+            z = np.asarray(zi, dtype=np.float64)
+            n, start, ends = len(z), 0, []
+            while start < n:
+                span = min(max_len, n - start)
+                hit = np.flatnonzero(z[start : start + span] + bonus[:span] > threshold)
+                start += int(hit[0]) + 1 if hit.size else span  # no cut: max_len or the document's end
+                ends.append(start)
+            out.append(np.asarray(ends, dtype=np.int64))
+    return out
 
 
 def best_segmentation(
