@@ -250,8 +250,8 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
     base = load_config(preset, [], {"run.out": str(tmp_path)})
     stages = {st.name: st for st in plan_stages(base, preset, [], tmp_path)}
     arms = ["punctuation", "lines", "fixed-k-8", "fixed-k-16",
-            *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-fixed", "sllm-lines", "entropy", "entropy-monotonic", "vae",
-                                                "vae-rule", "sllm", "joint"))]
+            *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-fixed", "sllm-fixed-causal", "sllm-lines", "entropy",
+                                                "entropy-monotonic", "vae", "vae-rule", "sllm", "joint"))]
     for seed in (0, 1, 2):
         for arm in arms:
             assert f"seed-{seed}/sllm-{arm}" in stages["bench"].after, (seed, arm)
@@ -262,6 +262,8 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         assert stages[f"seed-{seed}/splitter-sllm-merge"].cfg.splitter.sllm_cut_at == "punctuation"
         fixed = stages[f"seed-{seed}/splitter-sllm-fixed"].cfg.splitter
         assert fixed.em_init == "fixed:k=16" and fixed.predictor.prior_shape == 32
+        causal = stages[f"seed-{seed}/splitter-sllm-fixed-causal"].cfg.splitter.predictor
+        assert causal.lookahead == 0 and causal.decode == "hazard" and causal.prior_shape == 32
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
 
 
