@@ -303,7 +303,8 @@ class SLLM(nn.Module):
         the EOS's NLL (N,), the first token's NLL (N,) and the number of argmax-correct
         targets. ``has_eos`` (N,) bool: the segments whose EOS is a target (default: all); a
         segment without one is scored on its tokens with EOS left out of the softmax and
-        reports an EOS NLL of 0 (free boundaries: a segment the segmenter ends). Segments are decoded in length-sorted chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
+        reports an EOS NLL of 0 (free boundaries: a segment the segmenter ends). Segments are
+        decoded in length-sorted chunks of about :data:`DECODE_CHUNK` positions: each is padded only to its own
         longest segment (prose segments beside 2-token CSV cells would otherwise multiply
         the (positions x vocabulary) logits several times over) and memory stays bounded.
         Exact: every segment is decoded independently of the others.
