@@ -47,10 +47,10 @@ class SLLMConfig:
     out_layernorm: bool = True
     # Who ends a segment. eos (the paper): the decoder emits EOS after each segment and a stop
     # head decides after each segment whether the document ends; both are paid in bits/byte.
-    # segmenter: a causal segmenter (lookahead 0: fixed, lines, a lookahead-0 threshold
-    # splitter) ends every segment while the tokens are generated, so its cuts are a function
-    # of the text and cost nothing; the decoder's EOS then means "the document ends here"
-    # (trained only after a document's last token) and the stop head is unused.
+    # segmenter: a causal segmenter (lookahead 0: fixed, lines, a lookahead-0 threshold or
+    # hazard splitter) ends every segment while the tokens are generated, so its cuts are a
+    # function of the text and cost nothing; the stop head says before each segment whether
+    # it is the document's last, and only that one ends with the decoder's EOS.
     # auto: segmenter when the SLLM's segmenter is causal, else eos (resolved when training
     # starts; a saved SLLM holds eos or segmenter).
     boundaries: str = "eos"

@@ -100,7 +100,7 @@ def reduce_sllm_metrics(sums: Mapping[str, float]) -> dict[str, float]:
         "token_perplexity": token_perplexity(nll, int(g("n_tokens", 0.0) + g("n_docs", 0.0))),
         "paper_style_perplexity": math.exp(min(g("ps_ce_sum", 0.0) / ps_count, 700.0)) if ps_count else math.nan,
         "decoder_token_accuracy": g("n_correct", 0.0) / max(g("n_targets", 0.0), 1.0),
-        # nan without stop decisions (sllm.boundaries=segmenter: the document's end is an EOS)
+        # nan when no stop decision was scored
         "stop_accuracy": g("stop_correct", 0.0) / g("n_stop") if g("n_stop", 0.0) else math.nan,
         "mean_segment_len": g("n_tokens", 0.0) / max(g("n_segments", 0.0), 1.0),
         "segments_per_window": g("n_segments", 0.0) / max(g("n_windows", 0.0), 1.0),
@@ -137,7 +137,7 @@ def resolve_boundaries(sllm_cfg: Any, seg: Any) -> Any:
         return dataclasses.replace(sllm_cfg, boundaries="segmenter" if seg.causal else "eos")
     if sllm_cfg.boundaries == "segmenter" and not seg.causal:
         raise ConfigError(f"sllm.boundaries=segmenter needs a causal segmenter (lookahead 0: fixed, lines, a "
-                          f"lookahead-0 threshold splitter); {seg.spec()!r} is not (use eos or auto)")
+                          f"lookahead-0 threshold or hazard splitter); {seg.spec()!r} is not (use eos or auto)")
     return sllm_cfg
 
 
