@@ -40,6 +40,7 @@ from segsllm.data.tokenizer import decode, encode
 from segsllm.errors import SegsllmError
 from segsllm.models.backbone import Backbone, kv_cache_bytes
 from segsllm.models.vae import _sample
+from segsllm.segment.base import cuts_after
 
 STOP_REASONS = ("stop", "eos", "max_new_tokens", "max_positions", "empty_segment")
 SEGMENT_ENDS = ("eos", "cut", "max_len", "budget")  # how a generated segment ended (cut: the segmenter's)
@@ -261,7 +262,6 @@ def generate_sllm(
         free = bool(model.free_boundaries)
         cut_after = None
         if free:
-            from segsllm.segment.base import cuts_after
 
             def cut_after(seg_ids: list[int]) -> bool:
                 result.calls.append(Call("splitter", 1))  # one decision (priced by bench.flops)

@@ -107,7 +107,7 @@ def test_a_cut_segment_is_scored_without_eos_in_the_softmax():
             tokens = float(out["seg_nll"][0, 0] - out["seg_eos_nll"][0, 0])
             mass += math.exp(-(tokens - before))
         totals[mode], specials[mode] = mass, next_token_probs(model, prefix)
-    cfg = tiny_sllm().vae.config
+    cfg = model.vae.config
     specials_ids = [cfg.pad_id, cfg.bos_id]
     assert totals["segmenter"] == pytest.approx(1.0 - specials["segmenter"][specials_ids].sum(), abs=1e-4)
     assert totals["eos"] == pytest.approx(1.0 - specials["eos"][[*specials_ids, cfg.eos_id]].sum(), abs=1e-4)

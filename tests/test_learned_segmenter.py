@@ -204,7 +204,7 @@ def test_calibration_hits_the_target_on_synthetic_data():
 
     class Probe:
         max_len = 24
-        config = type("C", (), {"prior_weight": 1.0, "target_len": 8.0})()
+        config = type("C", (), {"prior_weight": 1.0, "target_len": 8.0, "decode": "viterbi"})()
         _log_prior = length_prior(8.0, 24, 2.0)
 
     for target in (4.0, 8.0, 16.0):

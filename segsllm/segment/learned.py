@@ -416,7 +416,7 @@ class LearnedSegmenter(Segmenter):
             tau = self.effective_threshold if threshold is None else threshold
             return threshold_decode(logits, tau, self.max_len)
         if self.effective_decode == "hazard":
-            tau = float(getattr(self.config, "hazard_threshold", 0.0)) if threshold is None else threshold
+            tau = float(self.config.hazard_threshold) if threshold is None else threshold
             return hazard_decode(logits, tau, self.max_len, self._log_odds, self.config.prior_weight)
         cfg = self.config
         pen = cfg.viterbi_penalty if penalty is None else penalty

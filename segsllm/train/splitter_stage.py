@@ -169,7 +169,7 @@ def calibrate(seg: Any, logits: Mapping[str, Sequence[np.ndarray]], target_len: 
     pen, pen_mean = bisect_parameter(viterbi_mean, target_len, -10.0, 10.0, iters=25)
     out = {"threshold": tau, "threshold_mean": tau_mean, "viterbi_penalty": pen, "viterbi_mean": pen_mean,
            "target_len": target_len}
-    if getattr(cfg, "decode", None) == "hazard":  # a loop over segments: only when it is the decode in use
+    if cfg.decode == "hazard":  # a loop over segments: only when it is the decode in use
         hz, hz_mean = bisect_parameter(hazard_mean, target_len, float(flat.min()) - 1, float(flat.max()) + 1)
         out.update(hazard_threshold=hz, hazard_mean=hz_mean)
     return out
