@@ -40,7 +40,6 @@ from segsllm.data.tokenizer import decode, encode
 from segsllm.errors import SegsllmError
 from segsllm.models.backbone import Backbone, kv_cache_bytes
 from segsllm.models.vae import _sample
-from segsllm.segment.base import cuts_after
 
 STOP_REASONS = ("stop", "eos", "max_new_tokens", "max_positions", "empty_segment")
 SEGMENT_ENDS = ("eos", "cut", "max_len", "budget")  # how a generated segment ended (cut: the segmenter's)
@@ -209,8 +208,9 @@ def generate_sllm(
     segment's text as soon as it exists.
 
     With free boundaries (``sllm.boundaries=segmenter``) the segmenter ends each segment:
-    after every generated token it is asked whether it cuts there (on the prompt and every
-    token so far; it is causal, so later tokens cannot matter), and EOS is masked. The stop
+    after every generated token its cutter (``segmenter.cutter()``, one step per token, the
+    prompt as left context and each segment's start as the start of a run) says whether it
+    cuts there; it is causal, so later tokens cannot matter; EOS is masked. The stop
     head then says before a segment whether it is the document's last; that one alone is
     ended by the decoder's EOS (or the budget), and generation stops after it (``stop``).
     """
@@ -262,10 +262,14 @@ def generate_sllm(
         free = bool(model.free_boundaries)
         cut_after = None
         if free:
+            # The segmenter's decisions token by token; the prompt ends a segment (its last),
+            # so the first generated one starts a run, with the prompt as left context.
+            cutter = segmenter.cutter()
+            cutter.start(prompt_ids)
 
             def cut_after(seg_ids: list[int]) -> bool:
                 result.calls.append(Call("splitter", 1))  # one decision (priced by bench.flops)
-                return cuts_after(segmenter, [*prompt_ids, *result.token_ids, *seg_ids])
+                return cutter.push(seg_ids[-1])
 
         while len(result.token_ids) < max_new_tokens:
             last = False  # free boundaries: this segment is the document's last
@@ -298,6 +302,8 @@ def generate_sllm(
             ended = "cut" if info["cut"][0] else "eos" if info["eos"][0] else "budget" if budget < max_len else "max_len"
             result.segment_ends.append(ended)
             result.token_ids += seg
+            if free:
+                cutter.end_segment()  # whatever ended it (a cut, max_len, the budget)
             text = stream.push(seg)
             result.segments.append(text)
             if on_segment is not None:

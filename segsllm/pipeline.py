@@ -182,6 +182,13 @@ TEACHER_VARIANTS = {
                                    "splitter.target_len=16", "splitter.teacher_tokens=40000",
                                    "splitter.teacher_eval_tokens=6000", "train.batch_size=8",
                                    "splitter.predictor.lookahead=0", "splitter.predictor.decode=hazard"]),
+    # The entropy teacher's global rule (cut after t when the base LM is unsure of token
+    # t + 1: a function of tokens <= t, so a lookahead-0 student can learn it) under the same
+    # peaked 16 ± 3 length prior, decoded token by token: "cut about every 16 tokens, where
+    # the next token depends least on what came before". Causal, so free boundaries apply.
+    "entropy-causal": ("entropy", ["splitter.entropy_mode=global", "splitter.predictor.prior_shape=32",
+                                   "splitter.target_len=16", "splitter.predictor.lookahead=0",
+                                   "splitter.predictor.decode=hazard"]),
     # One round of hard EM from fixed:k=16 that may only merge fixed:k=16's blocks (segments
     # of 16, 32 or 48 tokens, 20 on average): boundaries as predictable as fixed:k=16's, fewer
     # of them where the SLLM pays least for a longer segment. Its student decodes at multiples of 16 too.

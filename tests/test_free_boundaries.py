@@ -21,7 +21,14 @@ from test_sllm import V, batch_of, leaky_body_forward, random_doc, tiny_sllm  # 
 from segsllm.errors import ConfigError, SegmenterError  # noqa: E402
 from segsllm.models import sllm as sllm_mod  # noqa: E402
 from segsllm.segment import build_segmenter  # noqa: E402
-from segsllm.segment.base import MaxLenCapped, cuts_after  # noqa: E402
+from segsllm.segment.base import (  # noqa: E402
+    HistoryCutter,
+    MaxLenCapped,
+    Segmenter,
+    cuts_after,
+    enforce_max_len,
+)
+from segsllm.segment.fixed import FixedSegmenter  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ATOL = 1e-5
@@ -74,6 +81,56 @@ def test_cuts_after_agrees_with_the_whole_document(tokenizer, text_docs, spec):
         ends = set(seg.segment(ids)[:-1].tolist())
         got = {t for t in range(1, len(ids)) if cuts_after(seg, ids[:t].tolist())}
         assert got == ends
+
+
+def cutter_cuts(cutter, ids) -> set[int]:
+    """End offsets where ``cutter`` cuts, pushed the tokens of ``ids`` but the last (whose end
+    is the document's)."""
+    return {t + 1 for t, tok in enumerate(ids[:-1].tolist()) if cutter.push(tok)}
+
+
+class EverySeventh(Segmenter):
+    """A causal plug-in without a cutter of its own: cut after ids divisible by 7."""
+
+    causal = True
+
+    def __init__(self, max_len: int = 5) -> None:
+        self.max_len = max_len
+
+    def segment(self, ids):
+        ids = np.asarray(ids, dtype=np.int64)
+        cut = np.flatnonzero(ids % 7 == 0) + 1
+        return enforce_max_len(np.unique(np.append(cut[cut < ids.size], ids.size)), self.max_len)
+
+
+@pytest.mark.parametrize("make", [lambda tok: build_segmenter("fixed:k=3", tokenizer=tok),
+                                  lambda tok: build_segmenter("fixed:k=3,max_len=5", tokenizer=tok),
+                                  lambda tok: build_segmenter("lines", tokenizer=tok, max_len=7),
+                                  lambda tok: MaxLenCapped(FixedSegmenter(k=9), 4),
+                                  lambda tok: EverySeventh(max_len=5)],
+                         ids=["fixed", "fixed-max-len", "lines", "capped", "plugin"])
+def test_a_cutter_cuts_where_the_segmenter_cuts(tokenizer, text_docs, make):
+    """Pushed a document token by token, a causal segmenter's cutter takes its batch decisions."""
+    seg = make(tokenizer)
+    for ids in text_docs:
+        assert cutter_cuts(seg.cutter(), ids) == set(seg.segment(ids)[:-1].tolist())
+    if isinstance(seg, EverySeventh):
+        assert isinstance(seg.cutter(), HistoryCutter)  # the generic one
+
+
+def test_a_cutter_restarts_its_run_where_a_segment_ended_outside_it(tokenizer):
+    cutter = build_segmenter("fixed:k=4", tokenizer=tokenizer).cutter()
+    assert [cutter.push(5) for _ in range(2)] == [False, False]
+    cutter.end_segment()  # e.g. the decoder's budget ended the segment after two tokens
+    assert [cutter.push(5) for _ in range(5)] == [False, False, False, True, False]
+    cutter.start([5, 5, 5])  # a prompt: left context, then a fresh segment
+    assert [cutter.push(5) for _ in range(4)] == [False, False, False, True]
+
+
+@pytest.mark.parametrize("spec", ["punctuation", "segsllm.segment.random_span:RandomSpanSegmenter:max_len=6"])
+def test_a_segmenter_that_looks_ahead_has_no_cutter(tokenizer, spec):
+    with pytest.raises(SegmenterError, match="not causal"):
+        build_segmenter(spec, tokenizer=tokenizer).cutter()
 
 
 def test_cuts_after_refuses_a_segmenter_that_looks_ahead(tokenizer):
@@ -198,16 +255,13 @@ def test_generation_cuts_where_the_segmenter_cuts_even_when_the_decoder_wants_eo
     model.config.boundaries = "segmenter"
     _force_decoder(model, monkeypatch, eos_after=1)  # EOS is the top choice after one token
     seg = build_segmenter("fixed:k=3", tokenizer=tokenizer)
-    run = generate_sllm(model, tokenizer, seg, PROMPT, 12, ignore_stop=True)
-    assert run.new_tokens == 12
-    n_prompt = len(encode(tokenizer, PROMPT))
-    # fixed:k=3 on the whole text: the generated segments end on its grid, the last at the budget.
-    grid = [e for e in range(3, n_prompt + 13, 3) if e > n_prompt]
-    want = np.diff([n_prompt, *grid, n_prompt + 12]).tolist()
-    want = [w for w in want if w]
+    run = generate_sllm(model, tokenizer, seg, PROMPT, 11, ignore_stop=True)
+    assert run.new_tokens == 11 and len(encode(tokenizer, PROMPT)) % 3  # the prompt is off fixed:k=3's grid
+    # The prompt ends a segment; fixed:k=3 then cuts every 3 generated tokens, the budget the last.
     steps = [c.length for c in run.calls if c.kind == "decoder"]
-    assert steps[:-1] == want[:-1]  # a cut segment takes one decoder step per token, no EOS step
-    assert run.segment_ends[:-1] == ["cut"] * (len(want) - 1)
+    assert steps[:-1] == [3, 3, 3]  # a cut segment takes one decoder step per token, no EOS step
+    assert run.segment_ends == ["cut", "cut", "cut", "budget"]
+    assert sum(c.kind == "splitter" for c in run.calls) == 11  # one decision per generated token
     st = spd.generation_stats([run])
     assert st["gen_cut_share"] > 0.5 and st["speed_note"] is None
     with pytest.raises(Exception, match="not causal"):

@@ -409,6 +409,55 @@ def test_the_causal_flag_of_a_learned_splitter(lookahead0_dir, splitter_dir, tok
     assert later_tokens_move_earlier_cuts(seg, _docs(tokenizer)[:3], np.random.default_rng(0)) is (not causal)
 
 
+@pytest.fixture(scope="module")
+def lookahead0_lines_dir(lookahead0_dir, tokenizer, tmp_path_factory):
+    """The lookahead-0 predictor, allowed to cut only where lines (max_len 5) cuts."""
+    from segsllm.models.loading import load_artifact
+
+    model = load_artifact("boundary_predictor", str(lookahead0_dir)).model
+    model.config = dataclasses.replace(model.config, cut_at="lines:max_len=5")
+    out = tmp_path_factory.mktemp("splitter-la0-lines")
+    model.save_pretrained(out, tokenizer=tokenizer)
+    return out
+
+
+@pytest.mark.parametrize("which,extra", [("la0", ""), ("la0", ",decode=hazard"), ("lines", ""),
+                                         ("lines", ",decode=hazard")])
+def test_a_causal_learned_splitters_cutter_takes_its_batch_decisions(lookahead0_dir, lookahead0_lines_dir,
+                                                                       tokenizer, which, extra):
+    """Token by token (one predictor step over the last left_context tokens each) = the batch cuts;
+    started after a context = pushed that context, then a segment ended."""
+    from test_free_boundaries import cutter_cuts
+
+    from segsllm.segment import build_segmenter
+
+    folder = lookahead0_dir if which == "la0" else lookahead0_lines_dir
+    seg = build_segmenter(f"learned:{folder}{extra}", tokenizer=tokenizer)
+    docs = _docs(tokenizer)
+    n_cuts = 0
+    for ids in docs:
+        want = set(seg.segment(ids)[:-1].tolist())
+        assert cutter_cuts(seg.cutter(), ids) == want
+        n_cuts += len(want)
+    assert n_cuts > 3 * len(docs)
+    ctx, rest = docs[0][:20], docs[1]
+    started, pushed = seg.cutter(), seg.cutter()
+    started.start(ctx.tolist())
+    for t in ctx.tolist():
+        pushed.push(t)
+    pushed.end_segment()
+    assert cutter_cuts(started, rest) == cutter_cuts(pushed, rest)
+
+
+def test_a_learned_splitter_that_looks_ahead_has_no_cutter(lookahead0_dir, splitter_dir, tokenizer):
+    from segsllm.errors import SegmenterError
+    from segsllm.segment import build_segmenter
+
+    for spec in (f"learned:{lookahead0_dir},decode=viterbi", f"learned:{splitter_dir},decode=threshold"):
+        with pytest.raises(SegmenterError, match="not causal"):
+            build_segmenter(spec, tokenizer=tokenizer).cutter()
+
+
 def test_a_learned_splitters_decisions_are_priced(lookahead0_dir, tokenizer):
     """splitter_macs = what torch's FlopCounterMode counts per position of the predictor; a
     free-boundary generation pays it once per generated token; a rule costs nothing."""

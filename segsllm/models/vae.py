@@ -508,7 +508,8 @@ class SentenceVAE(nn.Module):
         that reaches it without EOS is returned as is. EOS is masked for the first
         ``min_len`` tokens (a speed run asks for non-empty segments). ``cut_after`` (batch 1
         only): called with the segment's tokens after each one; True ends the segment there
-        (a causal segmenter's decision, ``sllm.boundaries=segmenter``). ``info``, if given,
+        (a causal segmenter's decision, ``sllm.boundaries=segmenter``), and a segment of
+        ``max_len`` tokens ends without a further (EOS) step. ``info``, if given,
         receives ``steps`` (decoder forward steps run), ``eos`` (per row: ended by EOS),
         ``cut`` (per row: ended by ``cut_after``) and ``eos_masked`` (per row: EOS was the
         top choice at a masked step). Does not change train/eval mode.
@@ -537,6 +538,8 @@ class SentenceVAE(nn.Module):
             if cut_after is not None and not bool(done.all()):
                 by_cut = bool(cut_after(torch.stack(steps, dim=1)[0].tolist()))
                 done |= by_cut
+                if len(steps) == max_len:  # full: the step after would only be dropped (EOS is the segmenter's)
+                    break
             if bool(done.all()):
                 break
             tok = nxt[:, None]

@@ -110,6 +110,11 @@ class Segmenter(abc.ABC):
         self.tokenizer = tokenizer
         return self
 
+    def cutter(self) -> Cutter:
+        """Its decisions token by token, for generation (causal segmenters only). This generic
+        one re-segments the whole history per token; built-ins return an O(1) one."""
+        return HistoryCutter(self)
+
     def split_ids(self, ids: Any) -> list[np.ndarray]:
         """The segments themselves, as slices of ``ids``."""
         arr = as_ids(ids)
@@ -193,6 +198,9 @@ class MaxLenCapped(Segmenter):
     def segment_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
         return [enforce_max_len(e, self.max_len) for e in self.inner.segment_batch(docs)]
 
+    def cutter(self) -> Cutter:
+        return CappedCutter(self.inner.cutter(), self.max_len)
+
     def bind(self, tokenizer: Any) -> Segmenter:
         self.inner.bind(tokenizer)
         self.tokenizer = tokenizer
@@ -212,10 +220,93 @@ def cuts_after(segmenter: Segmenter, ids: Sequence[int]) -> bool:
     token (a copy of the last): by causality the cut after ``ids[-1]`` cannot depend on it.
     Refuses a segmenter that is not causal (the answer would depend on tokens not yet seen).
     """
-    if not segmenter.causal:
-        raise SegmenterError(f"segmenter {segmenter.spec()!r} is not causal: its cuts depend on later tokens")
+    _refuse_lookahead(segmenter)
     if not len(ids):
         return False
     arr = np.asarray([*ids, ids[-1]], dtype=np.int64)
     ends = segmenter.segment(arr)
     return bool(np.isin(len(ids), ends))
+
+
+class Cutter(abc.ABC):
+    """A causal segmenter's decisions as tokens arrive (free-boundary generation, DESIGN §5).
+
+    :meth:`push` one token, get whether a segment ends after it. :meth:`end_segment` says a
+    segment ended for another reason (the prompt's end, a length budget), so run lengths count
+    from there, as from a document's start. Pushing a document's tokens one by one cuts where
+    ``segmenter.segment`` cuts (tests check it for every built-in).
+    """
+
+    @abc.abstractmethod
+    def push(self, token: int) -> bool:
+        """Take the next token; True if a segment ends after it."""
+
+    @abc.abstractmethod
+    def end_segment(self) -> None:
+        """A segment ended here by an outside decision."""
+
+    def start(self, context: Sequence[int]) -> None:
+        """Begin a segment after ``context`` (a prompt, already segmented): left context only."""
+        for t in context:
+            self.push(t)
+        self.end_segment()
+
+
+def _refuse_lookahead(segmenter: Segmenter) -> None:
+    if not segmenter.causal:
+        raise SegmenterError(f"segmenter {segmenter.spec()!r} is not causal: its cuts depend on later tokens")
+
+
+class HistoryCutter(Cutter):
+    """For any causal segmenter: :func:`cuts_after` over the tokens since the last outside end
+    (O(that history) per token: plug-ins that can do better override ``cutter``)."""
+
+    def __init__(self, segmenter: Segmenter) -> None:
+        _refuse_lookahead(segmenter)
+        self.segmenter = segmenter
+        self.history: list[int] = []
+
+    def push(self, token: int) -> bool:
+        self.history.append(int(token))
+        return cuts_after(self.segmenter, self.history)
+
+    def end_segment(self) -> None:
+        self.history = []
+
+
+class RunCutter(Cutter):
+    """Counts the tokens of the current segment; ends it at ``max_len`` or when
+    :meth:`cut_here` says so (a rule that looks at the token and the run length only)."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = int(max_len)
+        self.run = 0  # tokens in the current segment, the pushed one included
+
+    def cut_here(self, token: int) -> bool:
+        return False
+
+    def push(self, token: int) -> bool:
+        self.run += 1
+        cut = self.cut_here(int(token)) or self.run >= self.max_len
+        if cut:
+            self.run = 0
+        return cut
+
+    def end_segment(self) -> None:
+        self.run = 0
+
+
+class CappedCutter(RunCutter):
+    """An inner cutter whose segments are split at ``max_len`` (as :func:`enforce_max_len`
+    splits them: the inner segmenter's own runs go on across those splits)."""
+
+    def __init__(self, inner: Cutter, max_len: int) -> None:
+        super().__init__(max_len)
+        self.inner = inner
+
+    def cut_here(self, token: int) -> bool:
+        return self.inner.push(token)
+
+    def end_segment(self) -> None:
+        super().end_segment()
+        self.inner.end_segment()

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.segment.base import Segmenter, SegmenterError, as_ids
+from segsllm.segment.base import Cutter, RunCutter, Segmenter, SegmenterError, as_ids
 
 
 class FixedSegmenter(Segmenter):
@@ -30,6 +30,9 @@ class FixedSegmenter(Segmenter):
     def segment(self, ids: Any) -> np.ndarray:
         n = as_ids(ids).size
         return np.minimum(np.arange(self.k, n + self.k, self.k, dtype=np.int64), n)
+
+    def cutter(self) -> Cutter:
+        return RunCutter(self.k)  # every k tokens from the segment's start
 
     def params(self) -> dict[str, Any]:
         # max_len == k is the default (None): keep specs short ("fixed:k=8").

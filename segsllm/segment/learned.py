@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from segsllm.segment.base import EMPTY, Segmenter, SegmenterError, as_ids, enforce_max_len
+from segsllm.segment.base import EMPTY, Cutter, Segmenter, SegmenterError, as_ids, enforce_max_len
 
 MODES = ("batch", "stream")
 DECODES = ("threshold", "viterbi", "hazard")
@@ -430,6 +430,14 @@ class LearnedSegmenter(Segmenter):
             return []
         return self.decode_logits(self.logits(docs))
 
+    def cutter(self) -> Cutter:
+        """Token-by-token decisions for generation: one predictor step over the last
+        ``left_context`` tokens per token (not the whole history)."""
+        if not self.causal:
+            raise SegmenterError(f"segmenter {self.spec()!r} is not causal: its cuts depend on later tokens "
+                                 "(a causal learned splitter has lookahead 0 and decodes by threshold or hazard)")
+        return _LearnedCutter(self)
+
     def stream(self) -> StreamingSplitter:
         """An incremental, causal splitter over one token stream (threshold rule)."""
         return StreamingSplitter(self)
@@ -521,6 +529,63 @@ class StreamingSplitter:
             ends = np.append(ends, self.n).astype(np.int64)
             self.last_end = self.n
         return ends
+
+
+class _LearnedCutter(Cutter):
+    """A causal learned splitter one token at a time: the predictor's logit of the newest token
+    (from its receptive field, the last ``left_context`` tokens), the ``cut_at`` rule's own
+    cutter, then the threshold or hazard rule at the current run length (as the batch decodes)."""
+
+    def __init__(self, seg: LearnedSegmenter) -> None:
+        self.model = seg.model
+        self.keep = self.model.left_context + 1
+        self.vocab = int(seg.config.vocab_size)
+        self.max_len = seg.max_len
+        self.rule = seg._rule.cutter() if seg._rule is not None else None
+        self.hazard = seg.effective_decode == "hazard"
+        self.tau = float(seg.config.hazard_threshold) if self.hazard else seg.effective_threshold
+        self.bonus = float(seg.config.prior_weight) * np.asarray(seg._log_odds, dtype=np.float64)  # (max_len,)
+        self.window: list[int] = []  # the last `keep` tokens
+        self.run = 0
+
+    def _logit(self) -> float:
+        import torch
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                return float(self.model(torch.tensor([self.window], dtype=torch.long))[0, -1])  # (1, T) -> last
+        finally:
+            self.model.train(was_training)
+
+    def push(self, token: int) -> bool:
+        token = int(token)
+        if not 0 <= token < self.vocab:
+            raise SegmenterError(f"token id {token} is outside the vocabulary (size {self.vocab}) of this splitter")
+        self.window.append(token)
+        del self.window[: -self.keep]
+        self.run += 1
+        allowed = self.rule.push(token) if self.rule is not None else True
+        if self.run >= self.max_len:
+            cut = True
+        elif not allowed:
+            cut = False
+        else:
+            z = self._logit()
+            cut = z + self.bonus[self.run - 1] > self.tau if self.hazard else z > self.tau
+        if cut:
+            self.run = 0
+        return cut
+
+    def end_segment(self) -> None:
+        self.run = 0
+        if self.rule is not None:
+            self.rule.end_segment()
+
+    def start(self, context: Sequence[int]) -> None:
+        self.window = [int(t) for t in context][-self.keep :]  # no decisions to take: no predictor step
+        self.end_segment()
 
 
 # --------------------------------------------------------------------------- loading

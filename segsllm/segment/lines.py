@@ -24,6 +24,8 @@ import numpy as np
 
 from segsllm.segment.base import (
     EMPTY,
+    Cutter,
+    RunCutter,
     Segmenter,
     SegmenterError,
     batch_layout,
@@ -72,6 +74,12 @@ class LinesSegmenter(Segmenter):
     def segment(self, ids: Any) -> np.ndarray:
         return self.segment_batch([ids])[0]
 
+    def cutter(self) -> Cutter:
+        if self._newline is None:
+            raise SegmenterError("lines segmenter is not bound to a tokenizer: use "
+                                 "build_segmenter(spec, tokenizer=...) or .bind(tokenizer)")
+        return _LinesCutter(self._newline, self.max_len)
+
     def segment_batch(self, docs: Sequence[Any]) -> list[np.ndarray]:
         """All documents in one vectorised pass (boundaries never cross documents)."""
         nl = self._newline
@@ -94,6 +102,20 @@ class LinesSegmenter(Segmenter):
         mark[stops] = True
         mark[0] = False
         return split_ends(enforce_max_len(np.flatnonzero(mark), self.max_len), starts, stops)
+
+
+class _LinesCutter(RunCutter):
+    """A line ends after a newline token, or at ``max_len``."""
+
+    def __init__(self, newline: np.ndarray, max_len: int) -> None:
+        super().__init__(max_len)
+        self.newline = newline
+
+    def cut_here(self, token: int) -> bool:
+        if not 0 <= token < self.newline.size:
+            raise SegmenterError(f"token id {token} is outside the vocabulary (size {self.newline.size}) "
+                                 "this segmenter was bound to: wrong tokenizer?")
+        return bool(self.newline[token])
 
 
 __all__ = ["LinesSegmenter", "newline_tokens"]
