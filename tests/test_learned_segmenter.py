@@ -449,6 +449,25 @@ def test_a_causal_learned_splitters_cutter_takes_its_batch_decisions(lookahead0_
     assert cutter_cuts(started, rest) == cutter_cuts(pushed, rest)
 
 
+def test_a_logit_stream_gives_the_forward_passes_logits(lookahead0_dir, splitter_dir):
+    """Token by token from cached histories = the convolution over the whole document, also
+    after a reset; a predictor that looks ahead cannot stream its logits at once."""
+    from segsllm.models.boundary import BoundaryPredictor
+
+    model = BoundaryPredictor.from_pretrained(lookahead0_dir)
+    stream = model.logit_stream()
+    rng = np.random.default_rng(0)
+    for n in (5, 90):  # shorter and longer than the receptive field (left_context 6)
+        ids = rng.integers(3, model.config.vocab_size, n)
+        want = model.document_logits([ids])[0]
+        stream.reset()
+        got = np.array([stream.push(int(t)) for t in ids])
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert np.ptp(want) > 0.1  # the logits do vary with the tokens
+    with pytest.raises(ValueError, match="lookahead 0"):
+        BoundaryPredictor.from_pretrained(splitter_dir).logit_stream()
+
+
 def test_a_learned_splitter_that_looks_ahead_has_no_cutter(lookahead0_dir, splitter_dir, tokenizer):
     from segsllm.errors import SegmenterError
     from segsllm.segment import build_segmenter

@@ -533,38 +533,28 @@ class StreamingSplitter:
 
 class _LearnedCutter(Cutter):
     """A causal learned splitter one token at a time: the predictor's logit of the newest token
-    (from its receptive field, the last ``left_context`` tokens), the ``cut_at`` rule's own
-    cutter, then the threshold or hazard rule at the current run length (as the batch decodes)."""
+    (:class:`segsllm.models.boundary.LogitStream`), the ``cut_at`` rule's own cutter, then the
+    threshold or hazard rule at the current run length (as the batch decodes)."""
 
     def __init__(self, seg: LearnedSegmenter) -> None:
-        self.model = seg.model
-        self.keep = self.model.left_context + 1
+        self.logits = seg.model.logit_stream()
+        self.left = seg.model.left_context
         self.vocab = int(seg.config.vocab_size)
         self.max_len = seg.max_len
         self.rule = seg._rule.cutter() if seg._rule is not None else None
         self.hazard = seg.effective_decode == "hazard"
         self.tau = float(seg.config.hazard_threshold) if self.hazard else seg.effective_threshold
         self.bonus = float(seg.config.prior_weight) * np.asarray(seg._log_odds, dtype=np.float64)  # (max_len,)
-        self.window: list[int] = []  # the last `keep` tokens
         self.run = 0
 
-    def _logit(self) -> float:
-        import torch
-
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                return float(self.model(torch.tensor([self.window], dtype=torch.long))[0, -1])  # (1, T) -> last
-        finally:
-            self.model.train(was_training)
-
-    def push(self, token: int) -> bool:
+    def _logit(self, token: int) -> float:
         token = int(token)
         if not 0 <= token < self.vocab:
             raise SegmenterError(f"token id {token} is outside the vocabulary (size {self.vocab}) of this splitter")
-        self.window.append(token)
-        del self.window[: -self.keep]
+        return self.logits.push(token)
+
+    def push(self, token: int) -> bool:
+        z = self._logit(token)  # every token: the next logits see it
         self.run += 1
         allowed = self.rule.push(token) if self.rule is not None else True
         if self.run >= self.max_len:
@@ -572,7 +562,6 @@ class _LearnedCutter(Cutter):
         elif not allowed:
             cut = False
         else:
-            z = self._logit()
             cut = z + self.bonus[self.run - 1] > self.tau if self.hazard else z > self.tau
         if cut:
             self.run = 0
@@ -584,7 +573,10 @@ class _LearnedCutter(Cutter):
             self.rule.end_segment()
 
     def start(self, context: Sequence[int]) -> None:
-        self.window = [int(t) for t in context][-self.keep :]  # no decisions to take: no predictor step
+        """Only the last ``left_context`` tokens reach a later logit: those fill the histories."""
+        self.logits.reset()
+        for t in list(context)[-self.left :] if self.left else []:
+            self._logit(t)
         self.end_segment()
 
 
