@@ -18,8 +18,9 @@ Fit the bigram once, then use the rules as segmenter plug-ins by module path
   cut-friendly, or when it reaches ``hi``. Cut-friendly: ``dependence`` — what t tells about
   the next token, KL(p(. | t) || p̄) in bits with p̄ the mean of the table's rows, is at most
   ``tau``; ``newline`` — t ends a line (the ``lines`` rule's tokens).
+- ``CycleLengths``: the control without content — lengths cycle through a fixed list.
 
-Both decide from tokens <= t and the current run length only, so they are causal and an SLLM
+All decide from tokens <= t and the current run length only, so they are causal and an SLLM
 can leave their boundaries free (``sllm.boundaries=segmenter``).
 """
 
@@ -146,6 +147,31 @@ class LooseWindow(Segmenter):
             start = min(end, n)
             ends.append(start)
         return np.asarray(ends, dtype=np.int64)
+
+
+class CycleLengths(Segmenter):
+    """The content-free control: segment lengths cycle through ``lengths`` ("14-18-13-..."),
+    restarting at each document; causal (a segment's length depends on its index only)."""
+
+    name = "cycle-lengths"
+    causal = True
+
+    def __init__(self, lengths: str = "14-18-13-19-16-15-17", max_len: int = 48) -> None:
+        try:
+            self._cycle = np.array([int(x) for x in str(lengths).split("-")], dtype=np.int64)
+        except ValueError:
+            raise SegmenterError(f"cycle-lengths: lengths must be like 14-18-13, got {lengths!r}") from None
+        if self._cycle.size == 0 or self._cycle.min() < 1 or self._cycle.max() > int(max_len):
+            raise SegmenterError(f"cycle-lengths: every length must be in [1, max_len={max_len}], got {lengths!r}")
+        self.lengths, self.max_len = str(lengths), int(max_len)
+
+    def segment(self, ids: Any) -> np.ndarray:
+        n = as_ids(ids).size
+        if n == 0:
+            return EMPTY
+        reps = n // int(self._cycle.min()) // self._cycle.size + 1
+        ends = np.cumsum(np.tile(self._cycle, reps))
+        return np.append(ends[ends < n], n).astype(np.int64)
 
 
 def main() -> None:

@@ -265,7 +265,7 @@ def generate_sllm(
             # The segmenter's decisions token by token; the prompt ends a segment (its last),
             # so the first generated one starts a run, with the prompt as left context.
             cutter = segmenter.cutter()
-            cutter.start(prompt_ids)
+            result.calls.append(Call("splitter", cutter.start(prompt_ids), prefill=True))
 
             def cut_after(seg_ids: list[int]) -> bool:
                 result.calls.append(Call("splitter", 1))  # one decision (priced by bench.flops)

@@ -46,7 +46,8 @@ def test_the_bigram_is_a_distribution_that_learned_its_corpus(tokenizer, docs, t
 
 @pytest.mark.parametrize("spec", ["causal_cut_probes:InfoBudget:table={t},bits=30,max_len=12",
                                   "causal_cut_probes:LooseWindow:table={t},lo=3,hi=7,tau=3,max_len=12",
-                                  "causal_cut_probes:LooseWindow:score=newline,lo=2,hi=6,max_len=12"])
+                                  "causal_cut_probes:LooseWindow:score=newline,lo=2,hi=6,max_len=12",
+                                  "causal_cut_probes:CycleLengths:lengths=3-5-1-4,max_len=12"])
 def test_each_rule_is_a_causal_segmenter(tokenizer, docs, table, spec):
     seg = build_segmenter(spec.format(t=table), tokenizer=tokenizer)
     check_segmenter(seg, max_examples=15)
@@ -81,7 +82,17 @@ def test_a_loose_window_cuts_at_friendly_tokens_inside_it(tokenizer, table, docs
     assert n_early > len(docs)
 
 
+def test_the_control_cycles_its_lengths_from_each_documents_start():
+    seg = probes.CycleLengths("3-5-1", max_len=6)
+    assert np.diff(seg.segment(np.arange(20)), prepend=0).tolist() == [3, 5, 1, 3, 5, 1, 2]
+    assert seg.segment([]).size == 0
+
+
 def test_bad_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(SegmenterError, match="lengths must be"):
+        probes.CycleLengths("3-x")
+    with pytest.raises(SegmenterError, match="max_len"):
+        probes.CycleLengths("3-60", max_len=48)
     with pytest.raises(SegmenterError, match="lo <= hi"):
         probes.LooseWindow(lo=9, hi=4)
     with pytest.raises(SegmenterError, match="no bigram table"):

@@ -261,7 +261,7 @@ def test_generation_cuts_where_the_segmenter_cuts_even_when_the_decoder_wants_eo
     steps = [c.length for c in run.calls if c.kind == "decoder"]
     assert steps[:-1] == [3, 3, 3]  # a cut segment takes one decoder step per token, no EOS step
     assert run.segment_ends == ["cut", "cut", "cut", "budget"]
-    assert sum(c.kind == "splitter" for c in run.calls) == 11  # one decision per generated token
+    assert sum(c.kind == "splitter" and not c.prefill for c in run.calls) == 11  # one decision per new token
     st = spd.generation_stats([run])
     assert st["gen_cut_share"] > 0.5 and st["speed_note"] is None
     with pytest.raises(Exception, match="not causal"):

@@ -500,3 +500,8 @@ def test_a_learned_splitters_decisions_are_priced(lookahead0_dir, tokenizer):
     acc = Pricer(model, seg).account(run)
     assert acc.splitter == 2 * splitter_macs(seg) * 10 and acc.generation > acc.splitter > 0
     assert Pricer(model).account(run).splitter == 0  # priced only when the segmenter is named
+    # The prompt's last left_context tokens fill the cutter's states once: prefill, not generation.
+    from segsllm.data.tokenizer import encode
+
+    primed = min(len(encode(tokenizer, PROMPT)), seg.model.left_context)
+    assert acc.prefill - Pricer(model).account(run).prefill == 2 * splitter_macs(seg) * primed > 0

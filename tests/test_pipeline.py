@@ -251,7 +251,8 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
     stages = {st.name: st for st in plan_stages(base, preset, [], tmp_path)}
     arms = ["punctuation", "lines", "fixed-k-8", "fixed-k-16",
             *(f"learned-splitter-{t}" for t in ("sllm-merge", "sllm-fixed", "sllm-fixed-causal", "sllm-lines", "entropy",
-                                                "entropy-monotonic", "vae", "vae-rule", "sllm", "joint"))]
+                                                "entropy-monotonic", "entropy-causal", "vae", "vae-rule", "sllm",
+                                                "joint"))]
     for seed in (0, 1, 2):
         for arm in arms:
             assert f"seed-{seed}/sllm-{arm}" in stages["bench"].after, (seed, arm)
@@ -264,6 +265,8 @@ def test_the_research_presets_plan_every_arm_of_the_ablation_for_three_seeds(pre
         assert fixed.em_init == "fixed:k=16" and fixed.predictor.prior_shape == 32
         causal = stages[f"seed-{seed}/splitter-sllm-fixed-causal"].cfg.splitter.predictor
         assert causal.lookahead == 0 and causal.decode == "hazard" and causal.prior_shape == 32
+        entropy = stages[f"seed-{seed}/splitter-entropy-causal"].cfg.splitter
+        assert entropy.teacher == "entropy" and entropy.predictor.lookahead == 0 and entropy.predictor.decode == "hazard"
     assert len(stages["bench"].cfg.bench.segmenters) == len(arms)
 
 

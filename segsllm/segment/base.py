@@ -245,11 +245,13 @@ class Cutter(abc.ABC):
     def end_segment(self) -> None:
         """A segment ended here by an outside decision."""
 
-    def start(self, context: Sequence[int]) -> None:
-        """Begin a segment after ``context`` (a prompt, already segmented): left context only."""
+    def start(self, context: Sequence[int]) -> int:
+        """Begin a segment after ``context`` (a prompt, already segmented): left context only.
+        Returns the token steps it took (what a FLOP count prices)."""
         for t in context:
             self.push(t)
         self.end_segment()
+        return len(context)
 
 
 def _refuse_lookahead(segmenter: Segmenter) -> None:

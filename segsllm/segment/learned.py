@@ -572,12 +572,14 @@ class _LearnedCutter(Cutter):
         if self.rule is not None:
             self.rule.end_segment()
 
-    def start(self, context: Sequence[int]) -> None:
+    def start(self, context: Sequence[int]) -> int:
         """Only the last ``left_context`` tokens reach a later logit: those fill the histories."""
         self.logits.reset()
-        for t in list(context)[-self.left :] if self.left else []:
+        recent = list(context)[-self.left :] if self.left else []
+        for t in recent:
             self._logit(t)
         self.end_segment()
+        return len(recent)
 
 
 # --------------------------------------------------------------------------- loading
