@@ -99,16 +99,20 @@ def test_streaming_mode_depends_only_on_tokens_up_to_t_plus_lookahead(splitter_d
     assert_causal(seg, _docs(tokenizer), seg.lookahead)
 
 
+def restricted_copy(folder, cut_at: str, tokenizer, out):
+    """A splitter folder's predictor saved again with ``config.cut_at`` set."""
+    from segsllm.models.loading import load_artifact
+
+    model = load_artifact("boundary_predictor", str(folder)).model
+    model.config = dataclasses.replace(model.config, cut_at=cut_at)
+    model.save_pretrained(out, tokenizer=tokenizer)
+    return out
+
+
 @pytest.fixture(scope="module")
 def fixed_merge_dir(splitter_dir, tokenizer, tmp_path_factory):
     """The same predictor, allowed to cut only where fixed:k=3 cuts (config.cut_at)."""
-    from segsllm.models.loading import load_artifact
-
-    model = load_artifact("boundary_predictor", str(splitter_dir)).model
-    model.config = dataclasses.replace(model.config, cut_at="fixed:k=3")
-    out = tmp_path_factory.mktemp("splitter-cut-at")
-    model.save_pretrained(out, tokenizer=tokenizer)
-    return out
+    return restricted_copy(splitter_dir, "fixed:k=3", tokenizer, tmp_path_factory.mktemp("splitter-cut-at"))
 
 
 @pytest.mark.parametrize("extra", ["", ",decode=threshold", ",mode=stream"])
@@ -412,13 +416,7 @@ def test_the_causal_flag_of_a_learned_splitter(lookahead0_dir, splitter_dir, tok
 @pytest.fixture(scope="module")
 def lookahead0_lines_dir(lookahead0_dir, tokenizer, tmp_path_factory):
     """The lookahead-0 predictor, allowed to cut only where lines (max_len 5) cuts."""
-    from segsllm.models.loading import load_artifact
-
-    model = load_artifact("boundary_predictor", str(lookahead0_dir)).model
-    model.config = dataclasses.replace(model.config, cut_at="lines:max_len=5")
-    out = tmp_path_factory.mktemp("splitter-la0-lines")
-    model.save_pretrained(out, tokenizer=tokenizer)
-    return out
+    return restricted_copy(lookahead0_dir, "lines:max_len=5", tokenizer, tmp_path_factory.mktemp("splitter-la0-lines"))
 
 
 @pytest.mark.parametrize("which,extra", [("la0", ""), ("la0", ",decode=hazard"), ("lines", ""),
