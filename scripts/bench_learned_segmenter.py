@@ -9,7 +9,8 @@ Loads the ``learned:DIR`` segmenter as every command does, reads up to ``--token
 each domain's validation split (prepared corpora, the splitter's own tokenizer), and times
 only segmentation: ``segment_batch`` over all documents (best of ``--repeats``), for the
 batch mode with each decoding (threshold, Viterbi) and for the streaming mode, plus the
-predictor's logits alone. Prints tokens/s per configuration and the machine's load, so a
+predictor's logits alone and, for a causal splitter, its cutter (one token at a time, as
+free-boundary generation asks). Prints tokens/s per configuration and the machine's load, so a
 number taken on a busy shared machine is recognisable as such.
 """
 
@@ -78,6 +79,12 @@ def main() -> None:
         s.push(one[i : i + 64])
     s.finish()
     print(f"{'incremental push (64-token)':28s} {len(one) / (time.perf_counter() - t0):>12,.0f} tokens/s")
+    if seg0.causal:  # what free-boundary generation asks: one decision per token, as it arrives
+        cutter = seg0.cutter()
+        t0 = time.perf_counter()
+        for token in one.tolist():
+            cutter.push(token)
+        print(f"{'cutter (token by token)':28s} {len(one) / (time.perf_counter() - t0):>12,.0f} tokens/s")
 
 
 if __name__ == "__main__":
