@@ -112,7 +112,8 @@ class Segmenter(abc.ABC):
 
     def cutter(self) -> Cutter:
         """Its decisions token by token, for generation (causal segmenters only). This generic
-        one re-segments the whole history per token; built-ins return an O(1) one."""
+        one re-segments the tokens since the segment's start per token; built-ins return an
+        O(1) one (docs/DESIGN.md §4)."""
         return HistoryCutter(self)
 
     def split_ids(self, ids: Any) -> list[np.ndarray]:
@@ -229,7 +230,7 @@ def cuts_after(segmenter: Segmenter, ids: Sequence[int]) -> bool:
 
 
 class Cutter(abc.ABC):
-    """A causal segmenter's decisions as tokens arrive (free-boundary generation, DESIGN §5).
+    """A causal segmenter's decisions as tokens arrive (free-boundary generation, docs/DESIGN.md §5).
 
     :meth:`push` one token, get whether a segment ends after it. :meth:`end_segment` says a
     segment ended for another reason (the prompt's end, a length budget), so run lengths count

@@ -431,8 +431,8 @@ class LearnedSegmenter(Segmenter):
         return self.decode_logits(self.logits(docs))
 
     def cutter(self) -> Cutter:
-        """Token-by-token decisions for generation: one predictor step over the last
-        ``left_context`` tokens per token (not the whole history)."""
+        """Token-by-token decisions for generation: one incremental predictor step per token
+        (cached per-block states, :class:`segsllm.models.boundary.LogitStream`)."""
         if not self.causal:
             raise SegmenterError(f"segmenter {self.spec()!r} is not causal: its cuts depend on later tokens "
                                  "(a causal learned splitter has lookahead 0 and decodes by threshold or hazard)")
