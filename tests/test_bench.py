@@ -542,6 +542,16 @@ def test_speed_plot_draws_a_bits_per_byte_interval_that_misses_its_estimate(tmp_
     assert out is not None and out.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_names_of_points_that_sit_together_are_stacked_not_overprinted():
+    from segsllm.bench.report import label_rows
+
+    # In points: two names 100 wide whose points sit 3 apart take two lines; a point far to
+    # the left keeps its first line; a third point just below the pair goes under both names.
+    assert label_rows([(100, 200), (102, 197), (-300, 198)], [100, 100, 100], 10) == [0, 1, 0]
+    assert label_rows([(100, 200), (102, 197), (150, 188)], [100, 100, 100], 10) == [0, 1, 2]
+    assert label_rows([(0, 0), (500, 0)], [100, 100], 10) == [0, 0] and label_rows([], [], 10) == []
+
+
 def test_segmenter_speed_times_exactly_the_tokens_of_the_scored_table():
     """The segmenter is timed on each scored document's ids as the table holds them (no second
     tokenization): two documents of 3 + 2 tokens reach segment_batch as two arrays."""

@@ -436,6 +436,7 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups), 4.0), squeeze=False)
     colors = _colors(result)
     for ax, (domain, rs) in zip(axes[0], groups.items(), strict=True):
+        named: list[tuple[str, float, float]] = []  # (name, x, y): written once the panel's scale is known
         for r in rs:
             x, c = r["sllm_bits_per_byte"], colors[r["segmenter"]]
             name = _short(r["segmenter"])
@@ -447,7 +448,7 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
                     ax.errorbar((lo + hi) / 2, r["speedup_flops"], xerr=abs(hi - lo) / 2, fmt="none", ecolor=c,
                                 capsize=3, lw=1.0, zorder=2)
                 if len(rs) <= ANNOTATE_MAX:  # more points than that: the labels would overlap; the legend names them
-                    ax.annotate(name, (x, r["speedup_flops"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                    named.append((name, x, r["speedup_flops"]))
             if _finite(r.get("speedup")):
                 lo, hi = r.get("speedup_q25", r["speedup"]), r.get("speedup_q75", r["speedup"])
                 ax.errorbar(x, r["speedup"], yerr=[[r["speedup"] - lo], [hi - r["speedup"]]], fmt="o", mfc="none",
@@ -460,6 +461,12 @@ def plot_speed_quality(result: Any, path: Path) -> Path | None:
             ax.annotate("token LM", (base, 1.0), textcoords="offset points", xytext=(5, -12), fontsize=8)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         _floor_lines(ax, result, domain, vertical=True)
+        # Names in points (1/72 in): where each point lands, ~0.6 em per character of 8 pt text.
+        to_pt = 72.0 / fig.dpi
+        anchors = [tuple(v * to_pt for v in ax.transData.transform((x, y))) for _, x, y in named]
+        widths = [0.6 * 8 * len(name) for name, _, _ in named]
+        for (name, x, y), line in zip(named, label_rows(anchors, widths, LABEL_STEP), strict=True):
+            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 5 - LABEL_STEP * line), fontsize=8)
         ax.set_title(domain)
         ax.set_xlabel("bits/byte (lower is better)")
         ax.set_ylabel("speedup vs token LM (×)")
@@ -544,6 +551,25 @@ def plot_context(result: Any, path: Path) -> Path | None:
 
 
 ANNOTATE_MAX = 5  # SLLMs per panel up to which speed_quality.png writes each one's name beside it
+LABEL_STEP = 10  # points between the stacked names of points that sit close together
+
+
+def label_rows(anchors: Sequence[tuple[float, float]], widths: Sequence[float], step: float) -> list[int]:
+    """Which line (0, 1, ...) each name takes below its first place, so that no two names
+    overprint. ``anchors``: the points in display units (y up), ``widths``: each name's width,
+    ``step``: one line's height, all in the same units; a name runs right of its point. Points
+    are taken from the top down, each name on the first line that clashes with none placed."""
+    lines = [0] * len(anchors)
+    placed: list[tuple[float, float, float]] = []  # (x from, x to, y) of the names written
+    for i in sorted(range(len(anchors)), key=lambda k: -anchors[k][1]):
+        x, y = anchors[i]
+        for line in range(len(anchors) + 1):
+            top = y - line * step
+            if not any(x < b and a < x + widths[i] and abs(top - t) < step for a, b, t in placed):
+                break
+        lines[i] = line
+        placed.append((x, x + widths[i], top))
+    return lines
 SEGMENT_COST_MIN = 20  # fewer segments of a length than this: too noisy a point to draw
 
 
